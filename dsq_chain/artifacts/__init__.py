@@ -1,0 +1,36 @@
+"""Compiled contracts shipped with the SDK: the one source of truth for ABIs and bytecode.
+
+``contracts.json`` is written by :mod:`dsq_chain.build` from ``contracts/`` and checked fresh by
+``tests/test_build.py``. Nothing in the SDK carries an ABI written by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+ARTIFACTS_PATH = Path(__file__).with_name("contracts.json")
+
+
+@lru_cache(maxsize=1)
+def load() -> dict[str, Any]:
+    """The artifact document (compiler settings, enums, contracts)."""
+    try:
+        doc: dict[str, Any] = json.loads(ARTIFACTS_PATH.read_text())
+    except FileNotFoundError as e:  # pragma: no cover - only in a broken checkout
+        raise RuntimeError(f"{ARTIFACTS_PATH} is missing: run `python -m dsq_chain.build`") from e
+    return doc
+
+
+def abi(contract: str) -> list[dict[str, Any]]:
+    """The ABI of ``contract`` (``CreditToken`` or ``JobMarket``)."""
+    result: list[dict[str, Any]] = load()["contracts"][contract]["abi"]
+    return result
+
+
+def bytecode(contract: str) -> str:
+    """The creation bytecode of ``contract`` as 0x-hex."""
+    result: str = load()["contracts"][contract]["bytecode"]
+    return result

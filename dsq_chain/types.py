@@ -1,0 +1,206 @@
+"""Enums and typed records shared by every layer of dsq-chain.
+
+The integer values of the enums are the on-chain ones: ``tests/test_build.py``
+checks them against the Solidity enums in the compiled AST, so this module and
+``contracts/`` cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+#: Credits have 6 decimals on chain: 1 credit == 1_000_000 units.
+CREDIT_DECIMALS = 6
+CREDIT_UNIT = 10**CREDIT_DECIMALS
+
+
+class JobStatus(IntEnum):
+    """Lifecycle of a job (``JobStatus`` in ``contracts/IJobMarket.sol``)."""
+
+    NONE = 0
+    PENDING = 1
+    META_SCHEDULED = 2
+    SCHEDULED = 3
+    RUNNING = 4
+    FINISHED = 5
+    FAILED = 6
+    OUT_OF_CREDITS = 7
+    CANCELED = 8
+    PANICKED = 9
+
+    @property
+    def is_final(self) -> bool:
+        return self >= JobStatus.FINISHED
+
+    @property
+    def holds_capacity(self) -> bool:
+        """True while the job reserves capacity on its provider."""
+        return JobStatus.META_SCHEDULED <= self <= JobStatus.RUNNING
+
+
+FINAL_STATUSES = frozenset(s for s in JobStatus if s.is_final)
+
+
+class ProviderStatus(IntEnum):
+    """Registration state of a provider (``ProviderStatus`` on chain)."""
+
+    NONE = 0
+    PENDING = 1
+    APPROVED = 2
+    BANNED = 3
+    REMOVED = 4
+
+
+class ReleaseReason(IntEnum):
+    """Why an assigned job went back to PENDING (``ReleaseReason`` on chain)."""
+
+    REFUSED = 0
+    CLAIM_TIMEOUT = 1
+
+
+class ReportAction(IntEnum):
+    """What a provider reports in a batched ``report`` call (``ReportAction``)."""
+
+    CLAIM = 0
+    REFUSE = 1
+    START = 2
+    FINISH = 3
+    OUT_OF_CREDITS = 4
+    PANIC = 5
+
+
+class LabelOp(IntEnum):
+    """Operator of a label constraint ``key op value``.
+
+    ``EQ`` .. ``GE`` are also checked on chain at assignment (``LabelOp`` in
+    Solidity); ``IN`` is evaluated by the meta-scheduler only.
+    """
+
+    EQ = 0
+    NE = 1
+    LT = 2
+    LE = 3
+    GT = 4
+    GE = 5
+    IN = 6
+
+    @property
+    def symbol(self) -> str:
+        return _OP_SYMBOLS[self]
+
+    @property
+    def on_chain(self) -> bool:
+        return self is not LabelOp.IN
+
+    @classmethod
+    def from_symbol(cls, symbol: str) -> LabelOp:
+        for op, sym in _OP_SYMBOLS.items():
+            if sym == symbol:
+                return op
+        raise ValueError(f"unknown label operator {symbol!r}; expected one of {', '.join(_OP_SYMBOLS.values())}")
+
+
+_OP_SYMBOLS: dict[LabelOp, str] = {
+    LabelOp.EQ: "==",
+    LabelOp.NE: "!=",
+    LabelOp.LT: "<",
+    LabelOp.LE: "<=",
+    LabelOp.GT: ">",
+    LabelOp.GE: ">=",
+    LabelOp.IN: "in",
+}
+
+
+class Role(IntEnum):
+    """Who may call what; names match the contracts' role constants."""
+
+    ADMIN = 0
+    SCHEDULER = 1
+    MINTER = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What a job needs, or what a provider offers, in totals.
+
+    ``cpus`` is the total of CPU cores (tasks x cpus per task), ``mem_mb`` the
+    total memory in MB.
+    """
+
+    cpus: int
+    gpus: int = 0
+    mem_mb: int = 0
+
+    def fits_in(self, other: Resources) -> bool:
+        return self.cpus <= other.cpus and self.gpus <= other.gpus and self.mem_mb <= other.mem_mb
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpus + other.cpus, self.gpus + other.gpus, self.mem_mb + other.mem_mb)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(self.cpus - other.cpus, self.gpus - other.gpus, self.mem_mb - other.mem_mb)
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """A provider's prices in credit units (6 decimals) per minute."""
+
+    per_cpu_minute: int
+    per_gpu_minute: int = 0
+    per_gb_minute: int = 0
+
+    def rate_for(self, res: Resources) -> int:
+        """Credit units per minute that a job with ``res`` costs (same formula as on chain)."""
+        return res.cpus * self.per_cpu_minute + res.gpus * self.per_gpu_minute + (res.mem_mb * self.per_gb_minute) // 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LabelConstraint:
+    """One ``key op value`` requirement of a job on a provider's labels.
+
+    For ``IN`` the value is a comma-separated list of alternatives.
+    """
+
+    key: str
+    op: LabelOp
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.op.symbol} {self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as the chain holds it (plus the submission's event data when known)."""
+
+    id: int
+    owner: str
+    status: JobStatus
+    resources: Resources
+    max_rate: int
+    escrow: int
+    provider: str | None
+    rate: int
+    since: int
+    workflow_hash: bytes
+    labels: tuple[LabelConstraint, ...] = ()
+    workflow: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """A provider's on-chain registration."""
+
+    address: str
+    id: int
+    status: ProviderStatus
+    paused: bool
+    total: Resources
+    free: Resources
+    prices: Prices
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.status is ProviderStatus.APPROVED and not self.paused

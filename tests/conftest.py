@@ -1,0 +1,53 @@
+"""Shared fixtures: a real Anvil node per test session, a deployed grid, snapshot isolation per test.
+
+After every test that used the grid, credits must be conserved: the market's token balance equals
+the sum of escrows plus the sum of internal balances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from dsq_chain.anvil import AnvilNode, dev_keys, start_anvil
+from dsq_chain.chain import Chain
+from tests.grid import Grid, build_grid, conservation_gap
+
+
+@pytest.fixture(scope="session")
+def anvil() -> Iterator[AnvilNode]:
+    node = start_anvil()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def keys() -> list[str]:
+    return dev_keys(20)
+
+
+@pytest.fixture(scope="session")
+def chain(anvil: AnvilNode) -> Chain:
+    return Chain(anvil.rpc_url)
+
+
+@pytest.fixture(scope="session")
+def _grid_session(chain: Chain, keys: list[str]) -> Grid:
+    return build_grid(chain, keys)
+
+
+@pytest.fixture
+def grid(_grid_session: Grid, chain: Chain) -> Iterator[Grid]:
+    """The standard grid, reverted to its initial state after the test; checks credit conservation."""
+    snap = chain.snapshot()
+    _grid_session.reset_nonces()
+    try:
+        yield _grid_session
+        gap = conservation_gap(_grid_session)
+        assert gap == 0, f"credits not conserved: market holds {gap} units more than escrows + balances"
+    finally:
+        chain.revert(snap)
+        _grid_session.reset_nonces()

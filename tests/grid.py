@@ -1,0 +1,131 @@
+"""A deployed grid with named actors, used by the tests (and nothing else)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dsq_chain.chain import Chain, Wallet
+from dsq_chain.client import AdminClient, GridClient, ProviderClient, SchedulerClient
+from dsq_chain.deployment import Deployment, deploy
+from dsq_chain.types import CREDIT_UNIT, JobStatus, LabelConstraint, Prices, Resources
+
+WORKFLOW = b'{"steps":[{"name":"main","run":{"command":"true"}}]}'
+SMALL = Resources(cpus=2, gpus=0, mem_mb=1024)
+CPU_PRICES = Prices(per_cpu_minute=1_000, per_gpu_minute=0, per_gb_minute=100)
+GPU_PRICES = Prices(per_cpu_minute=2_000, per_gpu_minute=50_000, per_gb_minute=100)
+#: Rate of SMALL on the cpu provider: 2*1000 + 1024*100/1024 = 2100 units/min.
+SMALL_RATE = CPU_PRICES.rate_for(SMALL)
+CREDITS = 10 * CREDIT_UNIT
+MAX_RATE = 1_000_000
+
+
+@dataclass
+class Grid:
+    """Admin, scheduler, users and providers on one deployment.
+
+    ``cpu`` (8 cpus, 16 GB, label zone=eu) and ``gpu`` (16 cpus, 2 gpus, 64 GB, gpu.model=A100,
+    gpu.mem=80) are approved; ``spare`` is approved with nothing assigned; ``pending`` is
+    registered but not approved.
+    """
+
+    chain: Chain
+    deployment: Deployment
+    admin: AdminClient
+    scheduler: SchedulerClient
+    users: list[GridClient]
+    cpu: ProviderClient
+    gpu: ProviderClient
+    spare: ProviderClient
+    pending: ProviderClient
+    stranger: GridClient
+    wallets: list[Wallet] = field(default_factory=list)
+
+    @property
+    def user(self) -> GridClient:
+        return self.users[0]
+
+    @property
+    def accounts(self) -> list[str]:
+        return [w.address for w in self.wallets]
+
+    def reset_nonces(self) -> None:
+        for w in self.wallets:
+            w.reset_nonce()
+
+    # -- driving jobs ----------------------------------------------------------------------------
+    def submit(
+        self,
+        user: GridClient | None = None,
+        *,
+        resources: Resources = SMALL,
+        credits: int = CREDITS,
+        max_rate: int = MAX_RATE,
+        labels: tuple[LabelConstraint, ...] = (),
+        count: int = 1,
+    ) -> int:
+        ids = (user or self.user).submit(
+            WORKFLOW, resources=resources, credits=credits, max_rate=max_rate, labels=labels, count=count
+        )
+        return ids[0]
+
+    def job_in(self, status: JobStatus, provider: ProviderClient | None = None, **submit_kw: object) -> int:
+        """A fresh job driven to ``status`` (on ``provider``, default the cpu provider)."""
+        prov = provider or self.cpu
+        job_id = self.submit(**submit_kw)  # type: ignore[arg-type]
+        if status is JobStatus.PENDING:
+            return job_id
+        self.scheduler.assign(job_id, prov.address)
+        if status is JobStatus.META_SCHEDULED:
+            return job_id
+        prov.claim(job_id)
+        if status is JobStatus.SCHEDULED:
+            return job_id
+        prov.start(job_id)
+        if status is JobStatus.RUNNING:
+            return job_id
+        if status is JobStatus.FINISHED:
+            prov.finish(job_id, 0)
+        elif status is JobStatus.FAILED:
+            prov.finish(job_id, 3)
+        elif status is JobStatus.OUT_OF_CREDITS:
+            self.chain.increase_time(24 * 3600)
+            prov.report_out_of_credits(job_id)
+        elif status is JobStatus.CANCELED:
+            (self.user if "user" not in submit_kw else submit_kw["user"]).cancel(job_id)  # type: ignore[union-attr]
+        elif status is JobStatus.PANICKED:
+            prov.panic(job_id)
+        return job_id
+
+
+def build_grid(chain: Chain, keys: list[str]) -> Grid:
+    """Deploys and sets up the standard grid (accounts 0..9 of Anvil's dev keys)."""
+    wallets = [chain.wallet(k) for k in keys[:10]]
+    dep = deploy(wallets[0], claim_timeout=300)
+    admin = AdminClient(wallets[0], dep)
+    scheduler = SchedulerClient(wallets[1], dep)
+    users = [GridClient(w, dep) for w in wallets[2:5]]
+    cpu, gpu, spare, pending = (ProviderClient(w, dep) for w in wallets[5:9])
+    stranger = GridClient(wallets[9], dep)
+    admin.grant_scheduler(scheduler.address)
+    for u in [*users, stranger]:
+        admin.mint(u.address, 1_000 * CREDIT_UNIT)
+    cpu.register(Resources(8, 0, 16_384), CPU_PRICES, {"zone": "eu"})
+    gpu.register(Resources(16, 2, 65_536), GPU_PRICES, {"gpu.model": "A100", "gpu.mem": "80"})
+    spare.register(Resources(4, 0, 8_192), CPU_PRICES, {})
+    pending.register(Resources(4, 0, 8_192), CPU_PRICES, {})
+    for p in (cpu, gpu, spare):
+        admin.approve(p.address)
+    return Grid(chain, dep, admin, scheduler, users, cpu, gpu, spare, pending, stranger, wallets)
+
+
+def conservation_gap(grid: Grid) -> int:
+    """Token balance of the market minus (sum of escrows + sum of internal balances); must be 0."""
+    market = grid.deployment.market
+    held = grid.user.token_balance(market)
+    escrows = 0
+    n = grid.user.job_count()
+    for start in range(1, n + 1, 500):
+        for view in grid.user.market.functions.getJobs(start, 500).call():
+            escrows += int(view[4])
+    balances = sum(grid.user.credits(a) for a in grid.accounts)
+    return int(held - escrows - balances)

@@ -23,10 +23,18 @@ contract CreditToken is ERC20, ERC20Permit, AccessControl {
         return 6;
     }
 
+    /// @notice Most credit units that can ever exist (keeps every balance far below 2**255).
+    uint256 public constant MAX_SUPPLY = type(uint128).max;
+
+    /// @notice Minting would take the supply above MAX_SUPPLY.
+    error SupplyCapExceeded(uint256 supply, uint256 cap);
+
     /// @notice Creates `amount` credit units for `to`.
     /// @param to receiver of the new credits
     /// @param amount credit units to create
     function mint(address to, uint256 amount) external onlyRole(MINTER_ROLE) {
+        uint256 supply = totalSupply() + amount;
+        if (supply > MAX_SUPPLY) revert SupplyCapExceeded(supply, MAX_SUPPLY);
         _mint(to, amount);
     }
 }

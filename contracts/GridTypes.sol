@@ -82,9 +82,9 @@ struct Hardware {
 
 /// @notice A provider's prices in credit units per minute.
 struct Prices {
-    uint64 perCpuMinute;
-    uint64 perGpuMinute;
-    uint64 perGbMinute;
+    uint40 perCpuMinute;
+    uint40 perGpuMinute;
+    uint40 perGbMinute;
 }
 
 /// @notice One entry of a provider's batched report.

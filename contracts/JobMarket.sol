@@ -33,7 +33,7 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
         // word 0
         address owner;
         uint64 escrow;
-        uint24 headOffset; // this job's id minus its array head's id
+        uint32 headOffset; // this job's id minus its array head's id (fills word 0: status must start word 1)
         // word 1
         JobStatus status;
         bool hasLabels;
@@ -63,7 +63,11 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
     mapping(uint256 jobId => Job) internal _jobs;
     mapping(uint256 headId => bytes32) internal _workflowHash;
     mapping(uint256 headId => bytes32) internal _labelsHash;
+    /// @dev Internal balances. Bit 255 marks an account that has withdrawn: its slot never returns to
+    ///      zero, so its next refund or earning costs a 5k write instead of a 22k one. Balances stay
+    ///      far below 2**255 (the token caps its supply at 2**128).
     mapping(address account => uint256) internal _balances;
+    uint256 private constant _TOUCHED = 1 << 255;
     uint256 internal _nextJobId = 1;
 
     /// @notice Jobs `firstJobId` .. `firstJobId + count - 1` were submitted with the same request and workflow.
@@ -211,14 +215,14 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
         if (job.owner != msg.sender) revert NotJobOwner(jobId, msg.sender);
         JobStatus status = job.status;
         if (status >= JobStatus.FINISHED) revert InvalidStatus(jobId, status);
-        _settle(jobId, job, JobStatus.CANCELED, 0, status == JobStatus.RUNNING ? _billSoFar(job) : 0);
+        _settle(jobId, job, JobStatus.CANCELED, 0, status == JobStatus.RUNNING ? _billSoFar(job) : 0, address(0));
     }
 
     /// @notice Withdraws the caller's whole internal balance (refunds and earnings) as tokens.
     function withdraw() external nonReentrant {
-        uint256 amount = _balances[msg.sender];
+        uint256 amount = _balances[msg.sender] & ~_TOUCHED;
         if (amount == 0) revert NothingToWithdraw(msg.sender);
-        _balances[msg.sender] = 0;
+        _balances[msg.sender] = _TOUCHED;
         emit Withdrawn(msg.sender, amount);
         token.safeTransfer(msg.sender, amount);
     }
@@ -263,7 +267,7 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
         if (job.status != JobStatus.META_SCHEDULED) revert InvalidStatus(jobId, job.status);
         uint256 expiresAt = uint256(job.since) + claimTimeout;
         if (block.timestamp < expiresAt) revert ClaimNotExpired(jobId, expiresAt);
-        _backToPending(jobId, job, ReleaseReason.CLAIM_TIMEOUT);
+        _backToPending(jobId, job, ReleaseReason.CLAIM_TIMEOUT, address(0));
     }
 
     /// @notice Ends a non-final job as PANICKED (a provider-side fault): the whole escrow goes back
@@ -275,7 +279,7 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
         bool allowed = hasRole(SCHEDULER_ROLE, msg.sender) || hasRole(DEFAULT_ADMIN_ROLE, msg.sender)
             || (pid != 0 && _providerId(msg.sender) == pid);
         if (!allowed) revert NotAllowedToPanic(jobId, msg.sender);
-        _panic(jobId, job);
+        _panic(jobId, job, address(0));
     }
 
     /// @notice Sets the claim timeout for future checks.
@@ -316,8 +320,7 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
     /// @notice Ends a RUNNING job whose escrow is used up (OUT_OF_CREDITS, whole escrow billed). Anyone may call.
     /// @param jobId the job
     function reportOutOfCredits(uint256 jobId) external {
-        Job storage job = _existing(jobId);
-        _outOfCredits(jobId, job);
+        _outOfCredits(jobId, _existing(jobId), address(0));
     }
 
     /// @notice Applies many reports of the caller's jobs in one transaction, with the same checks
@@ -335,10 +338,9 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
             else if (action == ReportAction.FINISH) _finish(jobId, pid, r.exitCode);
             else if (action == ReportAction.REFUSE) _refuse(jobId, pid);
             else if (action == ReportAction.OUT_OF_CREDITS) {
-                Job storage job = _assigned(jobId, pid);
-                _outOfCredits(jobId, job);
+                _outOfCredits(jobId, _assigned(jobId, pid), msg.sender);
             } else {
-                _panic(jobId, _assigned(jobId, pid));
+                _panic(jobId, _assigned(jobId, pid), msg.sender);
             }
             unchecked {
                 ++i;
@@ -390,7 +392,7 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
     /// @notice An account's internal balance: refunds and earnings not yet withdrawn.
     /// @param account the account
     function balanceOf(address account) external view returns (uint256) {
-        return _balances[account];
+        return _balances[account] & ~_TOUCHED;
     }
 
     /// @notice Credit units a RUNNING job has used so far (capped by its escrow); 0 otherwise.
@@ -426,7 +428,7 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
             _jobs[firstJobId + i] = Job({
                 owner: msg.sender,
                 escrow: request.credits,
-                headOffset: uint24(i),
+                headOffset: uint32(i),
                 status: JobStatus.PENDING,
                 hasLabels: hasLabels,
                 providerId: 0,
@@ -478,7 +480,7 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
         Job storage job = _assigned(jobId, pid);
         JobStatus status = job.status;
         if (status != JobStatus.META_SCHEDULED && status != JobStatus.SCHEDULED) revert InvalidStatus(jobId, status);
-        _backToPending(jobId, job, ReleaseReason.REFUSED);
+        _backToPending(jobId, job, ReleaseReason.REFUSED, msg.sender);
     }
 
     function _start(uint256 jobId, uint32 pid) private {
@@ -492,20 +494,20 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
     function _finish(uint256 jobId, uint32 pid, int32 exitCode) private {
         Job storage job = _assigned(jobId, pid);
         if (job.status != JobStatus.RUNNING) revert InvalidStatus(jobId, job.status);
-        _settle(jobId, job, exitCode == 0 ? JobStatus.FINISHED : JobStatus.FAILED, exitCode, _billSoFar(job));
+        _settle(jobId, job, exitCode == 0 ? JobStatus.FINISHED : JobStatus.FAILED, exitCode, _billSoFar(job), msg.sender);
     }
 
-    function _outOfCredits(uint256 jobId, Job storage job) private {
+    function _outOfCredits(uint256 jobId, Job storage job, address caller) private {
         if (job.status != JobStatus.RUNNING) revert InvalidStatus(jobId, job.status);
         uint256 used = _billSoFar(job);
         if (used < job.escrow) revert EscrowNotExhausted(jobId, used, job.escrow);
-        _settle(jobId, job, JobStatus.OUT_OF_CREDITS, 0, used);
+        _settle(jobId, job, JobStatus.OUT_OF_CREDITS, 0, used, caller);
     }
 
-    function _panic(uint256 jobId, Job storage job) private {
+    function _panic(uint256 jobId, Job storage job, address caller) private {
         JobStatus status = job.status;
         if (status >= JobStatus.FINISHED) revert InvalidStatus(jobId, status);
-        _settle(jobId, job, JobStatus.PANICKED, 0, 0);
+        _settle(jobId, job, JobStatus.PANICKED, 0, 0, caller);
     }
 
     function _topUp(uint256 jobId, uint64 amount) private {
@@ -521,7 +523,10 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
 
     /// @dev Moves a job to a final status: `bill` (<= escrow) to the provider, the rest to the owner,
     ///      capacity released. Effects only: payouts are pulled later through `withdraw`.
-    function _settle(uint256 jobId, Job storage job, JobStatus status, int32 exitCode, uint256 bill) private {
+    ///      `caller` is msg.sender when it was checked to be the assigned provider (saves a lookup), else 0.
+    function _settle(uint256 jobId, Job storage job, JobStatus status, int32 exitCode, uint256 bill, address caller)
+        private
+    {
         JobStatus previous = job.status;
         uint64 escrow = job.escrow;
         if (bill > escrow) bill = escrow;
@@ -531,15 +536,17 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
         job.status = status;
         job.escrow = 0;
         if (previous >= JobStatus.META_SCHEDULED) {
-            provider = _release(job.providerId, job.cpus, job.gpus, job.memMB);
+            provider = caller != address(0) ? caller : _providerAt[job.providerId];
+            _release(provider, job.cpus, job.gpus, job.memMB);
             if (bill != 0) _balances[provider] += bill;
         }
         if (refund != 0) _balances[owner] += refund;
         emit JobSettled(jobId, owner, provider, status, exitCode, uint64(bill), refund);
     }
 
-    function _backToPending(uint256 jobId, Job storage job, ReleaseReason reason) private {
-        address provider = _release(job.providerId, job.cpus, job.gpus, job.memMB);
+    function _backToPending(uint256 jobId, Job storage job, ReleaseReason reason, address caller) private {
+        address provider = caller != address(0) ? caller : _providerAt[job.providerId];
+        _release(provider, job.cpus, job.gpus, job.memMB);
         job.status = JobStatus.PENDING;
         job.providerId = 0;
         job.rate = 0;
@@ -549,12 +556,13 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
 
     /// @dev Takes `amount` from the payer's internal balance first, then from its tokens (last: interaction).
     function _collect(address payer, uint256 amount) private {
-        uint256 balance = _balances[payer];
+        uint256 raw = _balances[payer];
+        uint256 balance = raw & ~_TOUCHED;
         if (balance >= amount) {
-            _balances[payer] = balance - amount;
+            _balances[payer] = raw - amount;
             return;
         }
-        if (balance != 0) _balances[payer] = 0;
+        if (balance != 0) _balances[payer] = raw - balance;
         token.safeTransferFrom(payer, address(this), amount - balance);
     }
 

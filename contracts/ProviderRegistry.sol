@@ -10,22 +10,23 @@ import {Hardware, LabelConstraint, LabelOp, Prices, ProviderStatus, ProviderView
 ///         capacity. Price and label changes apply to new assignments only: an assignment snapshots
 ///         the rate.
 abstract contract ProviderRegistry is AccessControl {
-    /// @dev One provider in two storage words.
+    /// @dev One provider in two storage words. Everything an assignment reads or writes (status,
+    ///      free capacity, prices) is in word 0, so assigning touches one provider slot.
     struct ProviderRecord {
         // word 0
         ProviderStatus status;
         bool paused;
         uint32 id;
-        uint32 cpus;
-        uint16 gpus;
-        uint32 memMB;
         uint32 freeCpus;
         uint16 freeGpus;
         uint32 freeMemMB;
+        uint40 perCpuMinute;
+        uint40 perGpuMinute;
+        uint40 perGbMinute;
         // word 1
-        uint64 perCpuMinute;
-        uint64 perGpuMinute;
-        uint64 perGbMinute;
+        uint32 cpus;
+        uint16 gpus;
+        uint32 memMB;
     }
 
     /// @notice Most labels one `setLabels` call may write (bounds the loop).
@@ -246,10 +247,9 @@ abstract contract ProviderRegistry is AccessControl {
         return _rate(p, cpus, gpus, memMB);
     }
 
-    /// @dev Gives back capacity a job held. Never exceeds the declared totals (hardware can only
-    ///      shrink down to what is in use, so the sum stays within bounds).
-    function _release(uint32 providerId, uint16 cpus, uint8 gpus, uint32 memMB) internal returns (address provider) {
-        provider = _providerAt[providerId];
+    /// @dev Gives back capacity a job held on `provider`. Never exceeds the declared totals (hardware
+    ///      can only shrink down to what is in use, so the sum stays within bounds).
+    function _release(address provider, uint16 cpus, uint8 gpus, uint32 memMB) internal {
         ProviderRecord storage p = _providers[provider];
         (p.freeCpus, p.freeGpus, p.freeMemMB) = (p.freeCpus + cpus, p.freeGpus + gpus, p.freeMemMB + memMB);
     }

@@ -41,6 +41,7 @@ MAX_JOB_LABELS = 16
 MAX_ARRAY_JOBS = 1_000
 UINT56_MAX = 2**56 - 1
 UINT64_MAX = 2**64 - 1
+UINT40_MAX = 2**40 - 1
 #: Seconds a signed permit stays valid.
 PERMIT_TTL = 3600
 
@@ -434,8 +435,8 @@ def _check_hardware(hw: Resources) -> None:
 def _check_prices(p: Prices) -> None:
     if p.per_cpu_minute <= 0:
         raise InputError("the price per cpu-minute must be positive")
-    if min(p.per_gpu_minute, p.per_gb_minute) < 0 or max(p.per_cpu_minute, p.per_gpu_minute, p.per_gb_minute) > UINT64_MAX:
-        raise InputError(f"prices must be 0..{UINT64_MAX} credit units per minute, got {p}")
+    if min(p.per_gpu_minute, p.per_gb_minute) < 0 or max(p.per_cpu_minute, p.per_gpu_minute, p.per_gb_minute) > UINT40_MAX:
+        raise InputError(f"prices must be 0..{UINT40_MAX} credit units per minute, got {p}")
 
 
 def _hardware(hw: Resources) -> tuple[int, int, int]:

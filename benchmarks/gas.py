@@ -1,0 +1,127 @@
+"""Gas of every step of a job's life, from real receipts on a local Anvil.
+
+Prints one line per call, then:
+  lifecycle gas: N   submit with permit -> assign -> claim -> start -> finish, + withdraw / 100
+  batch assign per job: N   (100 jobs in one assignBatch)
+  fully batched per job: N   (array submit of 100 + batch assign + batched claim/start/finish reports + withdraw)
+
+Targets (issue 2): lifecycle <= 260,000; batch assign <= 12,000 per job; fully batched <= 100,000 per job.
+Measured in steady state: the accounts have used the market before (as any real user after its first job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dsq_chain.anvil import dev_keys, start_anvil  # noqa: E402
+from dsq_chain.chain import Chain  # noqa: E402
+from dsq_chain.client import AdminClient, GridClient, ProviderClient, SchedulerClient  # noqa: E402
+from dsq_chain.deployment import deploy  # noqa: E402
+from dsq_chain.types import CREDIT_UNIT, Prices, ReportAction, Resources  # noqa: E402
+
+WORKFLOW = json.dumps(
+    {"resources": {"tasks": 1, "cpusPerTask": 2, "memPerCpu": 512, "gpus": 0},
+     "steps": [{"name": "main", "run": {"command": "python3 train.py --epochs 3"}}]},
+    separators=(",", ":"), sort_keys=True,
+).encode()
+RES = Resources(cpus=2, gpus=0, mem_mb=1024)
+TARGETS = {"lifecycle": 260_000, "batch_assign": 12_000, "batched": 100_000}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--jobs", type=int, default=100, help="jobs in the batched measurements")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = parser.parse_args()
+    n = args.jobs
+    with start_anvil() as node:
+        chain = Chain(node.rpc_url)
+        keys = dev_keys(4)
+        admin_w, sched_w, user_w, prov_w = (chain.wallet(k) for k in keys)
+        dep = deploy(admin_w)
+        admin, sched = AdminClient(admin_w, dep), SchedulerClient(sched_w, dep)
+        user, prov = GridClient(user_w, dep), ProviderClient(prov_w, dep)
+        admin.grant_scheduler(sched.address)
+        admin.mint(user.address, 1_000_000 * CREDIT_UNIT)
+        prov.register(Resources(4096, 0, 4096 * 1024), Prices(1_000, 0, 100), {"zone": "eu"})
+        admin.approve(prov.address)
+        m = user.market.functions
+
+        def gas(receipt: dict[str, int]) -> int:
+            return int(receipt["gasUsed"])
+
+        def one_job(credits: int) -> dict[str, int]:
+            """One job through its whole life; the escrow is paid by permit (no internal balance)."""
+            if user.credits():
+                user.withdraw()
+            req = (RES.cpus, RES.gpus, RES.mem_mb, 1_000_000, credits)
+            permit = user.sign_permit(credits)
+            r: dict[str, int] = {}
+            rec = user_w.transact(m.submitWithPermit(req, [], WORKFLOW, 1, permit))
+            job_id = int(user.market.events.JobSubmitted().process_receipt(rec)[0]["args"]["firstJobId"])
+            r["submitWithPermit"] = gas(rec)
+            r["assign"] = gas(sched_w.transact(m.assign(job_id, prov.address, [])))
+            r["claim"] = gas(prov_w.transact(m.claim(job_id)))
+            r["start"] = gas(prov_w.transact(m.start(job_id)))
+            chain.increase_time(60)
+            r["finish"] = gas(prov_w.transact(m.finish(job_id, 0)))
+            return r
+
+        one_job(10 * CREDIT_UNIT)  # warm-up: first use of every account's slots
+        steps = one_job(10 * CREDIT_UNIT)
+        steps["withdraw (provider)"] = gas(prov_w.transact(m.withdraw()))
+        steps["withdraw (owner)"] = gas(user_w.transact(m.withdraw()))
+        lifecycle = sum(steps[k] for k in ("submitWithPermit", "assign", "claim", "start", "finish"))
+        lifecycle += steps["withdraw (provider)"] // 100
+
+        # -- fully batched path: n jobs -------------------------------------------------------
+        credits = 10 * CREDIT_UNIT
+        req = (RES.cpus, RES.gpus, RES.mem_mb, 1_000_000, credits)
+        rec = user_w.transact(m.submitWithPermit(req, [], WORKFLOW, n, user.sign_permit(credits * n)))
+        first = int(user.market.events.JobSubmitted().process_receipt(rec)[0]["args"]["firstJobId"])
+        ids = list(range(first, first + n))
+        batched = {"array submit": gas(rec)}
+        batched["assignBatch"] = gas(sched.assign_batch([(i, prov.address, []) for i in ids]))
+        batched["report CLAIM"] = gas(prov.report([(i, ReportAction.CLAIM, 0) for i in ids]))
+        batched["report START"] = gas(prov.report([(i, ReportAction.START, 0) for i in ids]))
+        chain.increase_time(60)
+        batched["report FINISH"] = gas(prov.report([(i, ReportAction.FINISH, 0) for i in ids]))
+        batched["withdraw (provider)"] = gas(prov_w.transact(m.withdraw()))
+        per_job_batched = sum(batched.values()) // n
+        batch_assign = batched["assignBatch"] // n
+
+        # -- the same single calls with label constraints -------------------------------------
+        from dsq_chain.labels import on_chain, parse_constraint
+
+        labels = on_chain([parse_constraint("zone == eu")])
+        rec = user_w.transact(m.submit(req, labels, WORKFLOW, 1))
+        job_id = int(user.market.events.JobSubmitted().process_receipt(rec)[0]["args"]["firstJobId"])
+        labelled = {"submit with 1 label (from balance)": gas(rec)}
+        labelled["assign with 1 label"] = gas(sched_w.transact(m.assign(job_id, prov.address, labels)))
+
+    print("gas per call (steady state):")
+    for k, v in {**steps, **labelled}.items():
+        print(f"  {k:<38} {v:>10,}")
+    print(f"batched path, {n} jobs:")
+    for k, v in batched.items():
+        print(f"  {k:<38} {v:>10,}  ({v // n:,} per job)")
+    print()
+    print(f"lifecycle gas: {lifecycle}")
+    print(f"batch assign per job: {batch_assign}")
+    print(f"fully batched per job: {per_job_batched}")
+    ok = (lifecycle <= TARGETS["lifecycle"] and batch_assign <= TARGETS["batch_assign"]
+          and per_job_batched <= TARGETS["batched"])
+    print(f"targets (260,000 / 12,000 / 100,000): {'met' if ok else 'MISSED'}")
+    if args.json:
+        print(json.dumps({"lifecycle": lifecycle, "batch_assign_per_job": batch_assign,
+                          "batched_per_job": per_job_batched, "steps": steps, "batched": batched}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -119,6 +119,7 @@ struct JobView {
     uint32 memMB;
     bytes32 workflowHash;
     bytes32 labelsHash;
+    uint256 headId; // first job of its array: the JobSubmitted event carrying the workflow is indexed by it
 }
 
 /// @notice Read-only view of a provider, as returned by `getProvider`.

@@ -368,7 +368,8 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
             gpus: job.gpus,
             memMB: job.memMB,
             workflowHash: _workflowHash[head],
-            labelsHash: job.hasLabels ? _labelsHash[head] : bytes32(0)
+            labelsHash: job.hasLabels ? _labelsHash[head] : bytes32(0),
+            headId: head
         });
     }
 

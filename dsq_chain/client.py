@@ -374,7 +374,7 @@ class AdminClient(_Client):
 # ---------------------------------------------------------------------------------- conversions
 def job_from_view(v: Sequence[Any]) -> Job:
     """A ``JobView`` tuple from the contract as a :class:`Job`."""
-    (jid, owner, status, provider, escrow, rate, since, max_rate, cpus, gpus, mem, wf_hash, _labels_hash) = v
+    (jid, owner, status, provider, escrow, rate, since, max_rate, cpus, gpus, mem, wf_hash, labels_hash, head) = v
     return Job(
         id=int(jid),
         owner=to_checksum_address(owner),
@@ -386,6 +386,8 @@ def job_from_view(v: Sequence[Any]) -> Job:
         rate=int(rate),
         since=int(since),
         workflow_hash=bytes(wf_hash),
+        labels_hash=bytes(labels_hash),
+        head_id=int(head),
     )
 
 

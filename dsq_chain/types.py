@@ -184,6 +184,8 @@ class Job:
     rate: int
     since: int
     workflow_hash: bytes
+    labels_hash: bytes = b"\0" * 32
+    head_id: int = 0
     labels: tuple[LabelConstraint, ...] = ()
     workflow: bytes | None = None
 

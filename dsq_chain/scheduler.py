@@ -1,0 +1,251 @@
+"""The meta-scheduler service: follows events, matches pending jobs, commits assignments in batches.
+
+Rounds are driven by events: a new job, a refusal, a timeout, a settlement or a provider change
+triggers a round at the next poll (every ``poll_interval``, 0.1 s by default), not a slow fixed
+cycle. Each round commits every assignment it found in one ``assignBatch`` transaction. A race lost
+on chain (capacity taken, job cancelled meanwhile) is handled by re-reading events and matching
+again; entries that still fail alone are skipped with their reason, never crash the service.
+
+The state is rebuilt from events at each start (an in-memory follower replays from the deployment
+block), so a restart neither assigns a job twice (the chain says it is assigned) nor forgets one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .chain import Chain, Wallet
+from .client import SchedulerClient
+from .deployment import Deployment
+from .errors import ContractError, DsqError
+from .events import ChainEvent
+from .follower import EventFollower
+from .gridstate import GridState, JobRecord
+from .matching import Assignment, Explanation, FairShare, Matcher, Weights
+from .matching.matcher import DEFAULT_HALF_LIFE_S
+from .metrics import SchedulerMetrics
+from .types import JobStatus
+
+log = logging.getLogger("dsq.scheduler")
+
+
+@dataclass
+class RoundResult:
+    """What one matching round did."""
+
+    assigned: list[Assignment] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)
+    unplaced: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class MetaScheduler:
+    """Matches jobs to providers and commits the assignments on chain; a library object first."""
+
+    def __init__(
+        self,
+        wallet: Wallet,
+        deployment: Deployment,
+        *,
+        weights: Weights | None = None,
+        half_life_s: float = DEFAULT_HALF_LIFE_S,
+        batch_limit: int = 200,
+        confirmations: int = 0,
+        poll_interval: float = 0.1,
+        timeout_sweep_s: float = 2.0,
+        metrics: SchedulerMetrics | None = None,
+    ) -> None:
+        self.wallet = wallet
+        self.chain: Chain = wallet.chain
+        self.deployment = deployment
+        self.client = SchedulerClient(wallet, deployment)
+        self.fairshare = FairShare(half_life_s)
+        self.matcher = Matcher(weights, self.fairshare)
+        self.batch_limit = batch_limit
+        self.poll_interval = poll_interval
+        self.timeout_sweep_s = timeout_sweep_s
+        self.metrics = metrics
+        self._block_times: dict[int, float] = {}
+        self.state = GridState(self.fairshare, self._event_time)
+        self.follower = EventFollower(
+            self.chain, deployment, ":memory:", name="scheduler", confirmations=confirmations, handlers=[self]
+        )
+        self.claim_timeout = int(self.client.market.functions.claimTimeout().call())
+        self._dirty = True
+        self._last_sweep = 0.0
+        #: Jobs whose last on-chain attempt failed alone: job id -> reason (shown by explain).
+        self.failures: dict[int, str] = {}
+
+    # -- follower handler ------------------------------------------------------------------------
+    def on_event(self, event: ChainEvent) -> None:
+        if self.state.apply(event):
+            self._dirty = True
+        if event.name == "JobSubmitted" and self.metrics:
+            self.metrics.submitted.inc(int(event.args["count"]))
+
+    def on_reorg(self, block: int) -> None:
+        """Events after ``block`` are gone: rebuild the whole state by replaying from the start."""
+        log.warning("reorg back to block %d: rebuilding the grid state from events", block)
+        self.fairshare = FairShare(self.fairshare.half_life_s)
+        self.matcher.fairshare = self.fairshare
+        self.state = GridState(self.fairshare, self._event_time)
+        self.follower.db.execute("DELETE FROM follower_checkpoint WHERE name=?", (self.follower.name,))
+        self._dirty = True
+
+    def _event_time(self, ev: ChainEvent) -> float:
+        t = self._block_times.get(ev.block_number)
+        if t is None:
+            t = self._block_times[ev.block_number] = float(self.chain.timestamp(ev.block_number))
+        return t
+
+    # -- rounds ----------------------------------------------------------------------------------
+    def sync(self) -> int:
+        """Applies new events; returns how many."""
+        n = self.follower.poll()
+        if self.metrics:
+            self.metrics.pending.set(len(self.state.pending))
+        return n
+
+    def round(self, *, max_attempts: int = 3) -> RoundResult:
+        """One matching round: sync, match, commit in one batch; re-match after a lost race."""
+        started = time.monotonic()
+        result = RoundResult()
+        self._dirty = False
+        for _attempt in range(max_attempts):
+            self.sync()
+            candidates = [j for j in self.state.pending.values() if j.problem is None]
+            for j in self.state.pending.values():
+                if j.problem is not None:
+                    result.skipped[j.id] = j.problem
+            if not candidates:
+                break
+            now = time.time()
+            assignments = self.matcher.match((j.as_pending() for j in candidates), self.state.providers, now,
+                                             limit=self.batch_limit)
+            result.skipped.update(self.matcher.last_errors)
+            result.unplaced = list(self.matcher.last_unplaced)
+            if not assignments:
+                break
+            try:
+                self._commit(assignments)
+            except ContractError as e:
+                log.info("batch of %d lost a race (%s); re-matching", len(assignments), e)
+                if self.metrics:
+                    self.metrics.errors.labels(kind=type(e).__name__).inc()
+                continue
+            result.assigned = assignments
+            break
+        else:
+            result.assigned = self._commit_one_by_one(result)
+        self.sync()
+        result.seconds = time.monotonic() - started
+        if result.assigned:
+            log.info("assigned %d job(s) in %.3f s", len(result.assigned), result.seconds)
+        return result
+
+    def _commit(self, assignments: list[Assignment]) -> None:
+        t0 = time.monotonic()
+        rows = [(a.job_id, a.provider, self.state.jobs[a.job_id].chain_labels) for a in assignments]
+        self.client.assign_batch(rows)
+        if self.metrics:
+            self.metrics.commit_latency.observe(time.monotonic() - t0)
+            self.metrics.matches.inc(len(assignments))
+        for a in assignments:
+            self.failures.pop(a.job_id, None)
+
+    def _commit_one_by_one(self, result: RoundResult) -> list[Assignment]:
+        """Last resort after repeated lost races: each assignment alone; failures are recorded, not raised."""
+        self.sync()
+        assignments = self.matcher.match((j.as_pending() for j in self.state.pending.values() if j.problem is None),
+                                         self.state.providers, time.time(), limit=self.batch_limit)
+        done: list[Assignment] = []
+        for a in assignments:
+            try:
+                self._commit([a])
+                done.append(a)
+            except ContractError as e:
+                self.failures[a.job_id] = f"assignment to {a.provider} reverted: {e}"
+                result.skipped[a.job_id] = self.failures[a.job_id]
+        return done
+
+    def sweep_claim_timeouts(self) -> list[int]:
+        """Sends back to PENDING every META_SCHEDULED job whose claim window passed."""
+        waiting = [j for j in self.state.jobs.values() if j.status is JobStatus.META_SCHEDULED]
+        if not waiting:
+            return []
+        now = self.chain.timestamp()
+        expired = [j.id for j in self.client.jobs(j.id for j in waiting)
+                   if j.status is JobStatus.META_SCHEDULED and now >= j.since + self.claim_timeout]
+        released = []
+        for job_id in expired:
+            try:
+                self.client.timeout_claim(job_id)
+                released.append(job_id)
+            except ContractError as e:
+                log.info("timeoutClaim(%d) not applied: %s", job_id, e)
+        if released:
+            self._dirty = True
+        return released
+
+    def run(self, stop: threading.Event) -> None:
+        """Runs rounds until ``stop`` is set; survives node outages and bad events."""
+        backoff = self.poll_interval
+        while not stop.is_set():
+            try:
+                self.sync()
+                if self._dirty:
+                    self.round()
+                if time.monotonic() - self._last_sweep > self.timeout_sweep_s:
+                    self._last_sweep = time.monotonic()
+                    self.sweep_claim_timeouts()
+                backoff = self.poll_interval
+                stop.wait(self.poll_interval)
+            except DsqError as e:
+                log.warning("scheduler: %s; retrying in %.1f s", e, backoff)
+                if self.metrics:
+                    self.metrics.errors.labels(kind=type(e).__name__).inc()
+                self.wallet.reset_nonce()
+                stop.wait(backoff)
+                backoff = min(5.0, backoff * 2)
+
+    # -- explain -----------------------------------------------------------------------------------
+    def explain(self, job_id: int) -> Explanation | str:
+        """Why a job waits (provider by provider), or what became of it."""
+        self.sync()
+        return explain_from_state(self.state, self.matcher, job_id, self.failures)
+
+
+def explain_from_state(
+    state: GridState, matcher: Matcher, job_id: int, failures: dict[int, str] | None = None
+) -> Explanation | str:
+    job: JobRecord | None = state.jobs.get(job_id)
+    if job is None:
+        return f"job {job_id} does not exist (no JobSubmitted event for it)"
+    if job.status is not JobStatus.PENDING:
+        where = f" on {job.provider}" if job.provider else ""
+        return f"job {job_id} is {job.status.name}{where}: it is not waiting for a provider"
+    if job.problem is not None:
+        return f"job {job_id} can never be placed: {job.problem}"
+    explanation = matcher.explain(job.as_pending(), state.providers, time.time())
+    if failures and job_id in failures:
+        return f"{explanation}\nlast attempt: {failures[job_id]}"
+    return explanation
+
+
+def explain(wallet: Wallet, deployment: Deployment, job_id: int, *, weights: Weights | None = None) -> Explanation | str:
+    """SDK entry: rebuilds the grid state from events and explains ``job_id`` (no scheduler needed)."""
+    sched = MetaScheduler(wallet, deployment, weights=weights)
+    return sched.explain(job_id)
+
+
+def pending_reasons(state: GridState, matcher: Matcher, job_ids: Iterable[int]) -> dict[int, str]:
+    """One-line reason per waiting job, for tables."""
+    out: dict[int, str] = {}
+    for jid in job_ids:
+        e = explain_from_state(state, matcher, jid)
+        out[jid] = e if isinstance(e, str) else e.headline
+    return out

@@ -1,0 +1,102 @@
+"""The worker's local journal (SQLite): chain job id <-> executor job id, phase and outcome.
+
+It lives in the same SQLite file as the worker's follower checkpoint, so recording a new
+assignment and advancing the checkpoint commit together.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    """Where the worker is with a job."""
+
+    NEW = "NEW"  # assignment seen, not yet claimed or refused
+    CLAIMED = "CLAIMED"  # claim mined (chain: SCHEDULED)
+    SUBMITTED = "SUBMITTED"  # handed to the executor
+    RUNNING = "RUNNING"  # start reported (chain: RUNNING)
+    DONE = "DONE"  # final on chain (or no longer ours); nothing left to do
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS worker_jobs (
+    job_id INTEGER PRIMARY KEY,
+    phase TEXT NOT NULL,
+    exec_id TEXT,
+    time_limit_s INTEGER NOT NULL DEFAULT 0,
+    chain_status TEXT,
+    exit_code INTEGER,
+    reason TEXT NOT NULL DEFAULT '',
+    failures INTEGER NOT NULL DEFAULT 0,
+    seen_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    job_id: int
+    phase: Phase
+    exec_id: str | None
+    time_limit_s: int
+    chain_status: str | None
+    exit_code: int | None
+    reason: str
+    failures: int
+    seen_at: float
+    updated_at: float
+
+
+class Journal:
+    """Rows of :class:`Entry` keyed by chain job id."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.db.executescript(SCHEMA)
+
+    def add(self, job_id: int) -> bool:
+        """Records a newly seen assignment (again after a release: the row is reset). True if new."""
+        now = time.time()
+        row = self.get(job_id)
+        if row is not None and row.phase is not Phase.DONE:
+            return False
+        self.db.execute(
+            "INSERT OR REPLACE INTO worker_jobs(job_id, phase, seen_at, updated_at) VALUES (?,?,?,?)",
+            (job_id, Phase.NEW.value, now, now),
+        )
+        return True
+
+    def get(self, job_id: int) -> Entry | None:
+        row = self.db.execute("SELECT * FROM worker_jobs WHERE job_id=?", (job_id,)).fetchone()
+        return _entry(row) if row else None
+
+    def active(self) -> list[Entry]:
+        rows = self.db.execute("SELECT * FROM worker_jobs WHERE phase != ? ORDER BY job_id", (Phase.DONE.value,))
+        return [_entry(r) for r in rows.fetchall()]
+
+    def all(self) -> list[Entry]:
+        return [_entry(r) for r in self.db.execute("SELECT * FROM worker_jobs ORDER BY job_id").fetchall()]
+
+    def update(self, job_id: int, **fields: object) -> None:
+        fields["updated_at"] = time.time()
+        if isinstance(fields.get("phase"), Phase):
+            fields["phase"] = fields["phase"].value  # type: ignore[union-attr]
+        cols = ", ".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE worker_jobs SET {cols} WHERE job_id=?", (*fields.values(), job_id))  # noqa: S608
+
+    def counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT phase, COUNT(*) FROM worker_jobs GROUP BY phase").fetchall()
+        return {p: int(n) for p, n in rows}
+
+
+def _entry(row: tuple[object, ...]) -> Entry:
+    job_id, phase, exec_id, limit, chain_status, exit_code, reason, failures, seen, updated = row
+    return Entry(int(job_id), Phase(str(phase)), None if exec_id is None else str(exec_id), int(limit),  # type: ignore[call-overload]
+                 None if chain_status is None else str(chain_status),
+                 None if exit_code is None else int(exit_code),  # type: ignore[call-overload]
+                 str(reason), int(failures), float(seen), float(updated))  # type: ignore[arg-type]

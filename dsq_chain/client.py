@@ -243,7 +243,7 @@ class GridClient(_Client):
     def _check_placeable(self, res: Resources) -> None:
         approved = [p for p in self.providers() if p.status is ProviderStatus.APPROVED]
         if not approved:
-            raise InputError("no approved provider yet: nothing could run this job (pass check_providers=False to queue it anyway)")
+            raise InputError("no approved provider yet: nothing could run this job (dsq submit --force, or check_providers=False, queues it anyway)")
         if not any(res.fits_in(p.total) for p in approved):
             biggest = max(approved, key=lambda p: (p.total.cpus, p.total.gpus, p.total.mem_mb)).total
             raise InputError(

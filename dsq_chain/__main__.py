@@ -1,0 +1,3 @@
+from dsq_chain.cli import main
+
+main()

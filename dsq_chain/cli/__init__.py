@@ -1,0 +1,60 @@
+"""The ``dsq`` command line. It only wires the library's services and clients together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import Settings
+from .jobs import register as register_job_commands
+from .provider import admin_app, provider_app
+from .services import devnet_app, register_logs, scheduler_app, worker_app
+
+app = typer.Typer(
+    name="dsq",
+    no_args_is_help=True,
+    add_completion=False,
+    help="dsq-chain: a decentralized HPC grid. Submit jobs, run a provider, run the meta-scheduler.",
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    rpc_url: Annotated[str | None, typer.Option("--rpc-url", help="JSON-RPC URL (env DSQ_RPC_URL)")] = None,
+    deployment: Annotated[Path | None, typer.Option(
+        "--deployment", help="deployment file (env DSQ_DEPLOYMENT; default .dsq/deployment.json)")] = None,
+    keystore: Annotated[Path | None, typer.Option(
+        "--keystore", help="encrypted key file (env DSQ_KEYSTORE; else the key comes from env DSQ_PRIVATE_KEY)")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="config file (env DSQ_CONFIG; default .dsq/config.json)")] = None,
+) -> None:
+    ctx.obj = Settings(rpc_url=rpc_url, deployment=deployment, keystore=keystore, config=config)
+
+
+@app.command()
+def build(check: Annotated[bool, typer.Option("--check", help="fail if the artifacts are stale")] = False) -> None:
+    """Compiles contracts/ into the SDK's artifacts (from a source checkout)."""
+    from ..build import main as build_main
+
+    raise typer.Exit(build_main(["--check"] if check else []))
+
+
+register_job_commands(app)
+register_logs(app)
+app.add_typer(provider_app, name="provider")
+app.add_typer(admin_app, name="admin")
+app.add_typer(scheduler_app, name="scheduler")
+app.add_typer(worker_app, name="worker")
+app.add_typer(devnet_app, name="devnet")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

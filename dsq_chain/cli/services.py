@@ -1,0 +1,209 @@
+"""Long-running services and local chain: ``dsq scheduler run``, ``dsq worker run``, ``dsq logs``, ``dsq devnet``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..anvil import AnvilError, dev_keys, start_anvil
+from ..chain import Chain
+from ..client import AdminClient
+from ..deployment import deploy
+from ..errors import InputError
+from ..journal import Journal
+from ..matching import Weights
+from ..metrics import SchedulerMetrics, WorkerMetrics
+from ..scheduler import MetaScheduler
+from ..types import CREDIT_UNIT
+from ..worker import ProviderWorker
+from .common import DEFAULT_DIR, errors, out, settings, table
+from .provider import build_executor
+
+scheduler_app = typer.Typer(no_args_is_help=True, help="The meta-scheduler service.")
+worker_app = typer.Typer(no_args_is_help=True, help="The provider worker service.")
+devnet_app = typer.Typer(no_args_is_help=True, help="A local Anvil chain with the contracts deployed.")
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+@scheduler_app.command("run")
+def scheduler_run(
+    ctx: typer.Context,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Prometheus port (0: off)")] = 0,
+    batch_limit: Annotated[int, typer.Option("--batch-limit", help="most assignments per transaction")] = 200,
+    weights: Annotated[str, typer.Option(help="score weights, e.g. price=1,load=0.5,reliability=1,fairshare=1")] = "",
+    confirmations: Annotated[int, typer.Option(help="blocks an event must be deep before it is used")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Follows the chain and commits assignments until interrupted (SIGINT/SIGTERM)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
+    with errors():
+        s = settings(ctx)
+        chain, dep = s.chain()
+        metrics = SchedulerMetrics()
+        sched = MetaScheduler(s.wallet(chain), dep, weights=_weights(weights), batch_limit=batch_limit,
+                              confirmations=confirmations, metrics=metrics)
+        if metrics_port:
+            metrics.serve(metrics_port)
+        logging.getLogger("dsq.scheduler").info("scheduler %s on %s (market %s)", sched.wallet.address,
+                                                chain.rpc_url, dep.market)
+        sched.run(_stop_on_signals())
+
+
+@worker_app.command("run")
+def worker_run(
+    ctx: typer.Context,
+    executor: Annotated[str, typer.Option(help="local | slurm")] = "local",
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="journal, checkpoint and job files")] = Path(
+        ".dsq/worker"),
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Prometheus port (0: off)")] = 0,
+    fake_gpus: Annotated[int, typer.Option("--fake-gpus", help="local executor: GPU slots to simulate")] = 0,
+    slurm_conf: Annotated[Path | None, typer.Option("--slurm-conf")] = None,
+    poll: Annotated[float, typer.Option(help="seconds between ticks")] = 0.2,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Runs this provider's jobs until interrupted; restart it any time, it resumes from its journal."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
+    with errors():
+        s = settings(ctx)
+        chain, dep = s.chain()
+        metrics = WorkerMetrics()
+        worker = ProviderWorker(s.wallet(chain), dep, build_executor(executor, state_dir, fake_gpus, slurm_conf),
+                                state_dir, poll_interval=poll, metrics=metrics)
+        if metrics_port:
+            metrics.serve(metrics_port)
+        logging.getLogger("dsq.worker").info("worker %s (%s executor, state in %s)", worker.address, executor,
+                                             state_dir)
+        worker.run(_stop_on_signals())
+
+
+def register_logs(app: typer.Typer) -> None:
+    @app.command()
+    def logs(
+        job_id: int,
+        state_dir: Annotated[Path, typer.Option("--state-dir", help="the worker's state directory")] = Path(
+            ".dsq/worker"),
+        executor: Annotated[str, typer.Option(help="local | slurm")] = "local",
+        stderr: Annotated[bool, typer.Option("--stderr", help="show stderr instead of stdout")] = False,
+    ) -> None:
+        """A job's stdout (or stderr), as kept by the provider's worker (run it on the provider)."""
+        import sqlite3
+
+        with errors():
+            db_path = state_dir / "worker.sqlite"
+            if not db_path.exists():
+                raise InputError(f"no worker journal in {state_dir}: pass --state-dir of the worker that ran the job")
+            entry = Journal(sqlite3.connect(db_path)).get(job_id)
+            ex = build_executor(executor, state_dir)
+            exec_id = entry.exec_id if entry and entry.exec_id else next(iter(ex.find(job_id)[-1:]), None)
+            if exec_id is None:
+                raise InputError(f"job {job_id} never ran on this worker ({state_dir})")
+            path = ex.logs(exec_id)[1 if stderr else 0]
+            print(path.read_text(errors="replace") if path.exists() else "", end="")
+
+
+@devnet_app.command("up")
+def devnet_up(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="RPC port")] = 8545,
+    directory: Annotated[Path, typer.Option("--dir", help="where the deployment and devnet files go")] = DEFAULT_DIR,
+    credits: Annotated[int, typer.Option(help="credits minted to each test account")] = 10_000,
+) -> None:
+    """Starts a local Anvil, deploys the contracts, funds test accounts, writes the deployment file."""
+    with errors():
+        directory.mkdir(parents=True, exist_ok=True)
+        state = directory / "devnet.json"
+        if state.exists() and _alive(json.loads(state.read_text()).get("pid", 0)):
+            raise InputError(f"a devnet is already running ({state}); `dsq devnet down` first")
+        try:
+            node = start_anvil(port, log_path=directory / "anvil.log")
+        except AnvilError as e:
+            raise InputError(str(e)) from None
+        keys = dev_keys(10)
+        chain = Chain(node.rpc_url)
+        dep = deploy(chain.wallet(keys[0]))
+        dep.save(directory / "deployment.json")
+        admin = AdminClient(chain.wallet(keys[0]), dep)
+        admin.grant_scheduler(chain.wallet(keys[1]).address)
+        accounts = [chain.wallet(k).address for k in keys]
+        for a in accounts[2:]:
+            admin.mint(a, credits * CREDIT_UNIT)
+        state.write_text(json.dumps({"pid": node.pid, "port": port, "rpc_url": node.rpc_url}) + "\n")
+        roles = ["admin", "scheduler"] + ["user / provider"] * 8
+        out.print(table(f"devnet at {node.rpc_url} (pid {node.pid}); deployment in {directory / 'deployment.json'}",
+                        ["#", "account", "role", "credits"],
+                        [[i, a, roles[i], credits if i >= 2 else 0] for i, a in enumerate(accounts)]))
+        out.print("These are Anvil's public test accounts. Use one with: "
+                  "export DSQ_PRIVATE_KEY=$(dsq devnet key N)")
+
+
+@devnet_app.command("key")
+def devnet_key(n: int) -> None:
+    """Prints test account N's private key (Anvil's public test mnemonic: never use it elsewhere)."""
+    if not 0 <= n < 10:
+        raise typer.BadParameter("N must be 0..9")
+    print(dev_keys(n + 1)[n])
+
+
+@devnet_app.command("down")
+def devnet_down(directory: Annotated[Path, typer.Option("--dir")] = DEFAULT_DIR) -> None:
+    """Stops the devnet started by `dsq devnet up`."""
+    with errors():
+        state = directory / "devnet.json"
+        if not state.exists():
+            raise InputError(f"no devnet recorded in {state}")
+        pid = int(json.loads(state.read_text())["pid"])
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                if not _alive(pid):
+                    break
+                time.sleep(0.1)
+        state.unlink()
+        out.print(f"devnet (pid {pid}) stopped")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _weights(text: str) -> Weights | None:
+    if not text:
+        return None
+    values: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if name.strip() not in ("price", "load", "reliability", "fairshare"):
+            raise InputError(f"unknown weight {name!r}: use price, load, reliability, fairshare")
+        try:
+            values[name.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"weight {name} must be a number, got {value!r}") from None
+    return Weights(**values)

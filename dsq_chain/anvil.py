@@ -99,18 +99,26 @@ def start_anvil(
     *,
     accounts: int = 20,
     block_time: float | None = None,
+    mixed_mining: bool = False,
     dump_state: Path | None = None,
     load_state: Path | None = None,
     log_path: Path | None = None,
     extra_args: list[str] | None = None,
     startup_timeout: float = 20.0,
 ) -> AnvilNode:
-    """Starts Anvil on ``port`` (a free one by default) and waits until it answers RPC."""
+    """Starts Anvil on ``port`` (a free one by default) and waits until it answers RPC.
+
+    ``mixed_mining`` keeps automine and adds an empty block every ``block_time`` (default 1) seconds.
+    """
     binary = find_anvil()
     port = port or free_port()
     args = [str(binary), "--port", str(port), "--host", "127.0.0.1", "--accounts", str(accounts),
             "--mnemonic", DEV_MNEMONIC, "--silent"]
-    if block_time:
+    if mixed_mining:
+        # Transactions are still mined at once, and an empty block every second keeps chain time
+        # moving like a real chain's (with automine alone, time stands still between transactions).
+        args += ["--block-time", str(block_time or 1), "--mixed-mining"]
+    elif block_time:
         args += ["--block-time", str(block_time)]
     if dump_state:
         args += ["--dump-state", str(dump_state)]

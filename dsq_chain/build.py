@@ -115,11 +115,15 @@ def compile_contracts(root: Path | None = None) -> dict[str, Any]:
         raise BuildError(f"compiler output lacks {sorted(missing)}")
     digest = hashlib.sha256(json.dumps(srcs, sort_keys=True).encode()).hexdigest()
     return {
-        "compiler": {"version": SOLC_VERSION, "settings": {k: v for k, v in SETTINGS.items() if k != "outputSelection"}},
+        "compiler": _compiler_info(),
         "sourcesSha256": digest,
         "enums": _enums(output),
         "contracts": contracts,
     }
+
+
+def _compiler_info() -> dict[str, Any]:
+    return {"version": SOLC_VERSION, "settings": {k: v for k, v in SETTINGS.items() if k != "outputSelection"}}
 
 
 def _enums(output: dict[str, Any]) -> dict[str, list[str]]:

@@ -5,6 +5,7 @@ exceptions of :mod:`dsq_chain.errors`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -145,44 +146,49 @@ class Wallet:
     def check(self, call: Call) -> Any:
         """Runs the call with ``eth_call`` (no transaction); a revert raises the ContractError."""
         try:
-            return call.fn.call({"from": self.address})
+            return cast(ContractFunction, call.fn).call({"from": self.address})
         except (ContractCustomError, ContractLogicError, ContractPanicError) as e:
             raise _decode(e, call.label) from None
 
-    def _sign(self, call: Call, nonce: int, gas_price: int) -> HexBytes:
+    def _sign(self, call: Call, nonce: int, fees: dict[str, int]) -> HexBytes:
         gas = call.gas if call.gas is not None else self.estimate(call)
-        tx: TxParams = call.fn.build_transaction(
-            {
-                "from": self.address,
-                "nonce": nonce,
-                "gas": gas,
-                "gasPrice": gas_price,
-                "chainId": self.chain.chain_id,
-            }
-        )
-        return HexBytes(self.account.sign_transaction(tx).raw_transaction)
+        params: dict[str, Any] = {"from": self.address, "nonce": nonce, "gas": gas, "chainId": self.chain.chain_id}
+        tx: TxParams = call.fn.build_transaction(cast(TxParams, params | fees))
+        return HexBytes(self.account.sign_transaction(cast(dict[str, Any], tx)).raw_transaction)
 
-    def _gas_price(self) -> int:
-        return int(self.chain.call_rpc("eth_gasPrice", []), 16) * 2
+    def _fees(self) -> dict[str, int]:
+        """EIP-1559 fees: the node's suggested tip, and room for the base fee to double.
+
+        Not a legacy ``gasPrice`` of 2 x ``eth_gasPrice``: the overpayment became the block's tip,
+        which the node's next suggestion includes, so the price doubled with every transaction
+        (on Anvil, accounts ran out of ether after a few dozen transactions).
+        """
+        block = self.chain.call_rpc("eth_getBlockByNumber", ["latest", False])
+        if block.get("baseFeePerGas") is None:  # a chain without EIP-1559
+            return {"gasPrice": int(self.chain.call_rpc("eth_gasPrice", []), 16)}
+        tip = int(self.chain.call_rpc("eth_maxPriorityFeePerGas", []), 16)
+        return {"maxFeePerGas": 2 * int(block["baseFeePerGas"], 16) + tip, "maxPriorityFeePerGas": tip}
 
     # -- sending --------------------------------------------------------------------------------
     def transact(self, fn: ContractFunction | ContractConstructor | Call, *, timeout: float = 120.0) -> TxReceipt:
         """Signs, sends and waits for one transaction; raises the ContractError if it reverts."""
         return self.transact_many([fn], timeout=timeout)[0]
 
-    def transact_many(self, calls: Sequence[ContractFunction | ContractConstructor | Call], *, timeout: float = 120.0) -> list[TxReceipt]:
+    def transact_many(
+        self, calls: Sequence[ContractFunction | ContractConstructor | Call], *, timeout: float = 120.0
+    ) -> list[TxReceipt]:
         """Pre-signs ``calls`` with consecutive nonces, sends them in one JSON-RPC batch and waits for
         every receipt. Gas is estimated per call against the current state unless the Call gives it.
         The first reverted transaction raises its ContractError (after all receipts are in)."""
         items = [c if isinstance(c, Call) else Call(c) for c in calls]
         if not items:
             return []
-        gas_price = self._gas_price()
+        fees = self._fees()
         # Estimate before taking nonces, so a revert found at estimation costs no nonce.
         items = [c if c.gas is not None else Call(c.fn, self.estimate(c)) for c in items]
         first = self._take_nonces(len(items))
         try:
-            raws = [self._sign(c, first + i, gas_price) for i, c in enumerate(items)]
+            raws = [self._sign(c, first + i, fees) for i, c in enumerate(items)]
             hashes = self._send_raw(raws)
         except BaseException:
             self.reset_nonce()
@@ -197,7 +203,7 @@ class Wallet:
         if len(raws) == 1:
             return [HexBytes(self.chain.call_rpc("eth_sendRawTransaction", [raws[0].to_0x_hex()]))]
         try:
-            responses = self.chain.w3.provider.make_batch_request(
+            responses = cast(Any, self.chain.w3.provider).make_batch_request(
                 [("eth_sendRawTransaction", [r.to_0x_hex()]) for r in raws]  # type: ignore[misc]
             )
         except (requests.ConnectionError, requests.Timeout, OSError) as e:
@@ -217,16 +223,15 @@ class Wallet:
         while True:
             missing = [i for i in range(len(hashes)) if i not in found]
             if len(missing) == 1:
-                try:
+                with contextlib.suppress(TransactionNotFound):
                     found[missing[0]] = self.chain.w3.eth.get_transaction_receipt(hashes[missing[0]])
-                except TransactionNotFound:
-                    pass
             else:
                 with self.chain.w3.batch_requests() as batch:
                     for i in missing:
                         batch.add(self.chain.w3.eth.get_transaction_receipt(hashes[i]))
+                    results: list[Any]
                     try:
-                        results = batch.execute()
+                        results = list(batch.execute())
                     except TransactionNotFound:
                         results = [None] * len(missing)
                 for i, r in zip(missing, results, strict=True):
@@ -242,10 +247,10 @@ class Wallet:
     def _explain_failure(self, call: Call, receipt: TxReceipt) -> DsqErrorLike:
         """Replays a reverted transaction with eth_call at its block to recover the custom error."""
         try:
-            call.fn.call({"from": self.address}, block_identifier=receipt["blockNumber"] - 1)
+            cast(ContractFunction, call.fn).call({"from": self.address}, block_identifier=receipt["blockNumber"] - 1)
         except (ContractCustomError, ContractLogicError, ContractPanicError) as e:
             return _decode(e, call.label)
-        except Exception:  # noqa: BLE001 - the replay is best effort
+        except Exception:
             pass
         used = receipt["gasUsed"]
         return TransactionFailed(

@@ -1,7 +1,8 @@
 """Typed clients over the contracts: what dApps, the CLI and the services call.
 
 * :class:`GridClient` — a job owner: submit (with permit, in one transaction), top up, cancel, read, wait.
-* :class:`ProviderClient` — a provider: register, update, pause, claim/refuse/start/finish (single or batched), withdraw.
+* :class:`ProviderClient` — a provider: register, update, pause, claim/refuse/start/finish (single or
+  batched), withdraw.
 * :class:`SchedulerClient` — the meta-scheduler's on-chain side: assign, batch assign.
 * :class:`AdminClient` — approve/ban/remove providers, grant the scheduler role, mint credits.
 
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from eth_account.messages import encode_typed_data
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
@@ -86,7 +87,7 @@ class _Client:
             for i in ids:
                 batch.add(self.market.functions.getJob(i))
             results = batch.execute()
-        return [job_from_view(r) for r in results]
+        return [job_from_view(cast(Sequence[Any], r)) for r in results]
 
     def job_count(self) -> int:
         return int(self.market.functions.jobCount().call())
@@ -171,7 +172,8 @@ class GridClient(_Client):
         logs = self.market.events.JobSubmitted().get_logs(
             from_block=self.deployment.block, argument_filters={"owner": owner}
         )
-        ids = [i for log in logs for i in range(log["args"]["firstJobId"], log["args"]["firstJobId"] + log["args"]["count"])]
+        ranges = [(int(log["args"]["firstJobId"]), int(log["args"]["count"])) for log in logs]
+        ids = [i for first, count in ranges for i in range(first, first + count)]
         return self.jobs(ids)
 
     def wait_for(
@@ -243,7 +245,10 @@ class GridClient(_Client):
     def _check_placeable(self, res: Resources) -> None:
         approved = [p for p in self.providers() if p.status is ProviderStatus.APPROVED]
         if not approved:
-            raise InputError("no approved provider yet: nothing could run this job (dsq submit --force, or check_providers=False, queues it anyway)")
+            raise InputError(
+                "no approved provider yet: nothing could run this job "
+                "(dsq submit --force, or check_providers=False, queues it anyway)"
+            )
         if not any(res.fits_in(p.total) for p in approved):
             biggest = max(approved, key=lambda p: (p.total.cpus, p.total.gpus, p.total.mem_mb)).total
             raise InputError(
@@ -437,7 +442,8 @@ def _check_hardware(hw: Resources) -> None:
 def _check_prices(p: Prices) -> None:
     if p.per_cpu_minute <= 0:
         raise InputError("the price per cpu-minute must be positive")
-    if min(p.per_gpu_minute, p.per_gb_minute) < 0 or max(p.per_cpu_minute, p.per_gpu_minute, p.per_gb_minute) > UINT40_MAX:
+    values = (p.per_cpu_minute, p.per_gpu_minute, p.per_gb_minute)
+    if min(values) < 0 or max(values) > UINT40_MAX:
         raise InputError(f"prices must be 0..{UINT40_MAX} credit units per minute, got {p}")
 
 

@@ -7,12 +7,12 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 from web3.contract import Contract
 
 from . import artifacts
 from .chain import Chain, Wallet
-from .errors import InputError
+from .errors import InputError, TransactionFailed
 
 #: Default seconds a provider has to claim an assignment.
 DEFAULT_CLAIM_TIMEOUT = 300
@@ -70,7 +70,10 @@ def _deploy(wallet: Wallet, name: str, *args: object) -> tuple[str, int]:
     w3 = wallet.chain.w3
     factory = w3.eth.contract(abi=artifacts.abi(name), bytecode=artifacts.bytecode(name))  # type: ignore[call-overload]
     receipt = wallet.transact(factory.constructor(*args))
-    return to_checksum_address(receipt["contractAddress"]), int(receipt["blockNumber"])
+    address = receipt["contractAddress"]
+    if address is None:
+        raise TransactionFailed(f"deploying {name} created no contract")
+    return to_checksum_address(address), int(receipt["blockNumber"])
 
 
 def deploy(wallet: Wallet, *, claim_timeout: int = DEFAULT_CLAIM_TIMEOUT) -> Deployment:

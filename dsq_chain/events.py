@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from eth_utils import event_abi_to_log_topic, to_checksum_address
+from eth_utils.abi import event_abi_to_log_topic
+from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
 from web3._utils.events import get_event_data
 from web3.types import LogReceipt
@@ -50,7 +51,7 @@ class EventDecoder:
         self.topics: dict[str, str] = {}
         for item in artifacts.abi("JobMarket"):
             if item["type"] == "event":
-                topic = event_abi_to_log_topic(item)
+                topic = event_abi_to_log_topic(cast(Any, item))
                 self._by_topic[bytes(topic)] = item
                 self.topics[item["name"]] = "0x" + bytes(topic).hex()
 

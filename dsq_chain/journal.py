@@ -10,6 +10,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class Phase(StrEnum):
@@ -84,19 +85,20 @@ class Journal:
 
     def update(self, job_id: int, **fields: object) -> None:
         fields["updated_at"] = time.time()
-        if isinstance(fields.get("phase"), Phase):
-            fields["phase"] = fields["phase"].value  # type: ignore[union-attr]
+        phase = fields.get("phase")
+        if isinstance(phase, Phase):
+            fields["phase"] = phase.value
         cols = ", ".join(f"{k}=?" for k in fields)
-        self.db.execute(f"UPDATE worker_jobs SET {cols} WHERE job_id=?", (*fields.values(), job_id))  # noqa: S608
+        self.db.execute(f"UPDATE worker_jobs SET {cols} WHERE job_id=?", (*fields.values(), job_id))
 
     def counts(self) -> dict[str, int]:
         rows = self.db.execute("SELECT phase, COUNT(*) FROM worker_jobs GROUP BY phase").fetchall()
         return {p: int(n) for p, n in rows}
 
 
-def _entry(row: tuple[object, ...]) -> Entry:
+def _entry(row: tuple[Any, ...]) -> Entry:
     job_id, phase, exec_id, limit, chain_status, exit_code, reason, failures, seen, updated = row
-    return Entry(int(job_id), Phase(str(phase)), None if exec_id is None else str(exec_id), int(limit),  # type: ignore[call-overload]
+    return Entry(int(job_id), Phase(str(phase)), None if exec_id is None else str(exec_id), int(limit),
                  None if chain_status is None else str(chain_status),
-                 None if exit_code is None else int(exit_code),  # type: ignore[call-overload]
-                 str(reason), int(failures), float(seen), float(updated))  # type: ignore[arg-type]
+                 None if exit_code is None else int(exit_code),
+                 str(reason), int(failures), float(seen), float(updated))

@@ -236,7 +236,9 @@ def explain_from_state(
     return explanation
 
 
-def explain(wallet: Wallet, deployment: Deployment, job_id: int, *, weights: Weights | None = None) -> Explanation | str:
+def explain(
+    wallet: Wallet, deployment: Deployment, job_id: int, *, weights: Weights | None = None
+) -> Explanation | str:
     """SDK entry: rebuilds the grid state from events and explains ``job_id`` (no scheduler needed)."""
     sched = MetaScheduler(wallet, deployment, weights=weights)
     return sched.explain(job_id)
@@ -247,5 +249,5 @@ def pending_reasons(state: GridState, matcher: Matcher, job_ids: Iterable[int]) 
     out: dict[int, str] = {}
     for jid in job_ids:
         e = explain_from_state(state, matcher, jid)
-        out[jid] = e if isinstance(e, str) else e.headline
+        out[jid] = e if isinstance(e, str) else e.headline()
     return out

@@ -152,7 +152,8 @@ class Prices:
 
     def rate_for(self, res: Resources) -> int:
         """Credit units per minute that a job with ``res`` costs (same formula as on chain)."""
-        return res.cpus * self.per_cpu_minute + res.gpus * self.per_gpu_minute + (res.mem_mb * self.per_gb_minute) // 1024
+        cpu_and_gpu = res.cpus * self.per_cpu_minute + res.gpus * self.per_gpu_minute
+        return cpu_and_gpu + (res.mem_mb * self.per_gb_minute) // 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,8 @@ def main_options(
     deployment: Annotated[Path | None, typer.Option(
         "--deployment", help="deployment file (env DSQ_DEPLOYMENT; default .dsq/deployment.json)")] = None,
     keystore: Annotated[Path | None, typer.Option(
-        "--keystore", help="encrypted key file (env DSQ_KEYSTORE; else the key comes from env DSQ_PRIVATE_KEY)")] = None,
+        "--keystore", help="encrypted key file (env DSQ_KEYSTORE; else the key comes from env DSQ_PRIVATE_KEY)"),
+    ] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="config file (env DSQ_CONFIG; default .dsq/config.json)")] = None,
 ) -> None:

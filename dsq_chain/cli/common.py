@@ -201,6 +201,8 @@ def errors() -> Iterator[None]:
         yield
     except InputError as e:
         fail(str(e), EXIT_INPUT)
+    except OSError as e:  # a workflow or key file that cannot be read
+        fail(f"cannot read {getattr(e, 'filename', None) or 'a file'}: {e.strerror or e}", EXIT_INPUT)
     except ValueError as e:  # WorkflowError, LabelExpressionError, ... are ValueErrors with precise messages
         fail(str(e), EXIT_INPUT)
     except ChainUnavailable as e:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from .. import workflow as wfmod
 from ..client import GridClient, ProviderClient
@@ -42,7 +42,7 @@ def _job_rows(jobs: list[Job]) -> list[list[Any]]:
              fmt_credits(j.escrow), fmt_credits(j.rate) + "/min" if j.rate else "-"] for j in jobs]
 
 
-def register(app: typer.Typer) -> None:  # noqa: C901 - one command per nested function
+def register(app: typer.Typer) -> None:
     @app.command()
     def submit(
         ctx: typer.Context,
@@ -165,7 +165,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one command per nested f
             if isinstance(result, str):
                 emit({"job_id": job_id, "explanation": result}, lambda: result, as_json)
             else:
-                data = {"job_id": job_id, "headline": result.headline,
+                data = {"job_id": job_id, "headline": result.headline(),
                         "providers": [{"provider": v.address, "placeable": v.placeable, "verdict": str(v)}
                                       for v in result.verdicts]}
                 emit(data, lambda: str(result), as_json)
@@ -183,7 +183,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one command per nested f
             wf = wfmod.load(workflow)
             grid = _grid(ctx, read_only=True)
             provs = [p for p in grid.providers() if p.status is ProviderStatus.APPROVED]
-            rows = []
+            rows: list[dict[str, Any]] = []
             for p in provs:
                 pv = wfmod.cost_preview(wf, units, p.prices)
                 rows.append({"provider": p.address, "fits": wf.resources.fits_in(p.total),
@@ -233,7 +233,7 @@ def _ids(ids: list[int]) -> str:
 
 
 def _ts(t: int) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _duration(s: int) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from ..client import AdminClient, ProviderClient
 from ..errors import InputError

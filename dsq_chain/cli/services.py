@@ -131,7 +131,7 @@ def devnet_up(
         if state.exists() and _alive(json.loads(state.read_text()).get("pid", 0)):
             raise InputError(f"a devnet is already running ({state}); `dsq devnet down` first")
         try:
-            node = start_anvil(port, log_path=directory / "anvil.log")
+            node = start_anvil(port, mixed_mining=True, log_path=directory / "anvil.log")
         except AnvilError as e:
             raise InputError(str(e)) from None
         keys = dev_keys(10)

@@ -1,0 +1,292 @@
+"""A real one-node Slurm cluster for tests: ``slurm_cluster`` (session-scoped pytest fixture).
+
+Import it into a conftest or test module (``from tests.slurm_cluster import slurm_cluster``).
+The fixture
+
+* installs Debian's ``slurm-wlm`` with ``apt-get`` when ``slurmctld`` is missing
+  (skips, saying why, only when that is impossible: no ``apt-get`` or not root);
+* writes a ``slurm.conf`` into a fresh ``/tmp/dsq-slurm-*`` folder: free ports,
+  state/spool/pid/log files in that folder, ``auth/none`` (no munge), the node
+  exactly as ``slurmd -C`` sees this machine, ``MinJobAge=3600`` (``scontrol``
+  still shows finished jobs), ``KillWait=2``, ``OverTimeLimit=0``, a job
+  completion file for ``sacct -c``, ``batch_sched_delay=0`` (a job starts ~1 s
+  after ``sbatch`` instead of ~3 s) and ``OverSubscribe=FORCE:4`` so tests can
+  run several 1-CPU jobs at once on a 2-CPU CI machine;
+* exports ``SLURM_CONF`` for the test process and starts ``slurmctld -D -i`` and
+  ``slurmd -D``; waits until ``sinfo`` shows the node idle (the error carries the
+  daemons' logs);
+* at teardown cancels every job of that cluster, stops both daemons by PID and
+  removes the folder.
+
+Under pytest-xdist every worker process would start its own cluster: mark Slurm
+tests ``@pytest.mark.xdist_group("slurm")`` (``make test`` uses ``--dist loadgroup``)
+so that they share one.
+
+Measured here (2 CPUs): ``apt-get update && apt-get install slurm-wlm`` ≈ 14 s,
+cluster up ≈ 1 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+APT_PACKAGES = ("slurm-wlm",)
+_INSTALL_LOCK = Path(tempfile.gettempdir()) / "dsq-slurm-apt.lock"
+_SBIN = (Path("/usr/sbin"), Path("/usr/local/sbin"), Path("/sbin"))
+
+
+class SlurmUnavailable(Exception):
+    """Slurm is missing and cannot be installed here (the fixture turns this into a skip)."""
+
+
+def find_binary(name: str) -> str | None:
+    """``name`` on PATH or in an ``sbin`` folder (root's PATH in CI may lack ``/usr/sbin``)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in _SBIN:
+        if (d / name).is_file() and os.access(d / name, os.X_OK):
+            return str(d / name)
+    return None
+
+
+def ensure_slurm_installed(timeout_s: float = 900) -> None:
+    """Install ``slurm-wlm`` with apt-get unless ``slurmctld``, ``slurmd`` and ``sbatch`` are all present.
+
+    Raises :class:`SlurmUnavailable` when apt-get is missing or we are not root,
+    :class:`RuntimeError` (with apt's output) when the installation fails.
+    """
+
+    def present() -> bool:
+        return all(find_binary(b) for b in ("slurmctld", "slurmd", "sbatch", "scontrol", "sacct"))
+
+    if present():
+        return
+    apt = shutil.which("apt-get")
+    if apt is None:
+        raise SlurmUnavailable(
+            "Slurm is not installed (no slurmctld) and apt-get is not available to install it: "
+            "install slurm-wlm (slurmctld, slurmd and the client commands) to run the Slurm tests"
+        )
+    if os.geteuid() != 0:
+        raise SlurmUnavailable(
+            "Slurm is not installed (no slurmctld) and installing it with apt-get needs root: "
+            "run `apt-get install slurm-wlm` as root, or run the tests as root"
+        )
+    _INSTALL_LOCK.touch(exist_ok=True)
+    with open(_INSTALL_LOCK) as lock:  # pytest-xdist workers: one apt at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if present():
+            return
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for cmd in (
+            [apt, "-o", "DPkg::Lock::Timeout=300", "update"],
+            [apt, "-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends", *APT_PACKAGES],
+        ):
+            proc = subprocess.run(
+                cmd, env=env, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"`{' '.join(cmd)}` failed with exit code {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}"
+                )
+        if not present():
+            raise RuntimeError(f"installed {' '.join(APT_PACKAGES)} but slurmctld/slurmd/sbatch are still missing")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def node_config(slurmd: str) -> tuple[str, str, int, int]:
+    """(node name, ``slurmd -C`` node line without UpTime, cpus, real memory MB) of this machine."""
+    proc = subprocess.run([slurmd, "-C"], capture_output=True, text=True, timeout=60, check=True)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("NodeName="))
+    name = line.split()[0].split("=", 1)[1]
+    cpus = int(re.search(r"\bCPUs=(\d+)", line).group(1))  # type: ignore[union-attr]
+    mem = int(re.search(r"\bRealMemory=(\d+)", line).group(1))  # type: ignore[union-attr]
+    return name, line.strip(), cpus, mem
+
+
+@dataclass
+class SlurmCluster:
+    """A running one-node cluster; ``conf`` is its ``slurm.conf`` (give it to executors as ``slurm_conf``)."""
+
+    dir: Path
+    conf: Path
+    node: str
+    cpus: int
+    mem_mb: int
+    ctld_port: int
+    slurmd_port: int
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def jobcomp(self) -> Path:
+        return self.dir / "jobcomp.txt"
+
+    def env(self) -> dict[str, str]:
+        """``os.environ`` with this cluster's ``SLURM_CONF``."""
+        return dict(os.environ, SLURM_CONF=str(self.conf))
+
+    def command(self, *args: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a Slurm client command against this cluster."""
+        exe = find_binary(args[0]) or args[0]
+        return subprocess.run(
+            [exe, *args[1:]], env=self.env(), capture_output=True, text=True, timeout=timeout, check=check
+        )
+
+    def logs(self) -> str:
+        """The daemons' log files (and their stdout/stderr), for error messages."""
+        out = []
+        for name in ("slurmctld.log", "slurmd.log", "slurmctld.out", "slurmd.out"):
+            p = self.dir / "log" / name
+            if p.exists():
+                out.append(f"--- {name} ---\n{p.read_text(errors='replace')[-3000:]}")
+        return "\n".join(out)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, oversubscribe: int = 4, timeout_s: float = 60) -> SlurmCluster:
+        """Write the configuration, start both daemons and wait for an idle node."""
+        ensure_slurm_installed()
+        if os.geteuid() != 0:
+            raise SlurmUnavailable("slurmd must run as root to start jobs: run the Slurm tests as root")
+        slurmctld, slurmd = find_binary("slurmctld"), find_binary("slurmd")
+        assert slurmctld and slurmd
+        node, node_line, cpus, mem = node_config(slurmd)
+        d = Path(tempfile.mkdtemp(prefix="dsq-slurm-", dir="/tmp"))  # short: slurmstepd sockets live in spool/
+        for sub in ("state", "spool", "log"):
+            (d / sub).mkdir()
+        cluster = cls(d, d / "slurm.conf", node, cpus, mem, free_port(), free_port())
+        user = _username()
+        cluster.conf.write_text(
+            f"""# dsq-chain test cluster (tests/slurm_cluster.py)
+ClusterName=dsqtest
+SlurmctldHost={node}(127.0.0.1)
+SlurmctldPort={cluster.ctld_port}
+SlurmdPort={cluster.slurmd_port}
+SlurmUser={user}
+SlurmdUser=root
+AuthType=auth/none
+CredType=cred/none
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmctldLogFile={d}/log/slurmctld.log
+SlurmdLogFile={d}/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={d}/jobcomp.txt
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+MpiDefault=none
+ReturnToService=2
+MinJobAge=3600
+KillWait=2
+OverTimeLimit=0
+InactiveLimit=0
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+{node_line} NodeAddr=127.0.0.1 State=UNKNOWN
+PartitionName=dsq Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:{oversubscribe}
+"""
+        )
+        env = cluster.env()
+        try:
+            for name, cmd in (("slurmctld", [slurmctld, "-D", "-i"]), ("slurmd", [slurmd, "-D", "-N", node])):
+                with open(d / "log" / f"{name}.out", "wb") as out:
+                    cluster.procs[name] = subprocess.Popen(
+                        cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )  # fmt: skip
+            cluster._wait_idle(timeout_s)
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    def _wait_idle(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {proc.returncode} while starting:\n{self.logs()}")
+            proc2 = self.command("sinfo", "-h", "-N", "-o", "%N %T", check=False, timeout=10)
+            last = (proc2.stdout + proc2.stderr).strip()
+            if proc2.returncode == 0 and any(ln.split()[1:2] == ["idle"] for ln in proc2.stdout.splitlines()):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"Slurm node not idle after {timeout_s:g} s (sinfo: {last!r}):\n{self.logs()}")
+
+    def stop(self) -> None:
+        """Cancel every job of this cluster, stop the daemons by PID, delete the folder."""
+        ctld = self.procs.get("slurmctld")
+        if ctld is not None and ctld.poll() is None:
+            with contextlib.suppress(Exception):
+                self.command("scancel", "-u", _username(), timeout=10)
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    q = self.command("squeue", "-h", "-o", "%i", check=False, timeout=10)
+                    if q.returncode != 0 or not q.stdout.strip():
+                        break
+                    time.sleep(0.2)
+        for name in ("slurmd", "slurmctld"):
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _username() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """A running one-node Slurm cluster; ``SLURM_CONF`` points at it for the whole session."""
+    try:
+        cluster = SlurmCluster.start()
+    except SlurmUnavailable as exc:
+        pytest.skip(str(exc))
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        yield cluster
+    finally:
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        cluster.stop()

@@ -533,7 +533,7 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
         if (bill > escrow) bill = escrow;
         uint64 refund = escrow - uint64(bill);
         address owner = job.owner;
-        address provider;
+        address provider = address(0); // stays zero when the job never reached a provider
         job.status = status;
         job.escrow = 0;
         if (previous >= JobStatus.META_SCHEDULED) {

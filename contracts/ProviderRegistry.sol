@@ -262,7 +262,7 @@ abstract contract ProviderRegistry is AccessControl {
             bytes32 have = labels[c.key];
             bytes32 want = c.value;
             LabelOp op = c.op;
-            bool ok;
+            bool ok = false;
             if (op == LabelOp.EQ) ok = have == want;
             else if (op == LabelOp.NE) ok = have != want;
             else if (_isNumber(have) && _isNumber(want)) {

@@ -22,6 +22,7 @@ from typing import Any
 import solcx
 import solcx.exceptions
 
+from . import natspec
 from .artifacts import ARTIFACTS_PATH
 
 SOLC_VERSION = "0.8.28"
@@ -166,9 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         if current != doc:
             print(f"dsq build: {ARTIFACTS_PATH} is stale; run `python -m dsq_chain.build`", file=sys.stderr)
             return 1
+        docs = project_root() / "docs" / "contracts.md"
+        if not docs.exists() or docs.read_text() != natspec.render(doc):
+            print(f"dsq build: {docs} is stale; run `python -m dsq_chain.build`", file=sys.stderr)
+            return 1
         print("artifacts are fresh")
         return 0
     write_artifacts(doc)
+    docs = project_root() / "docs" / "contracts.md"
+    docs.parent.mkdir(exist_ok=True)
+    docs.write_text(natspec.render(doc))
     sizes = ", ".join(f"{n} {len(c['bytecode']) // 2 - 1} B" for n, c in sorted(doc["contracts"].items()))
     print(f"wrote {ARTIFACTS_PATH} ({sizes})")
     return 0

@@ -21,12 +21,21 @@ function version() {
   return 'solc, the solidity compiler commandline interface\nVersion: ' + v + '\n';
 }
 
+// Directories imports are resolved against, like native solc: --base-path, --include-path,
+// the working directory, then this checkout (its node_modules and contracts/).
+function optionValues(name) {
+  const values = [];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === name && i + 1 < args.length) values.push(args[i + 1]);
+    else if (args[i].startsWith(name + '=')) values.push(args[i].slice(name.length + 1));
+  }
+  return values;
+}
+
 function findImports(importPath) {
-  const candidates = [
-    path.join(root, importPath),
-    path.join(root, 'node_modules', importPath),
-    path.join(root, 'contracts', importPath),
-  ];
+  const bases = [...optionValues('--base-path'), ...optionValues('--include-path'), process.cwd(),
+    root, path.join(root, 'node_modules'), path.join(root, 'contracts')];
+  const candidates = path.isAbsolute(importPath) ? [importPath] : bases.map((b) => path.resolve(b, importPath));
   for (const p of candidates) {
     if (fs.existsSync(p)) return { contents: fs.readFileSync(p, 'utf8') };
   }

@@ -22,6 +22,15 @@ def test_committed_artifacts_match_a_fresh_compile(fresh: dict[str, object]) -> 
     assert committed == fresh, "dsq_chain/artifacts/contracts.json is stale: run `python -m dsq_chain.build`"
 
 
+def test_contract_reference_is_generated_from_current_natspec(fresh: dict[str, object]) -> None:
+    from dsq_chain import natspec
+
+    committed = (build.project_root() / "docs" / "contracts.md").read_text()
+    assert committed == natspec.render(fresh), "docs/contracts.md is stale: run `python -m dsq_chain.build`"
+    for name in ("submitWithPermit", "assignBatch", "report", "JobSettled", "InvalidStatus"):
+        assert name in committed
+
+
 @pytest.mark.parametrize(
     "name", ["JobStatus", "ProviderStatus", "ReleaseReason", "ReportAction", "LabelOp"]
 )

@@ -74,10 +74,20 @@ def main() -> int:
 
         one_job(10 * CREDIT_UNIT)  # warm-up: first use of every account's slots
         steps = one_job(10 * CREDIT_UNIT)
+        # The same life paid from the owner's internal balance (refunds of earlier jobs), no permit.
+        rec = user_w.transact(m.submit((RES.cpus, RES.gpus, RES.mem_mb, 1_000_000, CREDIT_UNIT), [], WORKFLOW, 1))
+        from_balance = {"submit (from balance)": gas(rec)}
+        bal_id = int(user.market.events.JobSubmitted().process_receipt(rec)[0]["args"]["firstJobId"])
+        from_balance["assign"] = gas(sched_w.transact(m.assign(bal_id, prov.address, [])))
+        from_balance["claim"] = gas(prov_w.transact(m.claim(bal_id)))
+        from_balance["start"] = gas(prov_w.transact(m.start(bal_id)))
+        chain.increase_time(60)
+        from_balance["finish"] = gas(prov_w.transact(m.finish(bal_id, 0)))
         steps["withdraw (provider)"] = gas(prov_w.transact(m.withdraw()))
         steps["withdraw (owner)"] = gas(user_w.transact(m.withdraw()))
         lifecycle = sum(steps[k] for k in ("submitWithPermit", "assign", "claim", "start", "finish"))
         lifecycle += steps["withdraw (provider)"] // 100
+        lifecycle_balance = sum(from_balance.values()) + steps["withdraw (provider)"] // 100
 
         # -- fully batched path: n jobs -------------------------------------------------------
         credits = 10 * CREDIT_UNIT
@@ -112,13 +122,15 @@ def main() -> int:
         print(f"  {k:<38} {v:>10,}  ({v // n:,} per job)")
     print()
     print(f"lifecycle gas: {lifecycle}")
+    print(f"lifecycle gas, escrow from internal balance (no permit): {lifecycle_balance}")
     print(f"batch assign per job: {batch_assign}")
     print(f"fully batched per job: {per_job_batched}")
     ok = (lifecycle <= TARGETS["lifecycle"] and batch_assign <= TARGETS["batch_assign"]
           and per_job_batched <= TARGETS["batched"])
     print(f"targets (260,000 / 12,000 / 100,000): {'met' if ok else 'MISSED'}")
     if args.json:
-        print(json.dumps({"lifecycle": lifecycle, "batch_assign_per_job": batch_assign,
+        print(json.dumps({"lifecycle": lifecycle, "lifecycle_from_balance": lifecycle_balance,
+                          "batch_assign_per_job": batch_assign,
                           "batched_per_job": per_job_batched, "steps": steps, "batched": batched}))
     return 0
 

@@ -123,9 +123,12 @@ def conservation_gap(grid: Grid) -> int:
     market = grid.deployment.market
     held = grid.user.token_balance(market)
     escrows = 0
+    accounts = set(grid.accounts)
     n = grid.user.job_count()
     for start in range(1, n + 1, 500):
         for view in grid.user.market.functions.getJobs(start, 500).call():
             escrows += int(view[4])
-    balances = sum(grid.user.credits(a) for a in grid.accounts)
+            accounts.add(view[1])  # every owner
+    accounts.update(p.address for p in grid.user.providers())  # every provider, even one made in a test
+    balances = sum(grid.user.credits(a) for a in accounts)
     return int(held - escrows - balances)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.exceptions import TyperException
 
 from .common import Settings
 from .jobs import register as register_job_commands
@@ -54,7 +56,23 @@ app.add_typer(devnet_app, name="devnet")
 
 
 def main() -> None:
-    app()
+    """Runs the CLI; usage errors (unknown option, missing argument) are one line too, exit code 2."""
+    try:
+        result = app(standalone_mode=False)
+    except typer.Exit as e:
+        raise SystemExit(e.exit_code) from None
+    except typer.Abort:
+        print("dsq: aborted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except TyperException as e:  # click-style usage errors
+        format_message = getattr(e, "format_message", None)
+        message = format_message() if callable(format_message) else str(e)
+        ctx = getattr(e, "ctx", None)
+        command = getattr(ctx, "command_path", None) or "dsq"
+        print(f"dsq: error: {message} (see `{command} --help`)", file=sys.stderr)
+        raise SystemExit(int(getattr(e, "exit_code", 2) or 2)) from None
+    if isinstance(result, int):
+        raise SystemExit(result)
 
 
 if __name__ == "__main__":

@@ -185,8 +185,12 @@ def emit(data: Any, render: Callable[[], Any], as_json: bool) -> None:
     """Prints ``data`` as JSON when asked, else what ``render`` returns (a rich renderable or str)."""
     if as_json:
         print(json.dumps(data, indent=2, default=str))
+        return
+    shown = render()
+    if isinstance(shown, str):
+        print(shown)  # plain text is never re-wrapped: scripts and tests read it line by line
     else:
-        out.print(render())
+        out.print(shown)
 
 
 def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
@@ -201,6 +205,8 @@ def errors() -> Iterator[None]:
         yield
     except InputError as e:
         fail(str(e), EXIT_INPUT)
+    except TimeoutError as e:  # (a subclass of OSError: must come first)
+        fail(str(e), EXIT_TIMEOUT)
     except OSError as e:  # a workflow or key file that cannot be read
         fail(f"cannot read {getattr(e, 'filename', None) or 'a file'}: {e.strerror or e}", EXIT_INPUT)
     except ValueError as e:  # WorkflowError, LabelExpressionError, ... are ValueErrors with precise messages
@@ -211,7 +217,5 @@ def errors() -> Iterator[None]:
         fail(f"the contract refused: {e}", EXIT_CONTRACT)
     except TransactionFailed as e:
         fail(str(e), EXIT_CONTRACT)
-    except TimeoutError as e:
-        fail(str(e), EXIT_TIMEOUT)
     except DsqError as e:
         fail(str(e), EXIT_INPUT)

@@ -146,7 +146,7 @@ def register(app: typer.Typer) -> None:
             grid.cancel(job_id)
             out.print(f"job {job_id} canceled")
 
-    @app.command("top-up")
+    @app.command("top-up", context_settings={"ignore_unknown_options": True})
     def top_up(ctx: typer.Context, job_id: int, amount: Annotated[str, typer.Argument(help="credits to add")]) -> None:
         """Adds escrow to a job, extending how long it may run."""
         with errors():

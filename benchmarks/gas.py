@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsq_chain.anvil import dev_keys, start_anvil  # noqa: E402
-from dsq_chain.chain import Chain  # noqa: E402
-from dsq_chain.client import AdminClient, GridClient, ProviderClient, SchedulerClient  # noqa: E402
-from dsq_chain.deployment import deploy  # noqa: E402
-from dsq_chain.types import CREDIT_UNIT, Prices, ReportAction, Resources  # noqa: E402
+from dsq_chain.anvil import dev_keys, start_anvil
+from dsq_chain.chain import Chain
+from dsq_chain.client import AdminClient, GridClient, ProviderClient, SchedulerClient
+from dsq_chain.deployment import deploy
+from dsq_chain.types import CREDIT_UNIT, Prices, ReportAction, Resources
 
 WORKFLOW = json.dumps(
     {"resources": {"tasks": 1, "cpusPerTask": 2, "memPerCpu": 512, "gpus": 0},

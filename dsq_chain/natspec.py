@@ -27,8 +27,11 @@ def _type(inp: dict[str, Any]) -> str:
 
 
 def _params(item: dict[str, Any]) -> str:
-    return ", ".join(f"{i.get('internalType', i['type']).replace('struct ', '').replace('enum ', '')} {i['name']}".strip()
-                     for i in item.get("inputs", []))
+    return ", ".join(f"{_plain_type(i)} {i['name']}".strip() for i in item.get("inputs", []))
+
+
+def _plain_type(inp: dict[str, Any]) -> str:
+    return str(inp.get("internalType", inp["type"])).replace("struct ", "").replace("enum ", "")
 
 
 def render(doc: dict[str, Any]) -> str:

@@ -91,7 +91,7 @@ class Grid:
             self.chain.increase_time(24 * 3600)
             prov.report_out_of_credits(job_id)
         elif status is JobStatus.CANCELED:
-            (self.user if "user" not in submit_kw else submit_kw["user"]).cancel(job_id)  # type: ignore[union-attr]
+            submit_kw.get("user", self.user).cancel(job_id)  # type: ignore[union-attr]
         elif status is JobStatus.PANICKED:
             prov.panic(job_id)
         return job_id

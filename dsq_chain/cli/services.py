@@ -9,14 +9,14 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import typer
 
 from ..anvil import AnvilError, dev_keys, start_anvil
 from ..chain import Chain
 from ..client import AdminClient
-from ..deployment import deploy
+from ..deployment import Deployment, deploy
 from ..errors import InputError
 from ..journal import Journal
 from ..matching import Weights
@@ -24,7 +24,7 @@ from ..metrics import SchedulerMetrics, WorkerMetrics
 from ..scheduler import MetaScheduler
 from ..types import CREDIT_UNIT
 from ..worker import ProviderWorker
-from .common import DEFAULT_DIR, errors, out, settings, table
+from .common import DEFAULT_DIR, Settings, errors, out, settings, table
 from .provider import build_executor
 
 scheduler_app = typer.Typer(no_args_is_help=True, help="The meta-scheduler service.")
@@ -51,18 +51,13 @@ def scheduler_run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Follows the chain and commits assignments until interrupted (SIGINT/SIGTERM)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
     with errors():
-        s = settings(ctx)
-        chain, dep = s.chain()
+        s, chain, dep = _service_setup(ctx, verbose)
         metrics = SchedulerMetrics()
         sched = MetaScheduler(s.wallet(chain), dep, weights=_weights(weights), batch_limit=batch_limit,
                               confirmations=confirmations, metrics=metrics)
-        if metrics_port:
-            metrics.serve(metrics_port)
-        logging.getLogger("dsq.scheduler").info("scheduler %s on %s (market %s)", sched.wallet.address,
-                                                chain.rpc_url, dep.market)
-        sched.run(_stop_on_signals())
+        _serve_and_run(sched, metrics, metrics_port, "dsq.scheduler",
+                       f"scheduler {sched.wallet.address} on {chain.rpc_url} (market {dep.market})")
 
 
 @worker_app.command("run")
@@ -78,18 +73,33 @@ def worker_run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Runs this provider's jobs until interrupted; restart it any time, it resumes from its journal."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
     with errors():
-        s = settings(ctx)
-        chain, dep = s.chain()
+        s, chain, dep = _service_setup(ctx, verbose)
         metrics = WorkerMetrics()
         worker = ProviderWorker(s.wallet(chain), dep, build_executor(executor, state_dir, fake_gpus, slurm_conf),
                                 state_dir, poll_interval=poll, metrics=metrics)
-        if metrics_port:
-            metrics.serve(metrics_port)
-        logging.getLogger("dsq.worker").info("worker %s (%s executor, state in %s)", worker.address, executor,
-                                             state_dir)
-        worker.run(_stop_on_signals())
+        _serve_and_run(worker, metrics, metrics_port, "dsq.worker",
+                       f"worker {worker.address} ({executor} executor, state in {state_dir})")
+
+
+def _service_setup(ctx: typer.Context, verbose: bool) -> tuple[Settings, Chain, Deployment]:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
+    s = settings(ctx)
+    chain, dep = s.chain()
+    return s, chain, dep
+
+
+class _Service(Protocol):
+    def run(self, stop: threading.Event) -> None: ...
+
+
+def _serve_and_run(service: _Service, metrics: SchedulerMetrics | WorkerMetrics, port: int, logger: str,
+                   message: str) -> None:
+    """Serves the metrics (port 0: not at all), logs what runs, and runs until SIGINT/SIGTERM."""
+    if port:
+        metrics.serve(port)
+    logging.getLogger(logger).info("%s", message)
+    service.run(_stop_on_signals())
 
 
 def register_logs(app: typer.Typer) -> None:

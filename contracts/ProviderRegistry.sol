@@ -27,6 +27,7 @@ abstract contract ProviderRegistry is AccessControl {
         uint32 cpus;
         uint16 gpus;
         uint32 memMB;
+        uint32 labelEpoch; // bumped by each registration: labels of an earlier registration do not survive it
     }
 
     /// @notice Most labels one `setLabels` call may write (bounds the loop).
@@ -34,7 +35,7 @@ abstract contract ProviderRegistry is AccessControl {
 
     mapping(address provider => ProviderRecord) internal _providers;
     mapping(uint32 id => address provider) internal _providerAt;
-    mapping(address provider => mapping(bytes32 key => bytes32 value)) internal _labels;
+    mapping(address provider => mapping(uint32 epoch => mapping(bytes32 key => bytes32 value))) internal _labels;
     uint32 internal _providerCount;
 
     /// @notice A provider registered (status PENDING until the admin approves it).
@@ -100,6 +101,7 @@ abstract contract ProviderRegistry is AccessControl {
             id = ++_providerCount;
             _providerAt[id] = msg.sender;
         }
+        uint32 epoch = status == ProviderStatus.NONE ? 0 : p.labelEpoch + 1;
         _providers[msg.sender] = ProviderRecord({
             status: ProviderStatus.PENDING,
             paused: false,
@@ -112,7 +114,8 @@ abstract contract ProviderRegistry is AccessControl {
             freeMemMB: hardware.memMB,
             perCpuMinute: prices.perCpuMinute,
             perGpuMinute: prices.perGpuMinute,
-            perGbMinute: prices.perGbMinute
+            perGbMinute: prices.perGbMinute,
+            labelEpoch: epoch
         });
         emit ProviderRegistered(msg.sender, id, hardware, prices);
         if (keys.length != 0 || values.length != 0) _setLabels(keys, values);
@@ -218,7 +221,7 @@ abstract contract ProviderRegistry is AccessControl {
     /// @param provider the provider's account
     /// @param key keccak256 of the label name
     function labelOf(address provider, bytes32 key) external view returns (bytes32) {
-        return _labels[provider][key];
+        return _labels[provider][_providers[provider].labelEpoch][key];
     }
 
     /// @notice The credit units per minute that `provider` charges now for the given resources.
@@ -256,7 +259,7 @@ abstract contract ProviderRegistry is AccessControl {
 
     /// @dev Reverts unless every constraint holds for `provider`'s labels.
     function _checkLabels(uint256 jobId, address provider, LabelConstraint[] calldata constraints) internal view {
-        mapping(bytes32 => bytes32) storage labels = _labels[provider];
+        mapping(bytes32 => bytes32) storage labels = _labels[provider][_providers[provider].labelEpoch];
         for (uint256 i; i < constraints.length; ) {
             LabelConstraint calldata c = constraints[i];
             bytes32 have = labels[c.key];
@@ -304,7 +307,7 @@ abstract contract ProviderRegistry is AccessControl {
     function _setLabels(string[] calldata keys, bytes32[] calldata values) private {
         if (keys.length != values.length) revert LengthMismatch(keys.length, values.length);
         if (keys.length > MAX_PROVIDER_LABELS) revert TooManyLabels(keys.length, MAX_PROVIDER_LABELS);
-        mapping(bytes32 => bytes32) storage labels = _labels[msg.sender];
+        mapping(bytes32 => bytes32) storage labels = _labels[msg.sender][_providers[msg.sender].labelEpoch];
         for (uint256 i; i < keys.length; ) {
             labels[keccak256(bytes(keys[i]))] = values[i];
             unchecked {

@@ -88,7 +88,8 @@ class Grid:
         elif status is JobStatus.FAILED:
             prov.finish(job_id, 3)
         elif status is JobStatus.OUT_OF_CREDITS:
-            self.chain.increase_time(24 * 3600)
+            job = prov.job(job_id)
+            self.chain.increase_time(job.escrow * 60 // job.rate + 60)  # past what the escrow buys
             prov.report_out_of_credits(job_id)
         elif status is JobStatus.CANCELED:
             submit_kw.get("user", self.user).cancel(job_id)  # type: ignore[union-attr]

@@ -281,6 +281,21 @@ def test_removed_provider_registers_again_with_its_id(grid: Grid) -> None:
     assert grid.user.job(job_id).provider == grid.cpu.address
 
 
+def test_labels_of_an_earlier_registration_do_not_survive_it(grid: Grid) -> None:
+    """A removed provider that registers again starts with no labels: a stale gpu.model would lie."""
+    assert _label(grid, grid.gpu.address, "gpu.model") == encode_value("A100")
+    grid.admin.remove(grid.gpu.address)
+    grid.gpu.register(HW, PRICES, {})
+    grid.admin.approve(grid.gpu.address)
+    assert _label(grid, grid.gpu.address, "gpu.model") == b"\0" * 32
+    labels = tuple(on_chain([parse_constraint("gpu.model == A100")]))
+    job_id = grid.submit(labels=(parse_constraint("gpu.model == A100"),))
+    with pytest.raises(errors.LabelMismatch):
+        grid.scheduler.assign(job_id, grid.gpu.address, labels)
+    grid.gpu.set_labels({"gpu.model": "A100"})
+    grid.scheduler.assign(job_id, grid.gpu.address, labels)
+
+
 def test_status_changes_are_announced(grid: Grid) -> None:
     receipts = [
         grid.admin.wallet.transact(grid.admin.market.functions.banProvider(grid.spare.address)),

@@ -1,33 +1,57 @@
 """The provider worker (the "supervisor"): turns on-chain assignments into running work and reports
 every change back on chain.
 
-It follows only its own provider's events (indexed topics) into a SQLite journal, and each tick
-*reconciles* every active job: it reads the job's on-chain record (one batched call for all of
+It follows only its own provider's assignments (indexed topics) into a SQLite journal, and each tick
+*reconciles* every active job: it reads the job's on-chain record (one JSON-RPC batch for all of
 them) and the executor's state, and decides what to do from both — claim or refuse, submit, report
-RUNNING, extend after a top-up, cancel after a chain-side cancel, report the outcome. All the
-reports of one tick go in one ``report`` transaction. Because every decision is made from the
-chain and the executor, not from memory, a worker killed at any point and restarted neither runs
-a job twice (the executor is asked for the job by its chain id before submitting) nor loses one,
-and reports what happened while it was down. While the RPC node is unreachable, jobs keep running
-under the executor's own time limits and their outcomes are reported once it is back.
+RUNNING, extend after a top-up, cancel after a chain-side cancel, report the outcome. The reports of
+one tick go in one ``report`` transaction; jobs claimed in a tick are handed to the executor (in
+parallel) and reported RUNNING in a second transaction of the same tick, and a job that already
+ended when its start is reported gets its outcome in that same transaction. Because every decision is
+made from the chain and the executor, not from memory, a worker killed at any point and restarted
+neither runs a job twice (the executor is asked for the job by its chain id before submitting) nor
+loses one, and reports what happened while it was down. While the RPC node is unreachable, jobs keep
+running under the executor's own time limits and their outcomes are reported once it is back.
+
+Time limits: the executor enforces the limit the escrow buys (computed when the job is submitted,
+raised after a top-up). The chain bills from the block of the start report, so chain time may not
+agree yet when the executor's limit fires: OUT_OF_CREDITS is retried until it does. The other way
+round (Slurm's limits are whole minutes, checked every 30 s), the worker reports OUT_OF_CREDITS
+itself :data:`ENFORCE_GRACE_S` after chain time says the escrow is used up, then stops the job.
+
+Reorgs: the follower tells the worker (``on_reorg``), which re-reads its nonce; the rest follows from
+reconciling with the surviving chain. A job found PENDING again while it runs here (its assignment was
+on the dropped fork) is held for :data:`REORG_HOLD_S`: adopted if assigned here again, cancelled if
+assigned elsewhere.
+
+Faults: an execution the executor lost, or that ended without starting, or that an operator cancelled,
+is reported PANICKED (a provider-side fault: the owner is refunded). An error with one job is logged
+and does not hold up the others; an unexpected error in a tick is logged and the loop goes on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
+import requests
+from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 
-from .chain import Wallet
-from .client import ProviderClient
+from . import artifacts
+from .chain import Call, Chain, Wallet
+from .client import ProviderClient, job_from_view
 from .deployment import Deployment
 from .errors import ChainUnavailable, ContractError, DsqError, InputError, TransactionFailed
 from .events import ChainEvent
-from .executors import ExecSpec, ExecState, ExecStatus, Executor, map_to_chain
+from .executors import ExecSpec, ExecState, ExecStatus, Executor, ExecutorError, JobNotFoundError, map_to_chain
 from .follower import EventFollower
 from .journal import Entry, Journal, Phase
 from .metrics import WorkerMetrics
@@ -40,6 +64,22 @@ log = logging.getLogger("dsq.worker")
 OUT_OF_CREDITS_GRACE_S = 30.0
 #: A report that keeps reverting alone is given up after this many tries (the reason is journaled).
 MAX_FAILURES = 5
+#: Seconds after chain time says a running job's escrow is used up before the worker ends it itself
+#: (the executor's own limit normally ends it first; Slurm's may fire up to ~30 s late).
+ENFORCE_GRACE_S = 2.0
+#: Executor submissions of one tick run in parallel, this many at once.
+SUBMIT_PARALLELISM = 8
+#: A tick stops handing new jobs to the executor after this many seconds (the rest wait for the next tick), so
+#: that the jobs it started are reported RUNNING - and billed - soon after they really started.
+SUBMIT_BUDGET_S = 2.0
+#: A job found PENDING again while its execution still runs (only a reorg does that: the worker runs nothing
+#: before its claim is mined) keeps running this long, so that it is adopted, not run twice, if it is assigned to
+#: this provider again; it is cancelled at once if assigned to another one.
+REORG_HOLD_S = 60.0
+#: At most this many report rows per transaction (a FINISH row costs ~19k gas: far below a 30M block).
+MAX_REPORT_ROWS = 400
+#: Errors meaning "the node is unreachable right now": jobs keep running, reports wait.
+CHAIN_DOWN: tuple[type[BaseException], ...] = (ChainUnavailable, TransactionFailed, requests.RequestException, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +102,7 @@ class ProviderWorker:
         *,
         poll_interval: float = 0.2,
         metrics: WorkerMetrics | None = None,
+        submit_parallelism: int = SUBMIT_PARALLELISM,
     ) -> None:
         self.wallet = wallet
         self.deployment = deployment
@@ -72,14 +113,24 @@ class ProviderWorker:
         self.address = wallet.address
         self.poll_interval = poll_interval
         self.metrics = metrics
+        self.submit_parallelism = max(1, submit_parallelism)
         self.follower = EventFollower(
             wallet.chain, deployment, self.state_dir / "worker.sqlite", name=f"worker-{self.address}",
             filters=None, handlers=[self],
         )
-        self.follower.filters = self.follower.decoder.provider_filters(self.address)
+        # Only its own assignments: every other change (claims, starts, top-ups, cancels, releases) is seen in
+        # the per-tick read of the active jobs, so decoding those events too would be wasted work.
+        self.follower.filters = [[[self.follower.decoder.topics["JobAssigned"]], None, _topic(self.address)]]
         self.journal = Journal(self.follower.db)
+        self.reader = JobReader(wallet.chain, deployment.market)
         self._workflows: dict[int, bytes] = {}
+        self._parsed: dict[tuple[int, bytes], Workflow | str] = {}
         self._ooc_since: dict[int, float] = {}
+        self._tick_cache: dict[str, Any] = {}
+        #: Claimed jobs this process knows the executor does not have (looked up once, or claimed by us).
+        self._absent: set[int] = set()
+        #: Jobs released by a reorg while their execution runs: job id -> when first seen so.
+        self._orphaned: dict[int, float] = {}
         self.chain_up = True
 
     # -- registration --------------------------------------------------------------------------
@@ -103,19 +154,34 @@ class ProviderWorker:
             if self.journal.add(job_id):
                 log.info("job %d assigned to us at %d units/min", job_id, event.args["rate"])
 
+    def on_reorg(self, block: int) -> None:
+        """Blocks after ``block`` are gone, maybe with some of our reports: the nonce is read again."""
+        log.warning("reorg back to block %d: re-reading the nonce; jobs are reconciled with the surviving chain",
+                    block)
+        self.wallet.reset_nonce()
+
     # -- the loop --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Ticks until ``stop`` is set."""
+        """Ticks until ``stop`` is set; an unexpected error is logged and the loop goes on (backing off)."""
+        backoff = self.poll_interval
         while not stop.is_set():
-            self.tick()
-            stop.wait(self.poll_interval)
+            try:
+                self.tick()
+                backoff = self.poll_interval
+            except Exception as e:  # the daemon must outlive any one bad tick
+                log.exception("tick failed: %s; retrying in %.1f s", e, backoff)
+                self._count_error(e)
+                self.wallet.reset_nonce()
+                backoff = min(10.0, max(backoff, 0.1) * 2)
+            stop.wait(backoff)
 
     def tick(self) -> list[Action]:
-        """Follows events, reconciles every active job, sends this tick's reports in one transaction."""
+        """Follows events, reconciles every active job, sends this tick's reports; returns them."""
+        self._tick_cache = {}
         try:
             self.follower.poll()
             self.chain_up = True
-        except (ChainUnavailable, TransactionFailed) as e:
+        except CHAIN_DOWN as e:
             if self.chain_up:
                 log.warning("chain unreachable (%s): jobs keep running, reports wait", e)
             self.chain_up = False
@@ -127,61 +193,115 @@ class ProviderWorker:
         jobs: dict[int, Job] = {}
         if self.chain_up:
             try:
-                jobs = {j.id: j for j in self.client.jobs(e.job_id for e in entries)}
-            except (ChainUnavailable, TransactionFailed, OSError) as e:
+                jobs = self.reader.read(e.job_id for e in entries)
+            except CHAIN_DOWN as e:
                 self.chain_up = False
                 self._count_error(e)
         actions: list[Action] = []
+        to_run: list[tuple[Entry, Job]] = []
         for entry in entries:
             try:
-                action = self._reconcile(entry, jobs.get(entry.job_id))
-            except DsqError as e:
+                actions += self._reconcile(entry, jobs.get(entry.job_id), to_run)
+            except (DsqError, ExecutorError, OSError) as e:
                 log.error("job %d: %s", entry.job_id, e)
+                self._count_error(e)
+            except Exception as e:  # a bug with one job must not hold up the reports of all the others
+                log.exception("job %d: unexpected error: %s", entry.job_id, e)
+                self._count_error(e)
+        actions += self._run_jobs(to_run)
+        if not (actions and self.chain_up):
+            self._gauge()
+            return actions
+        sent = self._send(actions)
+        # Jobs claimed just now: hand them to the executor and report them RUNNING in this tick. One that already
+        # has an execution (started before a reorg dropped our claim, and assigned to us again) is adopted.
+        more: list[Action] = []
+        fresh: list[tuple[Entry, Job]] = []
+        for a in sent:
+            row = self.journal.get(a.job_id) if a.action is ReportAction.CLAIM else None
+            if row is None:
                 continue
-            if action is not None:
-                actions.append(action)
-        if actions and self.chain_up:
-            self._send(actions)
+            job = dataclasses.replace(jobs[a.job_id], status=JobStatus.SCHEDULED)
+            status = self._exec_status(row)
+            if status is not None:
+                more += self._start(job, status)
+            else:
+                fresh.append((row, job))
+                self._absent.add(job.id)  # this process journals every submission: no id, no execution
+        more += self._run_jobs(fresh)
+        if more and self.chain_up:
+            self._send(more)
         self._gauge()
-        return actions
+        return actions + more
 
     # -- decisions -------------------------------------------------------------------------------
-    def _reconcile(self, entry: Entry, job: Job | None) -> Action | None:
+    def _reconcile(self, entry: Entry, job: Job | None, to_run: list[tuple[Entry, Job]]) -> list[Action]:
+        """What to report for one job; jobs to hand to the executor go to ``to_run``."""
         status = self._exec_status(entry)
         if job is None:  # chain unknown right now: only keep the executor's side moving
-            return None
+            return []
         if job.provider != self.address or job.status is JobStatus.PENDING:
+            if job.provider is None and status is not None and not status.state.is_final:
+                if job.id not in self._orphaned:
+                    self._orphaned[job.id] = time.monotonic()
+                    log.warning("job %d is PENDING again on chain (a reorg?) while it runs here: holding it %.0f s "
+                                "in case it comes back to us", job.id, REORG_HOLD_S)
+                if time.monotonic() - self._orphaned[job.id] < REORG_HOLD_S:
+                    return []
             self._drop(entry, status, "assignment released (refused or claim timed out)")
-            return None
+            return []
+        self._orphaned.pop(job.id, None)
         if job.status.is_final:
             self._drop(entry, status, f"final on chain: {job.status.name}")
-            return None
+            return []
         if job.status is JobStatus.META_SCHEDULED:
             problem = self._validate(job)
             if problem:
                 log.warning("job %d refused: %s", job.id, problem)
                 if self.metrics:
                     self.metrics.refused.labels(reason=problem.split(":")[0]).inc()
-                return Action(job.id, ReportAction.REFUSE, reason=problem)
-            return Action(job.id, ReportAction.CLAIM)
+                return [Action(job.id, ReportAction.REFUSE, reason=problem)]
+            return [Action(job.id, ReportAction.CLAIM)]
         if job.status is JobStatus.SCHEDULED:
             if entry.phase is Phase.NEW:
                 self.journal.update(job.id, phase=Phase.CLAIMED, chain_status=job.status.name)
-            status = status or self._submit(entry, job)
-            if status is not None and status.started:
-                return Action(job.id, ReportAction.START)
-            return None
+            if status is None and entry.exec_id is None and job.id not in self._absent:
+                status = self._adopt(entry)  # submitted by a process that died before journaling it?
+                if status is None:
+                    self._absent.add(job.id)
+            if status is None:
+                to_run.append((entry, job))
+                return []
+            return self._start(job, status)
         # RUNNING on chain
         if status is None:
             status = self._adopt(entry)
             if status is None:
-                return Action(job.id, ReportAction.PANIC, reason="the executor has no trace of this job")
+                return [Action(job.id, ReportAction.PANIC, reason="the executor has no trace of this job")]
         if entry.phase is not Phase.RUNNING:
             self.journal.update(job.id, phase=Phase.RUNNING, chain_status=job.status.name)
         if not status.state.is_final:
             self._extend_if_topped_up(entry, job)
-            return None
-        return self._outcome(job, status)
+            if self._escrow_used_up(job):
+                log.info("job %d: escrow used up on chain; ending it", job.id)
+                return [Action(job.id, ReportAction.OUT_OF_CREDITS, reason="escrow used up (chain time)")]
+            return []
+        return [self._outcome(job, status)]
+
+    def _start(self, job: Job, status: ExecStatus) -> list[Action]:
+        """Reports of a SCHEDULED job the executor has: START once the work began (with its outcome in the same
+        transaction if it already ended); PANIC if it ended without ever starting."""
+        if not status.started:
+            if status.state.is_final:
+                return [Action(job.id, ReportAction.PANIC,
+                               reason=f"ended before it started: {status.state} {status.reason}".strip())]
+            return []
+        actions = [Action(job.id, ReportAction.START)]
+        if status.state.is_final:
+            outcome = self._outcome(dataclasses.replace(job, status=JobStatus.RUNNING), status)
+            if outcome.action is not ReportAction.OUT_OF_CREDITS:  # the chain needs time to agree: next ticks
+                actions.append(outcome)
+        return actions
 
     def _outcome(self, job: Job, status: ExecStatus) -> Action:
         outcome = map_to_chain(status.state)
@@ -202,28 +322,43 @@ class ProviderWorker:
         if outcome is JobStatus.CANCELED:
             # Only the owner cancels on chain; an executor-side cancel we did not ask for is our fault.
             return Action(job.id, ReportAction.PANIC, reason="cancelled on the executor side")
-        return Action(job.id, ReportAction.PANIC, reason=f"executor state {status.state}")
+        return Action(job.id, ReportAction.PANIC, reason=f"executor state {status.state}: {status.reason}")
 
     def _validate(self, job: Job) -> str | None:
         """Why this worker cannot run the job, or None."""
+        wf = self._checked_workflow(job)
+        if isinstance(wf, str):
+            return wf
+        if wf.resources != job.resources:
+            return f"resources mismatch: workflow asks {wf.resources}, chain request {job.resources}"
+        capacity = self._cached("capacity", self.executor.capacity)
+        if not job.resources.fits_in(capacity):
+            return f"resources: needs {job.resources}, this machine has {capacity}"
+        if wf.gpus and "gpus" not in self._cached("features", self.executor.features):
+            return "unsupported feature: gpus"
+        return None
+
+    def _checked_workflow(self, job: Job) -> Workflow | str:
+        """The job's workflow, checked against the on-chain hash and parsed (once per job array), or the problem."""
+        head = job.head_id or job.id
+        key = (head, job.workflow_hash)
+        found = self._parsed.get(key)
+        if found is not None:
+            return found
         try:
             raw = self._workflow_bytes(job)
         except LookupError as e:
-            return f"workflow not found: {e}"
+            return f"workflow not found: {e}"  # not cached: the node may serve it later
+        result: Workflow | str
         if keccak(raw) != job.workflow_hash:
-            return "workflow hash mismatch: the submitted bytes do not hash to the on-chain hash"
-        try:
-            wf = from_canonical(raw)
-        except WorkflowError as e:
-            return f"workflow does not parse: {e}"
-        if wf.resources != job.resources:
-            return f"resources mismatch: workflow asks {wf.resources}, chain request {job.resources}"
-        capacity = self.executor.capacity()
-        if not job.resources.fits_in(capacity):
-            return f"resources: needs {job.resources}, this machine has {capacity}"
-        if wf.gpus and "gpus" not in self.executor.features():
-            return "unsupported feature: gpus"
-        return None
+            result = "workflow hash mismatch: the submitted bytes do not hash to the on-chain hash"
+        else:
+            try:
+                result = from_canonical(raw)
+            except WorkflowError as e:
+                result = f"workflow does not parse: {e}"
+        self._parsed[key] = result
+        return result
 
     def _workflow_bytes(self, job: Job) -> bytes:
         head = job.head_id or job.id
@@ -237,23 +372,58 @@ class ProviderWorker:
             raw = self._workflows[head] = bytes(logs[0]["args"]["workflow"])
         return raw
 
-    def _workflow(self, job: Job) -> Workflow:
-        return from_canonical(self._workflow_bytes(job))
+    def _run_jobs(self, pairs: Sequence[tuple[Entry, Job]]) -> list[Action]:
+        """Hands SCHEDULED jobs the executor does not have to it, in parallel and oldest first, for at most
+        :data:`SUBMIT_BUDGET_S` per tick; returns their START reports."""
+        deadline = self._cached("submit_deadline", lambda: time.monotonic() + SUBMIT_BUDGET_S)
+        actions: list[Action] = []
+        todo = list(pairs)
+        started_any = False
+        while todo and (not started_any or time.monotonic() < deadline):
+            chunk, todo = todo[:self.submit_parallelism], todo[self.submit_parallelism:]
+            actions += self._submit_chunk([job for _, job in chunk])
+            started_any = True
+        if todo:
+            log.info("%d claimed job(s) wait for the next tick to be submitted", len(todo))
+        return actions
 
-    def _submit(self, entry: Entry, job: Job) -> ExecStatus | None:
-        """Hands the job to the executor, unless it already has it (a restart after submit)."""
-        adopted = self._adopt(entry)
-        if adopted is not None:
-            return adopted
-        wf = self._workflow(job)
-        limit = time_limit_s(job.escrow, job.rate)
-        spec = ExecSpec(job_id=job.id, script=render_script(wf, job.id), tasks=wf.tasks,
-                        cpus_per_task=wf.cpus_per_task, mem_per_cpu_mb=wf.mem_per_cpu, gpus=wf.gpus,
-                        time_limit_s=limit)
-        exec_id = self.executor.submit(spec)
-        self.journal.update(job.id, phase=Phase.SUBMITTED, exec_id=exec_id, time_limit_s=limit)
-        log.info("job %d submitted to %s as %s (limit %d s)", job.id, self.executor.name, exec_id, limit)
-        return self.executor.status(exec_id)
+    def _submit_chunk(self, jobs: Sequence[Job]) -> list[Action]:
+        todo: list[tuple[Job, ExecSpec]] = []
+        for job in jobs:
+            wf = self._checked_workflow(job)
+            if isinstance(wf, str):  # it was checked before the claim: only a lost cache gets here
+                log.error("job %d: cannot run: %s", job.id, wf)
+                continue
+            try:
+                limit = time_limit_s(job.escrow, job.rate)
+                todo.append((job, ExecSpec(job_id=job.id, script=render_script(wf, job.id), tasks=wf.tasks,
+                                           cpus_per_task=wf.cpus_per_task, mem_per_cpu_mb=wf.mem_per_cpu,
+                                           gpus=wf.gpus, time_limit_s=limit)))
+            except ValueError as e:
+                log.error("job %d: cannot run: %s", job.id, e)
+        futures: list[Future[str]]
+        if len(todo) <= 1:
+            futures = [_run_now(self.executor.submit, spec) for _, spec in todo]
+        else:
+            with ThreadPoolExecutor(len(todo), thread_name_prefix="dsq-submit") as pool:
+                futures = [pool.submit(self.executor.submit, spec) for _, spec in todo]
+        actions: list[Action] = []
+        for (job, spec), fut in zip(todo, futures, strict=True):
+            self._absent.discard(job.id)  # submitted, or failed somewhere in submit: look it up next time
+            try:
+                exec_id = fut.result()
+            except Exception as e:  # retried next tick (found with find() first)
+                log.error("job %d: submitting to %s failed: %s", job.id, self.executor.name, e)
+                self._count_error(e)
+                continue
+            self.journal.update(job.id, phase=Phase.SUBMITTED, exec_id=exec_id, time_limit_s=spec.time_limit_s)
+            log.info("job %d submitted to %s as %s (limit %d s)", job.id, self.executor.name, exec_id,
+                     spec.time_limit_s)
+            try:
+                actions += self._start(job, self.executor.status(exec_id))
+            except ExecutorError as e:
+                log.error("job %d: %s", job.id, e)
+        return actions
 
     def _adopt(self, entry: Entry) -> ExecStatus | None:
         found = self.executor.find(entry.job_id)
@@ -267,7 +437,10 @@ class ProviderWorker:
     def _exec_status(self, entry: Entry) -> ExecStatus | None:
         if entry.exec_id is None:
             return None
-        return self.executor.status(entry.exec_id)
+        try:
+            return self.executor.status(entry.exec_id)
+        except JobNotFoundError as e:  # journaled, then lost by the executor: a provider-side fault
+            return ExecStatus(ExecState.NODE_FAIL, None, False, f"the executor lost it: {e}")
 
     def _extend_if_topped_up(self, entry: Entry, job: Job) -> None:
         limit = time_limit_s(job.escrow, job.rate)
@@ -276,41 +449,111 @@ class ProviderWorker:
             self.journal.update(job.id, time_limit_s=limit)
             log.info("job %d topped up: limit %d s -> %d s", job.id, entry.time_limit_s, limit)
 
+    def _escrow_used_up(self, job: Job) -> bool:
+        """True once chain time is :data:`ENFORCE_GRACE_S` past what the escrow pays for."""
+        now = self._cached("now", self._chain_now)
+        if now is None or job.rate <= 0:
+            return False
+        return job.rate * max(0, int(now - ENFORCE_GRACE_S) - job.since) // 60 >= job.escrow
+
+    def _chain_now(self) -> int | None:
+        """Timestamp of the block being built (the one a report would land in)."""
+        try:
+            return self.wallet.chain.timestamp("pending")
+        except CHAIN_DOWN:
+            return None
+
+    def _cached(self, key: str, fn: Any) -> Any:
+        """``fn()`` once per tick."""
+        if key not in self._tick_cache:
+            self._tick_cache[key] = fn()
+        return self._tick_cache[key]
+
     def _drop(self, entry: Entry, status: ExecStatus | None, reason: str) -> None:
         if entry.exec_id and status is not None and not status.state.is_final:
             self.executor.cancel(entry.exec_id)
             log.info("job %d: %s; cancelled %s", entry.job_id, reason, entry.exec_id)
         self.journal.update(entry.job_id, phase=Phase.DONE, reason=reason)
         self._ooc_since.pop(entry.job_id, None)
+        self._absent.discard(entry.job_id)
+        self._orphaned.pop(entry.job_id, None)
 
     # -- sending ---------------------------------------------------------------------------------
-    def _send(self, actions: list[Action]) -> None:
-        rows = [(a.job_id, a.action, a.exit_code) for a in actions]
+    def _send(self, actions: list[Action]) -> list[Action]:
+        """Sends the reports, :data:`MAX_REPORT_ROWS` per transaction; returns those that went through."""
+        sent: list[Action] = []
+        chunk: list[Action] = []
+        for group in _by_job(actions):
+            if chunk and len(chunk) + len(group) > MAX_REPORT_ROWS:
+                sent += self._send_batch(chunk)
+                chunk = []
+                if not self.chain_up:
+                    return sent
+            chunk += group
+        if chunk:
+            sent += self._send_batch(chunk)
+        return sent
+
+    def _send_batch(self, actions: list[Action]) -> list[Action]:
+        """Sends the reports in one transaction; returns those that went through.
+
+        If the batch reverts, each job's reports are checked alone (gas estimation, nothing sent): those that
+        would revert are counted as failures, the rest go in one transaction again (one by one only if that
+        reverts too: a race with another transaction).
+        """
         t0 = time.monotonic()
         try:
-            self.client.report(rows)
+            self.client.report(_rows(actions))
             self._sent(actions, t0)
-            return
+            return actions
         except ContractError as e:
-            if len(actions) == 1:
-                self._failed(actions[0], e)
-                return
-            log.info("batched report of %d reverted (%s); sending one by one", len(actions), e)
-        except (ChainUnavailable, TransactionFailed) as e:
-            self.chain_up = False
-            self.wallet.reset_nonce()
-            self._count_error(e)
-            return
-        for a in actions:
+            groups = _by_job(actions)
+            if len(groups) == 1:
+                self._failed(actions, e)
+                return []
+            log.info("batched report of %d reverted (%s); leaving out the jobs that fail alone", len(actions), e)
+        except CHAIN_DOWN as e:
+            self._down(e)
+            return []
+        good: list[list[Action]] = []
+        for group in groups:
             try:
-                self.client.report([(a.job_id, a.action, a.exit_code)])
-                self._sent([a], t0)
+                self.wallet.estimate(Call(self.client.market.functions.report(_rows(group))))
+                good.append(group)
             except ContractError as e:
-                self._failed(a, e)
-            except (ChainUnavailable, TransactionFailed) as e:
-                self.wallet.reset_nonce()
-                self._count_error(e)
-                return
+                self._failed(group, e)
+            except CHAIN_DOWN as e:
+                self._down(e)
+                return []
+        if not good:
+            return []
+        flat = [a for g in good for a in g]
+        try:
+            self.client.report(_rows(flat))
+            self._sent(flat, t0)
+            return flat
+        except ContractError as e:
+            log.info("batched report of %d reverted again (%s); sending one job at a time", len(flat), e)
+        except CHAIN_DOWN as e:
+            self._down(e)
+            return []
+        sent: list[Action] = []
+        for group in good:
+            try:
+                self.client.report(_rows(group))
+                self._sent(group, t0)
+                sent += group
+            except ContractError as e:
+                self._failed(group, e)
+            except CHAIN_DOWN as e:
+                self._down(e)
+                break
+        return sent
+
+    def _down(self, e: BaseException) -> None:
+        self.chain_up = False
+        self.wallet.reset_nonce()
+        self._count_error(e)
 
     def _sent(self, actions: list[Action], t0: float) -> None:
         elapsed = time.monotonic() - t0
@@ -328,6 +571,8 @@ class ProviderWorker:
                          ReportAction.PANIC: "PANICKED"}.get(a.action)
                 if a.action is ReportAction.FINISH:
                     final = "FINISHED" if a.exit_code == 0 else "FAILED"
+                if a.action in (ReportAction.OUT_OF_CREDITS, ReportAction.PANIC):
+                    self._stop_execution(a.job_id)
                 self.journal.update(a.job_id, phase=Phase.DONE, chain_status=final, reason=a.reason)
                 self._ooc_since.pop(a.job_id, None)
             if self.metrics and a.action is not ReportAction.CLAIM:
@@ -335,12 +580,25 @@ class ProviderWorker:
             log.info("job %d: reported %s%s", a.job_id, a.action.name,
                      f" (exit {a.exit_code})" if a.action is ReportAction.FINISH else "")
 
-    def _failed(self, action: Action, error: ContractError) -> None:
+    def _stop_execution(self, job_id: int) -> None:
+        """Ends the execution of a job that is final on chain (out of credits, panicked) if it still runs."""
+        entry = self.journal.get(job_id)
+        if entry is None or entry.exec_id is None:
+            return
+        try:
+            if not self.executor.status(entry.exec_id).state.is_final:
+                self.executor.cancel(entry.exec_id)
+                log.info("job %d: stopped %s", job_id, entry.exec_id)
+        except ExecutorError as e:
+            log.error("job %d: could not stop %s: %s", job_id, entry.exec_id, e)
+
+    def _failed(self, actions: list[Action], error: ContractError) -> None:
         if type(error).__name__ == "EscrowNotExhausted":
             return  # chain time has not caught up with the executor's limit yet: retry next tick
+        action = actions[0]
         entry = self.journal.get(action.job_id)
         failures = (entry.failures if entry else 0) + 1
-        log.warning("job %d: %s failed: %s", action.job_id, action.action.name, error)
+        log.warning("job %d: %s failed: %s", action.job_id, "+".join(a.action.name for a in actions), error)
         self._count_error(error)
         if failures >= MAX_FAILURES:
             self.journal.update(action.job_id, phase=Phase.DONE, failures=failures,
@@ -367,12 +625,108 @@ class ProviderWorker:
             for phase_name, n in self.journal.counts().items():
                 self.metrics.jobs.labels(status=phase_name).set(n)
 
-    def _count_error(self, e: Exception) -> None:
+    def _count_error(self, e: BaseException) -> None:
         if self.metrics:
             self.metrics.chain_errors.labels(kind=type(e).__name__).inc()
 
     def close(self) -> None:
         self.follower.close()
+
+
+class JobReader:
+    """Reads many jobs' on-chain records in one JSON-RPC batch of raw ``eth_call`` s.
+
+    web3's contract-call machinery costs ~10 ms of Python per call; encoding ``getJob(id)`` by hand and
+    decoding with eth_abi costs microseconds, which matters when a worker re-reads hundreds of jobs a tick.
+    """
+
+    CHUNK = 500
+
+    def __init__(self, chain: Chain, market: str) -> None:
+        self.chain = chain
+        self.market = market
+        abi = next(i for i in artifacts.abi("JobMarket") if i.get("type") == "function" and i["name"] == "getJob")
+        self.selector = keccak(text=f"getJob({','.join(_abi_type(i) for i in abi['inputs'])})")[:4]
+        self.output_types = [_abi_type(o) for o in abi["outputs"]]
+        # JobView holds static fields only: each is one 32-byte word, sliced directly (eth_abi's generic decoder
+        # costs ~0.6 ms a job).
+        fields = abi["outputs"][0].get("components", []) if len(abi["outputs"]) == 1 else []
+        self._words: list[str] | None = [str(f["type"]) for f in fields] or None
+        if self._words and not all(_static_word(t) for t in self._words):
+            self._words = None
+
+    def read(self, job_ids: Iterable[int]) -> dict[int, Job]:
+        """The jobs by id; raises :class:`ChainUnavailable` / :class:`TransactionFailed`."""
+        ids = list(job_ids)
+        out: dict[int, Job] = {}
+        for start in range(0, len(ids), self.CHUNK):
+            chunk = ids[start:start + self.CHUNK]
+            payload = [("eth_call", [{"to": self.market, "data": "0x" + (self.selector + i.to_bytes(32, "big")).hex()},
+                                     "latest"]) for i in chunk]
+            try:
+                responses: Any = cast(Any, self.chain.w3.provider).make_batch_request(payload)
+            except (requests.RequestException, OSError) as e:
+                raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable: {e.__class__.__name__}") from e
+            if not isinstance(responses, list):
+                raise TransactionFailed(f"batch of getJob calls refused: {responses.get('error')}")
+            for job_id, resp in zip(chunk, responses, strict=True):
+                if "error" in resp or resp.get("result") is None:
+                    raise TransactionFailed(f"getJob({job_id}): {resp.get('error')}")
+                data = bytes.fromhex(str(resp["result"])[2:])
+                if self._words is not None and len(data) == 32 * len(self._words):
+                    view = tuple(_word(t, data[32 * k:32 * k + 32]) for k, t in enumerate(self._words))
+                else:
+                    (view,) = abi_decode(self.output_types, data)
+                out[job_id] = job_from_view(view)
+        return out
+
+
+def _abi_type(param: dict[str, Any]) -> str:
+    t = str(param["type"])
+    if t.startswith("tuple"):
+        return "(" + ",".join(_abi_type(c) for c in param["components"]) + ")" + t[len("tuple"):]
+    return t
+
+
+def _static_word(t: str) -> bool:
+    return t in ("address", "bool", "bytes32") or (t.startswith(("uint", "int")) and t.lstrip("uint").isdigit())
+
+
+def _word(t: str, w: bytes) -> Any:
+    """One static ABI word as eth_abi decodes it."""
+    if t == "address":
+        return "0x" + w[12:].hex()
+    if t == "bytes32":
+        return w
+    if t == "bool":
+        return w[-1] == 1
+    return int.from_bytes(w, "big", signed=t.startswith("int"))
+
+
+def _topic(address: str) -> str:
+    """An address as an indexed event topic."""
+    return "0x" + "0" * 24 + address[2:].lower()
+
+
+def _rows(actions: Sequence[Action]) -> list[tuple[int, ReportAction, int]]:
+    return [(a.job_id, a.action, a.exit_code) for a in actions]
+
+
+def _by_job(actions: Sequence[Action]) -> list[list[Action]]:
+    """Actions grouped by job, in order (a job's START and FINISH must go together)."""
+    groups: dict[int, list[Action]] = {}
+    for a in actions:
+        groups.setdefault(a.job_id, []).append(a)
+    return list(groups.values())
+
+
+def _run_now(fn: Any, *args: Any) -> Future[Any]:
+    fut: Future[Any] = Future()
+    try:
+        fut.set_result(fn(*args))
+    except Exception as e:  # delivered through the future
+        fut.set_exception(e)
+    return fut
 
 
 def time_limit_s(escrow: int, rate: int) -> int:
@@ -382,4 +736,4 @@ def time_limit_s(escrow: int, rate: int) -> int:
     return max(1, escrow * 60 // rate)
 
 
-__all__ = ["Action", "ExecState", "ProviderWorker", "time_limit_s"]
+__all__ = ["Action", "ExecState", "JobReader", "ProviderWorker", "time_limit_s"]

@@ -1,0 +1,280 @@
+"""End-to-end benchmark: N trivial jobs (``true``) from submission to FINISHED through the meta-scheduler and
+provider workers with the local executor, on a fresh Anvil.
+
+    .venv/bin/python benchmarks/e2e.py [--jobs 1000] [--providers 1] [--cpus 200] [--array 250] [--probe 20]
+
+Phase 1 (throughput): every job is submitted at once in job arrays; prints jobs/s from the first submission
+to the last settlement, and the submission→RUNNING latency of those jobs (it includes queueing: jobs wait for
+free capacity). Phase 2 (latency): ``--probe`` single jobs, submitted one at a time on the idle grid; prints
+their submission→RUNNING and submission→FINISHED latency.
+
+Latencies come from event blocks; a block's time is the wall-clock time a poller (every 10 ms) first saw it
+mined (Anvil's block timestamps have 1 s resolution).
+
+Capacity: a provider's chain capacity bounds how many jobs it holds at once (each job reserves >= 1 cpu until
+it settles). ``--cpus 0`` registers the detected hardware through ``ProviderWorker.register`` (2 cpus here: 2
+jobs in flight per provider, so the figure is one job's round trip, not the pipeline's throughput). The
+default advertises 200 cpus per provider (the scheduler commits up to 200 assignments a round), registered
+with the ProviderClient since the worker refuses to advertise more than it detects: ``true`` uses no CPU, so
+this measures the pipeline, not the machine.
+
+The scheduler and each worker run in their own processes, as deployed (in one process they would fight over
+the GIL). ``--profile FILE`` writes a cProfile of the first worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dsq_chain import workflow as wfm
+from dsq_chain.anvil import dev_keys, start_anvil
+from dsq_chain.chain import Chain
+from dsq_chain.client import AdminClient, GridClient, ProviderClient
+from dsq_chain.deployment import Deployment, deploy
+from dsq_chain.executors import LocalExecutor
+from dsq_chain.scheduler import MetaScheduler
+from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, Resources
+from dsq_chain.worker import ProviderWorker
+
+WORKFLOW = """
+name: trivial
+resources: {tasks: 1, cpusPerTask: 1, memPerCpu: 64}
+steps:
+  - name: main
+    run: {command: "true"}
+"""
+PRICES = Prices(per_cpu_minute=1_000, per_gpu_minute=0, per_gb_minute=10)
+
+
+class BlockClock:
+    """Wall-clock time at which each block was first seen (polled every ``interval`` seconds)."""
+
+    def __init__(self, rpc_url: str, interval: float = 0.01) -> None:
+        self.chain = Chain(rpc_url)
+        self.interval = interval
+        self.seen: dict[int, float] = {}
+        self._last = -1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._poll()
+        self._thread.start()
+
+    def _poll(self) -> None:
+        n = self.chain.block_number()
+        now = time.time()
+        for b in range(self._last + 1, n + 1):
+            self.seen.setdefault(b, now)
+        self._last = max(self._last, n)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._poll()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+
+    def at(self, block: int) -> float:
+        return self.seen[block]
+
+
+def events(user: GridClient, name: str, from_block: int) -> list[dict[str, Any]]:
+    """All ``name`` events of the market since ``from_block`` (paged)."""
+    out = []
+    head = user.chain.block_number()
+    ev = getattr(user.market.events, name)()
+    for start in range(from_block, head + 1, 2000):
+        for lg in ev.get_logs(from_block=start, to_block=min(head, start + 1999)):
+            out.append(dict(lg["args"], block=lg["blockNumber"]))
+    return out
+
+
+def latencies(user: GridClient, clock: BlockClock, from_block: int, ids: set[int]) -> dict[str, list[float]]:
+    submitted: dict[int, float] = {}
+    for e in events(user, "JobSubmitted", from_block):
+        for i in range(e["firstJobId"], e["firstJobId"] + e["count"]):
+            submitted[i] = clock.at(e["block"])
+    running = {e["jobId"]: clock.at(e["block"]) for e in events(user, "JobStatusChanged", from_block)
+               if e["status"] == JobStatus.RUNNING}
+    settled = {e["jobId"]: clock.at(e["block"]) for e in events(user, "JobSettled", from_block)}
+    return {
+        "running": [running[i] - submitted[i] for i in ids if i in running],
+        "finished": [settled[i] - submitted[i] for i in ids if i in settled],
+    }
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def summary(name: str, values: list[float]) -> str:
+    return (f"{name}: median {statistics.median(values) * 1000:.0f} ms, p95 {pct(values, 95) * 1000:.0f} ms, "
+            f"max {max(values) * 1000:.0f} ms (n={len(values)})")
+
+
+def wait_all_final(user: GridClient, ids: list[int], timeout: float) -> list[JobStatus]:
+    deadline = time.monotonic() + timeout
+    pending = list(ids)
+    statuses: dict[int, JobStatus] = {}
+    while pending:
+        for start in range(0, len(pending), 500):
+            for j in user.jobs(pending[start:start + 500]):
+                if j.status.is_final:
+                    statuses[j.id] = j.status
+        pending = [i for i in pending if i not in statuses]
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} of {len(ids)} jobs not final after {timeout:.0f} s")
+        time.sleep(0.25)
+    return [statuses[i] for i in ids]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=1000, help="jobs in the throughput phase (default 1000)")
+    p.add_argument("--providers", type=int, default=1, help="provider workers (default 1)")
+    p.add_argument("--cpus", type=int, default=200,
+                   help="cpus each provider advertises on chain; 0 = the detected hardware (default 200)")
+    p.add_argument("--array", type=int, default=250, help="jobs per submission (job array size, default 250)")
+    p.add_argument("--probe", type=int, default=20, help="single jobs in the latency phase (default 20)")
+    p.add_argument("--poll", type=float, default=0.1, help="worker/scheduler poll interval in s (default 0.1)")
+    p.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")
+    p.add_argument("--profile", help="write a cProfile of the first worker to this file")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(relativeCreated)7d %(threadName)s %(name)s %(message)s")
+
+    keys = dev_keys(4 + args.providers)
+    tmp = Path(tempfile.mkdtemp(prefix="dsq-bench-e2e-"))
+    wf = wfm.loads(WORKFLOW)
+    with start_anvil(accounts=max(20, 4 + args.providers)) as node:
+        chain = Chain(node.rpc_url)
+        admin_w = chain.wallet(keys[0])
+        dep = deploy(admin_w)
+        admin = AdminClient(admin_w, dep)
+        user = GridClient(Chain(node.rpc_url).wallet(keys[1]), dep)
+        sched_w = Chain(node.rpc_url).wallet(keys[2])
+        admin.mint(user.address, 10**6 * CREDIT_UNIT)
+        admin.grant_scheduler(sched_w.address)
+        workers = []
+        for i in range(args.providers):
+            ex = LocalExecutor(tmp / f"exec{i}", kill_grace_s=1.0)
+            w = ProviderWorker(Chain(node.rpc_url).wallet(keys[4 + i]), dep, ex, tmp / f"worker{i}",
+                               poll_interval=args.poll)
+            if args.cpus:
+                cap = ex.capacity()
+                ProviderClient(w.wallet, dep).register(Resources(args.cpus, 0, max(cap.mem_mb, args.cpus * 64)),
+                                                       PRICES)
+            else:
+                w.register(PRICES)
+            admin.approve(w.address)
+            workers.append(w)
+        hw = [w.client.info().total for w in workers]
+        for w in workers:
+            w.close()
+        clock = BlockClock(node.rpc_url)
+        clock.start()
+        ctx = mp.get_context("spawn")
+        stop = ctx.Event()
+        level = logging.INFO if args.verbose else logging.WARNING
+        procs = [ctx.Process(target=run_scheduler, name="scheduler",
+                             args=(node.rpc_url, keys[2], dep, args.poll, stop, level))]
+        for i in range(args.providers):
+            profile = args.profile if i == 0 else None
+            procs.append(ctx.Process(target=run_worker, name=f"worker{i}", args=(
+                node.rpc_url, keys[4 + i], dep, tmp / f"exec{i}", tmp / f"worker{i}", args.poll, stop, level, profile)))
+        for proc in procs:
+            proc.start()
+        print(f"{args.jobs} jobs `true`, {args.providers} provider(s) advertising {hw[0].cpus} cpus each, "
+              f"arrays of {args.array}, poll {args.poll} s", flush=True)
+        try:
+            # ---- phase 1: throughput
+            first_block = chain.block_number() + 1
+            t0 = time.monotonic()
+            ids: list[int] = []
+            left = args.jobs
+            while left > 0:
+                n = min(args.array, left)
+                ids += user.submit(wf.canonical(), resources=wf.resources, credits=CREDIT_UNIT, max_rate=10**6,
+                                   count=n)
+                left -= n
+            t_submitted = time.monotonic() - t0
+            statuses = wait_all_final(user, ids, args.timeout)
+            elapsed = time.monotonic() - t0
+            bad = [s for s in statuses if s is not JobStatus.FINISHED]
+            print(f"throughput: {len(ids)} jobs FINISHED in {elapsed:.1f} s = {len(ids) / elapsed:.1f} jobs/s "
+                  f"(submission took {t_submitted:.1f} s){f'; NOT FINISHED: {len(bad)}' if bad else ''}", flush=True)
+            lat = latencies(user, clock, first_block, set(ids))
+            print("  " + summary("submission->RUNNING (incl. queueing)", lat["running"]))
+            print("  " + summary("submission->FINISHED (incl. queueing)", lat["finished"]))
+            # ---- phase 2: latency on an idle grid
+            if args.probe:
+                probe_block = chain.block_number() + 1
+                probe_ids = []
+                for _ in range(args.probe):
+                    [j] = user.submit(wf.canonical(), resources=wf.resources, credits=CREDIT_UNIT, max_rate=10**6)
+                    probe_ids.append(j)
+                    wait_all_final(user, [j], 60)
+                lat = latencies(user, clock, probe_block, set(probe_ids))
+                print("latency, one job at a time on an idle grid:")
+                print("  " + summary("submission->RUNNING", lat["running"]))
+                print("  " + summary("submission->FINISHED", lat["finished"]))
+        finally:
+            stop.set()
+            for proc in procs:
+                proc.join(60)
+                if proc.is_alive():
+                    proc.terminate()
+            clock.stop()
+        txs = {w.address: int(chain.call_rpc("eth_getTransactionCount", [w.address, "latest"]), 16) for w in workers}
+        total = args.jobs + args.probe
+        print(f"worker transactions: {sum(txs.values())} for {total} jobs "
+              f"({sum(txs.values()) / total:.2f} per job; includes registration)")
+    return 1 if bad else 0
+
+
+def run_scheduler(rpc_url: str, key: str, dep: Deployment, poll: float, stop: threading.Event, level: int) -> None:
+    """The meta-scheduler in its own process (as deployed)."""
+    logging.basicConfig(level=level, format="%(relativeCreated)7d scheduler %(name)s %(message)s")
+    MetaScheduler(Chain(rpc_url).wallet(key), dep, poll_interval=poll).run(stop)
+
+
+def run_worker(rpc_url: str, key: str, dep: Deployment, root: Path, state: Path, poll: float, stop: threading.Event,
+               level: int, profile: str | None) -> None:
+    """A provider worker in its own process (as deployed), optionally under cProfile."""
+    logging.basicConfig(level=level, format="%(relativeCreated)7d worker %(name)s %(message)s")
+    worker = ProviderWorker(Chain(rpc_url).wallet(key), dep, LocalExecutor(root, kill_grace_s=1.0), state,
+                            poll_interval=poll)
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    try:
+        worker.run(stop)
+    finally:
+        if profile:
+            prof.disable()
+            prof.dump_stats(profile)
+        worker.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,9 +10,12 @@ simply replay from the start block at each start.
 Reorgs: only blocks ``confirmations`` deep are read; the hashes of recently completed blocks are
 kept, and when the checkpoint's block hash changes the follower rewinds to the newest block whose
 hash still matches (the common ancestor), tells handlers through ``on_reorg(block)``, and replays.
+A page of logs is only delivered if its last block's hash is the same before and after reading it,
+so a reorg that happens while a page is read is seen at the next poll instead of being missed.
 
 Outages: :meth:`run` backs off (0.2 s doubling to 5 s) while the node is unreachable and catches up
-when it is back. ``eth_getLogs`` ranges shrink when the node refuses a range and grow back after.
+when it is back. ``eth_getLogs`` ranges shrink when the node refuses a range (to half the refused
+range) and grow back after, but not past a refused size until :data:`REPROBE_PAGES` pages went through.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ log = logging.getLogger("dsq.follower")
 BLOCK_DONE = 2**31
 #: How many completed block hashes are kept for finding a common ancestor.
 RECENT_BLOCKS = 256
+#: After this many pages without a refusal, pages may grow past the last refused size again.
+REPROBE_PAGES = 64
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS follower_checkpoint (
@@ -84,6 +89,9 @@ class EventFollower:
         self.confirmations = confirmations
         self.start_block = deployment.block if start_block is None else start_block
         self.page_size = self.max_page = page_size
+        #: Largest page not known to be refused, and pages read since the last refusal.
+        self._ceiling = page_size
+        self._pages_ok = 0
         self.db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL") if str(db_path) != ":memory:" else None
         self.db.executescript(SCHEMA)
@@ -133,18 +141,31 @@ class EventFollower:
             delivered = 0
             while start <= head:
                 end = min(head, start + self.page_size - 1)
+                end_hash = self._block_hash(end)
                 try:
                     events = self._fetch(start, end)
                 except TransactionFailed as e:
-                    if self.page_size == 1:
+                    span = end - start + 1
+                    if span == 1:
                         raise
-                    self.page_size = max(1, self.page_size // 2)
+                    # Halve what was refused (not the page size, which may exceed what was asked) and do
+                    # not grow back to a refused size until many pages went through.
+                    self.page_size = max(1, span // 2)
+                    self._ceiling = span - 1
+                    self._pages_ok = 0
                     log.info("eth_getLogs refused %d..%d (%s); page size now %d", start, end, e, self.page_size)
                     continue
-                delivered += self._deliver(events, end)
+                if self._block_hash(end) != end_hash:
+                    # The chain changed while the logs were read: they may belong to a fork that is gone.
+                    # Drop the page; the next poll checks for a reorg from the checkpoint and reads again.
+                    log.info("block %d changed while reading its logs; re-reading at the next poll", end)
+                    break
+                delivered += self._deliver(events, end, end_hash)
                 start = end + 1
-                if self.page_size < self.max_page:
-                    self.page_size = min(self.max_page, self.page_size * 2)
+                self._pages_ok += 1
+                if self._pages_ok >= REPROBE_PAGES:
+                    self._ceiling = self.max_page
+                self.page_size = min(self._ceiling, self.max_page, self.page_size * 2)
             return delivered
 
     def _fetch(self, start: int, end: int) -> list[ChainEvent]:
@@ -161,7 +182,7 @@ class EventFollower:
                     out.append(ev)
         return sort_events(out)
 
-    def _deliver(self, events: list[ChainEvent], end: int) -> int:
+    def _deliver(self, events: list[ChainEvent], end: int, end_hash: str) -> int:
         cp = self.checkpoint
         done = (cp.block, cp.log_index) if cp else (-1, -1)
         blocks: dict[int, str] = {}
@@ -180,7 +201,6 @@ class EventFollower:
                 raise
             blocks[ev.block_number] = ev.block_hash
             n += 1
-        end_hash = self._block_hash(end)
         blocks[end] = end_hash
         self.db.execute("BEGIN")
         self._save(end, end_hash, BLOCK_DONE)

@@ -114,11 +114,22 @@ class GridState:
         from .labels import decode_value
 
         labels = self._providers[ev.args["provider"]].state.labels
+        bad: list[str] = []
         for key, value in zip(ev.args["keys"], ev.args["values"], strict=True):
             if value == b"\0" * 32:
                 labels.pop(key, None)
-            else:
+                continue
+            try:
                 labels[key] = decode_value(value)
+            except ValueError:
+                # The contract stores any word: one no label value encodes to can never equal a job's
+                # required value, so the key counts as absent. The other keys of the event still apply.
+                labels.pop(key, None)
+                bad.append(key)
+        if bad:  # counted and logged here, so that the event still triggers a round for the keys that did apply
+            self.errors += 1
+            log.error("%s at block %d: label value(s) of %s decode to no label value; treated as absent",
+                      ev.name, ev.block_number, ", ".join(bad))
 
     def _on_ProviderStatusChanged(self, ev: ChainEvent) -> None:
         p = self._providers[ev.args["provider"]]
@@ -150,7 +161,7 @@ class GridState:
         self._set(job, JobStatus.META_SCHEDULED, ev)
         job.provider, job.rate = provider, int(ev.args["rate"])
         self.pending.pop(job.id, None)
-        p = self._providers[provider].state
+        p = self._providers[provider].state  # an unknown provider raises only after the job's own state
         p.free = p.free - job.resources
 
     def _on_JobStatusChanged(self, ev: ChainEvent) -> None:
@@ -159,22 +170,31 @@ class GridState:
     def _on_JobReleased(self, ev: ChainEvent) -> None:
         job = self.jobs[int(ev.args["jobId"])]
         provider = ev.args["provider"]
-        self._release(job, provider)
-        stats = self._providers[provider].state.stats
-        if ReleaseReason(ev.args["reason"]) is ReleaseReason.REFUSED:
-            stats.refused += 1
-        else:
-            stats.timed_out += 1
+        reason = ReleaseReason(ev.args["reason"])
+        # The job's own state first: a provider this state does not know must not strand the job.
         job.excluded.add(provider)
         job.provider, job.rate = None, 0
         self._set(job, JobStatus.PENDING, ev)
         self.pending[job.id] = job
+        self._release(job, provider)
+        stats = self._providers[provider].state.stats
+        if reason is ReleaseReason.REFUSED:
+            stats.refused += 1
+        else:
+            stats.timed_out += 1
 
     def _on_JobSettled(self, ev: ChainEvent) -> None:
         job = self.jobs[int(ev.args["jobId"])]
         status = JobStatus(ev.args["status"])
         provider = ev.args["provider"]
-        if job.status.holds_capacity and provider != ZERO:
+        held = job.status.holds_capacity and provider != ZERO
+        # The job's own state first: a provider this state does not know must not leave the job open.
+        self._set(job, status, ev)
+        self.pending.pop(job.id, None)
+        billed = int(ev.args["billed"])
+        if billed and self.fairshare is not None and self.clock is not None:
+            self.fairshare.record(job.owner, float(billed), self.clock(ev))
+        if held:
             self._release(job, provider)
             stats = self._providers[provider].state.stats
             if status is JobStatus.FINISHED:
@@ -183,11 +203,6 @@ class GridState:
                 stats.failed += 1
             elif status is JobStatus.PANICKED:
                 stats.panicked += 1
-        self._set(job, status, ev)
-        self.pending.pop(job.id, None)
-        billed = int(ev.args["billed"])
-        if billed and self.fairshare is not None and self.clock is not None:
-            self.fairshare.record(job.owner, float(billed), self.clock(ev))
 
     def _release(self, job: JobRecord, provider: str) -> None:
         p = self._providers[provider].state

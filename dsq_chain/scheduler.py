@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import requests
+
 from .chain import Chain, Wallet
 from .client import SchedulerClient
 from .deployment import Deployment
@@ -86,6 +88,8 @@ class MetaScheduler:
             self._dirty = True
         if event.name == "JobSubmitted" and self.metrics:
             self.metrics.submitted.inc(int(event.args["count"]))
+        elif event.name == "ClaimTimeoutChanged":  # applies to every job from now on, not only new ones
+            self.claim_timeout = int(event.args["claimTimeout"])
 
     def on_reorg(self, block: int) -> None:
         """Events after ``block`` are gone: rebuild the whole state by replaying from the start."""
@@ -94,12 +98,21 @@ class MetaScheduler:
         self.matcher.fairshare = self.fairshare
         self.state = GridState(self.fairshare, self._event_time)
         self.follower.db.execute("DELETE FROM follower_checkpoint WHERE name=?", (self.follower.name,))
+        self._block_times.clear()  # timestamps of blocks that are gone
+        self.failures.clear()
+        # Our own transactions on the lost fork may be gone too: take the next nonce from the node again.
+        self.wallet.reset_nonce()
         self._dirty = True
 
     def _event_time(self, ev: ChainEvent) -> float:
-        t = self._block_times.get(ev.block_number)
+        return self._block_time(ev.block_number)
+
+    def _block_time(self, block: int) -> float:
+        t = self._block_times.get(block)
         if t is None:
-            t = self._block_times[ev.block_number] = float(self.chain.timestamp(ev.block_number))
+            if len(self._block_times) > 100_000:
+                self._block_times.clear()
+            t = self._block_times[block] = float(self.chain.timestamp(block))
         return t
 
     # -- rounds ----------------------------------------------------------------------------------
@@ -138,6 +151,8 @@ class MetaScheduler:
                     self.metrics.errors.labels(kind=type(e).__name__).inc()
                 continue
             result.assigned = assignments
+            if len(assignments) >= self.batch_limit:
+                self._dirty = True  # more may be placeable: the next loop runs another round at once
             break
         else:
             result.assigned = self._commit_one_by_one(result)
@@ -178,7 +193,12 @@ class MetaScheduler:
         if not waiting:
             return []
         now = self.chain.timestamp()
-        expired = [j.id for j in self.client.jobs(j.id for j in waiting)
+        # The chain's ``since`` is the assignment block's timestamp: only the jobs due by that are read back
+        # from the chain (reading every waiting job every sweep stalled the service once thousands waited).
+        due = [j.id for j in waiting if self._block_time(_assigned_block(j)) + self.claim_timeout <= now]
+        if not due:
+            return []
+        expired = [j.id for j in self.client.jobs(due)
                    if j.status is JobStatus.META_SCHEDULED and now >= j.since + self.claim_timeout]
         released = []
         for job_id in expired:
@@ -204,7 +224,7 @@ class MetaScheduler:
                     self.sweep_claim_timeouts()
                 backoff = self.poll_interval
                 stop.wait(self.poll_interval)
-            except DsqError as e:
+            except (DsqError, requests.RequestException, OSError) as e:  # node gone mid-call: back off, go on
                 log.warning("scheduler: %s; retrying in %.1f s", e, backoff)
                 if self.metrics:
                     self.metrics.errors.labels(kind=type(e).__name__).inc()
@@ -217,6 +237,11 @@ class MetaScheduler:
         """Why a job waits (provider by provider), or what became of it."""
         self.sync()
         return explain_from_state(self.state, self.matcher, job_id, self.failures)
+
+
+def _assigned_block(job: JobRecord) -> int:
+    """The block of the job's latest assignment (its history ends with it while META_SCHEDULED)."""
+    return next((b for b, st in reversed(job.history) if st is JobStatus.META_SCHEDULED), 0)
 
 
 def explain_from_state(

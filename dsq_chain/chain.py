@@ -136,7 +136,9 @@ class Wallet:
     def estimate(self, call: Call) -> int:
         """Estimated gas with the margin; a revert raises the matching ContractError."""
         try:
-            est = call.fn.estimate_gas({"from": self.address})
+            # Against the pending block: on a chain that mines only on demand, "latest" keeps an old
+            # timestamp, and time-dependent calls (out of credits, claim timeouts) would never pass.
+            est = call.fn.estimate_gas({"from": self.address}, block_identifier="pending")
         except (ContractCustomError, ContractLogicError, ContractPanicError) as e:
             raise _decode(e, call.label) from None
         except (requests.ConnectionError, requests.Timeout) as e:
@@ -217,6 +219,12 @@ class Wallet:
 
     def wait_receipts(self, hashes: Sequence[HexBytes], *, timeout: float = 120.0) -> list[TxReceipt]:
         """Polls receipts in batches until all are mined or ``timeout`` passes."""
+        try:
+            return self._wait_receipts(hashes, timeout)
+        except (requests.ConnectionError, requests.Timeout, OSError) as e:
+            raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable while waiting for receipts") from e
+
+    def _wait_receipts(self, hashes: Sequence[HexBytes], timeout: float) -> list[TxReceipt]:
         deadline = time.monotonic() + timeout
         found: dict[int, TxReceipt] = {}
         delay = 0.01

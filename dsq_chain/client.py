@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
+import requests
 from eth_account.messages import encode_typed_data
 from eth_utils.address import to_checksum_address
 from web3.logs import DISCARD
@@ -23,7 +24,7 @@ from web3.types import TxReceipt
 
 from .chain import Call, Chain, Wallet
 from .deployment import Deployment
-from .errors import InputError
+from .errors import ChainUnavailable, InputError
 from .types import (
     FINAL_STATUSES,
     Job,
@@ -83,10 +84,13 @@ class _Client:
         if not ids:
             return []
         w3 = self.chain.w3
-        with w3.batch_requests() as batch:
-            for i in ids:
-                batch.add(self.market.functions.getJob(i))
-            results = batch.execute()
+        try:
+            with w3.batch_requests() as batch:
+                for i in ids:
+                    batch.add(self.market.functions.getJob(i))
+                results = batch.execute()
+        except (requests.ConnectionError, requests.Timeout, OSError) as e:
+            raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable") from e
         return [job_from_view(cast(Sequence[Any], r)) for r in results]
 
     def job_count(self) -> int:

@@ -53,7 +53,7 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
     /// @notice Most label constraints one job may carry.
     uint256 public constant MAX_JOB_LABELS = 16;
     /// @notice Most jobs in one job array.
-    uint256 public constant MAX_ARRAY_JOBS = 1_000;
+    uint256 public constant MAX_ARRAY_JOBS = 500; // ~47k gas per array job: 500 fit a 30M-gas block
 
     /// @notice The credit token escrowed and paid out.
     IERC20 public immutable token;

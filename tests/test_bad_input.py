@@ -96,7 +96,7 @@ BAD_SUBMISSIONS: dict[str, tuple[dict[str, Any], tuple[Any, ...], str]] = {
     "zero_jobs":          ({"count": 0},
                            (REQUEST, [], WORKFLOW, 0), "InvalidArrayCount"),
     "1001_jobs":          ({"count": 1001},
-                           (REQUEST, [], WORKFLOW, 1001), "InvalidArrayCount"),
+                           (REQUEST, [], WORKFLOW, 501), "InvalidArrayCount"),
     "17_labels":          ({"labels": tuple(parse_constraint(f"k{i} == v") for i in range(17))},
                            (REQUEST, [A100] * 17, WORKFLOW, 1), "TooManyJobLabels"),
 }

@@ -15,7 +15,7 @@ from web3.logs import DISCARD
 from dsq_chain import errors
 from dsq_chain.chain import Call
 from dsq_chain.labels import on_chain, parse_constraint
-from dsq_chain.types import JobStatus, ReportAction, Resources
+from dsq_chain.types import CREDIT_UNIT, JobStatus, ReportAction, Resources
 from tests.grid import CREDITS, MAX_RATE, SMALL, WORKFLOW, Grid
 
 S = JobStatus
@@ -315,3 +315,14 @@ def test_report_by_a_non_provider_or_empty(grid: Grid) -> None:
     with pytest.raises(errors.InputError):
         grid.cpu.report([])
     assert _state(grid, [job_id]) == before
+
+
+def test_a_full_job_array_fits_in_one_block(grid: Grid) -> None:
+    """MAX_ARRAY_JOBS is set so that the largest array is one transaction under a 30M-gas block."""
+    from dsq_chain.client import MAX_ARRAY_JOBS
+
+    before = grid.user.job_count()
+    first = grid.submit(count=MAX_ARRAY_JOBS, credits=CREDIT_UNIT // 100)
+    assert grid.user.job_count() == before + MAX_ARRAY_JOBS and first == before + 1
+    block = grid.chain.w3.eth.get_block("latest")
+    assert block["gasUsed"] < 30_000_000 * 0.9, f"a full array used {block['gasUsed']} gas"

@@ -61,7 +61,7 @@ def test_sdk_limits_match_contract_constants() -> None:
     src = (build.project_root() / "contracts" / "JobMarket.sol").read_text()
     assert f"MAX_WORKFLOW_BYTES = {client.MAX_WORKFLOW_BYTES:_}" in src
     assert f"MAX_JOB_LABELS = {client.MAX_JOB_LABELS}" in src
-    assert f"MAX_ARRAY_JOBS = {client.MAX_ARRAY_JOBS:_}" in src
+    assert f"MAX_ARRAY_JOBS = {client.MAX_ARRAY_JOBS:_};" in src
 
 
 def test_build_check_command_passes_on_fresh_artifacts() -> None:

@@ -170,6 +170,11 @@ def test_watch_exit_codes(cli: Cli) -> None:
     assert cli.run("watch", str(finished)).returncode == 0
     failed = cli.grid.job_in(JobStatus.FAILED)
     assert cli.run("watch", str(failed)).returncode == EXIT_JOB_FAILED
+    refunds = cli.grid.user.credits()
+    tokens = cli.grid.user.token_balance()
+    assert refunds > 0 and "withdrew" in cli.ok("withdraw", key=user_key(cli)).stdout
+    assert cli.grid.user.credits() == 0 and cli.grid.user.token_balance() == tokens + refunds
+    assert "no credits" in cli.fails(EXIT_INPUT, "withdraw", key=user_key(cli))
 
 
 def test_provider_and_admin_commands(cli: Cli) -> None:
@@ -198,6 +203,10 @@ def test_provider_and_admin_commands(cli: Cli) -> None:
     assert "not an address" in cli.fails(EXIT_INPUT, "admin", "ban", "0x123", key=admin)
     cli.ok("admin", "ban", address, key=admin)
     assert cli.grid.admin.provider(address).status.name == "BANNED"
+    role = cli.grid.admin.market.functions.SCHEDULER_ROLE().call()
+    assert not cli.grid.admin.market.functions.hasRole(role, address).call()
+    cli.ok("admin", "grant-scheduler", address, key=admin)
+    assert cli.grid.admin.market.functions.hasRole(role, address).call()
 
 
 def test_preview_and_build_check(cli: Cli) -> None:

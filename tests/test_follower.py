@@ -471,11 +471,22 @@ def test_pages_shrink_to_what_the_node_accepts(grid: Grid, proxy: Callable[[int]
     assert len(limited.refused) - before <= 2
 
 
-def test_a_reorg_while_a_page_is_read_is_not_missed(grid: Grid, proxy: Callable[[int], RangeLimitProxy]) -> None:
+@pytest.fixture
+def private_grid() -> Iterator[Grid]:
+    """A grid on its own Anvil: anvil_reorg does not mix with the shared node's snapshot/revert isolation."""
+    node = start_anvil()
+    try:
+        yield build_grid(Chain(node.rpc_url), dev_keys(20))
+    finally:
+        node.stop()
+
+
+def test_a_reorg_while_a_page_is_read_is_not_missed(private_grid: Grid) -> None:
     """The logs come from the old fork, the page's last block hash from the new one: the page must not be
     delivered with a checkpoint that makes the vanished events look confirmed."""
+    grid = private_grid
     chain = grid.chain
-    node = proxy(10**6)
+    node = RangeLimitProxy(chain.rpc_url, 10**6)
     f = EventFollower(Chain(node.url), grid.deployment)
     rec = Recorder()
     f.add_handler(rec)
@@ -493,6 +504,7 @@ def test_a_reorg_while_a_page_is_read_is_not_missed(grid: Grid, proxy: Callable[
     ids = submit(grid.users[2])
     f.poll()
     assert rec.events[-1].name == "JobSubmitted" and rec.events[-1].args["firstJobId"] == ids[0]
+    node.close()
 
 
 def test_a_node_refusing_even_one_block_is_an_error_not_a_hang(

@@ -232,6 +232,9 @@ class LocalExecutor(Executor):
                 stdout=log,
                 stderr=log,
                 cwd=d,
+                # The supervisor is the job's parent: it must not hold the worker's secrets either
+                # (a job could read them from /proc/$PPID/environ). The job's env comes from spec.json.
+                env=base_env(),
                 start_new_session=True,
                 close_fds=True,
                 timeout=60,

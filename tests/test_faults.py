@@ -244,7 +244,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 # ------------------------------------------------------------------------------------------ worker, kill -9
-#: phase -> (chain status to wait for, extra condition on the side-effect file / script progress)
+#: Where in a job's life the worker is killed: its claim just mined (frozen before it starts the work), its START
+#: just mined, the script running, the script ended while the worker is down (the outcome not yet reported).
 PHASES = ("after claim", "after start", "during run", "before final report")
 
 
@@ -288,6 +289,8 @@ def test_worker_killed_in_each_phase_of_a_job_runs_it_once_and_settles_it_once(c
 
 # ------------------------------------------------------------------------------------------ scheduler, kill -9
 def test_scheduler_killed_mid_batch_assigns_nothing_twice_and_leaves_nothing_unmatched(cluster: Cluster) -> None:
+    """24 jobs, at most 2 assignments per transaction; the scheduler is SIGKILLed right after its first batch and
+    restarted; workers then run everything: each job assigned exactly once, all FINISHED, settled once."""
     c = cluster
     c.deploy([Resources(16, 0, 4_096), Resources(16, 0, 4_096)])
     n = 24
@@ -350,7 +353,7 @@ def _reorg(c: Cluster, *, worker_on_fork: bool, wait_s: float) -> None:
     c.worker()
     wait_until(lambda: "worker 0x" in (c.dir / "worker0.log").read_text(errors="replace")
                if (c.dir / "worker0.log").exists() else False, 60, "the worker up")
-    c.signal("scheduler", signal.SIGSTOP)
+    c.signal("scheduler", signal.SIGSTOP)  # so that the snapshot falls between the submission and the assignment
     if not worker_on_fork:
         c.signal("worker0", signal.SIGSTOP)
     [job] = c.submit(job_workflow(c.side, "sleep 1"))

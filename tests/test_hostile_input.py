@@ -289,8 +289,8 @@ def expect_cheap_revert(rpc: Rpc, receipt: dict[str, Any], data: str, error: str
     return name
 
 
-#: A valid call of every state-changing market function (as a stranger would send it), for truncation.
 def valid_calls(grid: Grid) -> dict[str, str]:
+    """Well-formed calldata of the market's state-changing functions with dynamic arguments, for truncation."""
     job = 1
     lbl = [(keccak(text="zone"), 0, b"eu".ljust(32, b"\0"))]
     return {

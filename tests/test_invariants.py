@@ -1133,8 +1133,8 @@ class GridMachine(RuleBasedStateMachine):
         market = self.e.market
         if j.status is S.PENDING:
             prov = next((a for a in self.e.accounts if self.model.fits(j, a)), None)
-            if prov is None:
-                return self.cancel(None, pick) if self.r(pick) % 3 == 0 else None
+            if prov is None:  # nobody can take it: the owner gives up, or the scheduler tries a near miss
+                return self.cancel(None, pick) if self.r(pick) % 3 == 0 else self.assign_near_miss(pick)
             data = calldata("assign", ["uint256", "address", LABEL + "[]"], [jid, prov, list(j.labels)])
             s = self.acct(SCHEDULER)
             return self.step(s, market, data, lambda m, t: m.assign(s, jid, prov, j.labels, t))
@@ -1464,4 +1464,78 @@ def test_contract_invariants_hold_under_random_actions(env: Env) -> None:
         assert not set(MUST_SUCCEED) - ok, f"never succeeded: {sorted(set(MUST_SUCCEED) - ok)}"
         assert set(GridMachine.settled) == {S.FINISHED, S.FAILED, S.OUT_OF_CREDITS, S.CANCELED, S.PANICKED}
         seen = {outcome for (_, outcome) in GridMachine.outcomes}
-        assert not set(MUST_REVERT_WITH) - seen, f"never rejected with: {sorted(set(MUST_REVERT_WITH) - seen)}"
+        if set(MUST_REVERT_WITH) - seen:  # hypothesis' swarm testing leaves some out now and then: see the tour
+            print(f"(this run never saw: {sorted(set(MUST_REVERT_WITH) - seen)})")
+
+
+def test_every_rejection_the_trust_model_relies_on_is_predicted_and_changes_nothing(env: Env) -> None:
+    """A fixed tour through the machine's checked ``step``: each named rejection of MUST_REVERT_WITH happens at
+    least once (the random run above usually sees them all, but not always), with every check of a random step:
+    the predicted error, nothing changed, all invariants."""
+    GridMachine.env = env
+    GridMachine.outcomes = Counter()
+    m = GridMachine()
+    a = m.acct
+    admin, sched, owner, stranger = a(ADMIN), a(SCHEDULER), a(OWNERS[0]), a(STRANGER)
+    p5, p6, p7, p8 = (a(i) for i in PROVIDERS)
+    market = env.market
+
+    def call(sender: str, fn: str, types: list[str], args: list[Any], predict: Callable[[Model, int], None],
+             **kw: bool) -> None:
+        m.step(sender, market, calldata(fn, types, args), predict, **kw)
+
+    def submit(sender: str, res: tuple[int, int, int], max_rate: int, credits: int, labels: tuple[Any, ...]) -> int:
+        req = (*res, max_rate, credits)
+        call(sender, "submit", [REQ, LABEL + "[]", "bytes", "uint256"], [req, list(labels), b"wf", 1],
+             lambda md, t: md.submit(sender, req, labels, b"wf", 1, t))
+        return m.model.next_id - 1
+
+    def assign(sender: str, job: int, prov: str, labels: tuple[Any, ...]) -> None:
+        call(sender, "assign", ["uint256", "address", LABEL + "[]"], [job, prov, list(labels)],
+             lambda md, t: md.assign(sender, job, prov, labels, t))
+
+    def on_job(sender: str, fn: str, job: int) -> None:
+        call(sender, fn, ["uint256"], [job], lambda md, t: getattr(md, {
+            "claim": "claim", "start": "start", "cancel": "cancel", "panic": "panic", "timeoutClaim": "timeout_claim",
+            "reportOutOfCredits": "report_out_of_credits"}[fn])(sender, job, t))
+
+    zone_eu = CONSTRAINT_SETS[2]
+    try:
+        submit(stranger, (1, 0, 256), 10**6, 10**6, ())  # ERC20InsufficientBalance: the stranger holds 50,000
+        submit(owner, (1, 0, 256), 10**6, 1, CONSTRAINT_SETS[-1])  # TooManyJobLabels
+        job_a = submit(owner, (1, 0, 256), 10**6, 50_000, zone_eu)
+        job_b = submit(owner, (16, 0, 1_024), 3_000, 50_000, ())
+        job_c = submit(owner, (1, 0, 256), 10**6, 50_000, ())
+        assign(stranger, job_a, p5, zone_eu)  # AccessControlUnauthorizedAccount
+        assign(sched, m.model.next_id, p5, ())  # JobNotFound
+        assign(sched, job_a, p6, zone_eu)  # LabelMismatch: p6 is in zone us
+        assign(sched, job_a, p5, ())  # LabelsMismatch
+        assign(sched, job_c, p8, ())  # ProviderNotApproved: p8 was never approved
+        call(p7, "pause", [], [], lambda md, t: md.set_paused(p7, True, t))
+        assign(sched, job_c, p7, ())  # ProviderIsPaused
+        assign(sched, job_b, p5, ())  # InsufficientCapacity: 16 cpus on 8
+        assign(sched, job_b, p6, ())  # PriceAboveCap: 32,100 units/min > 3,000
+        assign(sched, job_a, p5, zone_eu)
+        on_job(p6, "claim", job_a)  # NotAssignedProvider
+        on_job(stranger, "cancel", job_a)  # NotJobOwner
+        on_job(stranger, "panic", job_a)  # NotAllowedToPanic
+        on_job(stranger, "timeoutClaim", job_a)  # ClaimNotExpired
+        on_job(p5, "start", job_a)  # InvalidStatus: not claimed yet
+        on_job(p5, "claim", job_a)
+        on_job(p5, "start", job_a)
+        on_job(stranger, "reportOutOfCredits", job_a)  # EscrowNotExhausted
+        call(owner, "topUp", ["uint256", "uint64"], [job_a, U64], lambda md, t: md.top_up(owner, job_a, U64, t))
+        call(stranger, "withdraw", [], [], lambda md, t: md.withdraw(stranger, t))  # NothingToWithdraw
+        call(owner, "updateHardware", [HW], [(1, 0, 1)], lambda md, t: md.update_hardware(owner, (1, 0, 1), t))
+        call(p5, "registerProvider", [HW, PRICES, "string[]", "bytes32[]"], [(1, 0, 1), (1, 0, 0), [], []],
+             lambda md, t: md.register(p5, (1, 0, 1), (1, 0, 0), [], [], t), with_labels=True)
+        keys, values = [f"k{i}" for i in range(33)], [text("v")] * 33
+        call(p5, "setLabels", ["string[]", "bytes32[]"], [keys, values],
+             lambda md, t: md.set_labels(p5, keys, values, t), with_labels=True)  # TooManyLabels
+        call(p5, "setLabels", ["string[]", "bytes32[]"], [["zone"], []],
+             lambda md, t: md.set_labels(p5, ["zone"], [], t), with_labels=True)  # LengthMismatch
+        call(admin, "banProvider", ["address"], [p5], lambda md, t: md.set_status(admin, p5, PS.BANNED, t))
+    finally:
+        m.teardown()
+    seen = {outcome for (_, outcome) in GridMachine.outcomes}
+    assert not set(MUST_REVERT_WITH) - seen, f"the tour never saw: {sorted(set(MUST_REVERT_WITH) - seen)}"

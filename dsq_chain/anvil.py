@@ -111,7 +111,37 @@ def start_anvil(
     ``mixed_mining`` keeps automine and adds an empty block every ``block_time`` (default 1) seconds.
     """
     binary = find_anvil()
-    port = port or free_port()
+    # A free port can be taken by someone else between our probe and Anvil's bind (tests start nodes
+    # in parallel). Then our Anvil exits and another process answers on that port: never hand that
+    # one out. With an auto-chosen port, try again on a new one.
+    attempts = 1 if port else 5
+    for attempt in range(attempts):
+        chosen = port or free_port()
+        try:
+            return _launch(binary, chosen, accounts, block_time, mixed_mining, dump_state, load_state,
+                           log_path, extra_args, startup_timeout)
+        except _PortTaken:
+            if attempt == attempts - 1:
+                raise AnvilError(f"port {chosen} is taken by another process") from None
+    raise AssertionError("unreachable")
+
+
+class _PortTaken(Exception):
+    """Our Anvil could not bind: another process owns the port."""
+
+
+def _launch(
+    binary: Path,
+    port: int,
+    accounts: int,
+    block_time: float | None,
+    mixed_mining: bool,
+    dump_state: Path | None,
+    load_state: Path | None,
+    log_path: Path | None,
+    extra_args: list[str] | None,
+    startup_timeout: float,
+) -> AnvilNode:
     args = [str(binary), "--port", str(port), "--host", "127.0.0.1", "--accounts", str(accounts),
             "--mnemonic", DEV_MNEMONIC, "--silent"]
     if mixed_mining:
@@ -131,11 +161,59 @@ def start_anvil(
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if _port_in_use(port):
+                raise _PortTaken(port)
             raise AnvilError(f"anvil exited with code {proc.returncode} at start ({' '.join(args)})")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return node
+                pass
         except OSError:
             time.sleep(0.05)
+            continue
+        owner = _listener_is(port, proc.pid)
+        if owner is None:  # no /proc: our process must outlive the answer to count as the listener
+            time.sleep(0.2)
+            owner = proc.poll() is None
+        if owner:
+            return node
+        node.stop()
+        raise _PortTaken(port)
     node.stop()
     raise AnvilError(f"anvil did not answer on port {port} within {startup_timeout:.0f} s")
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _listener_is(port: int, pid: int) -> bool | None:
+    """Whether process ``pid`` owns the socket listening on 127.0.0.1:``port`` (None: cannot tell)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    if not inodes:
+        return None
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from dsq_chain import workflow as wfm
-from dsq_chain.anvil import AnvilNode, dev_keys, free_port, start_anvil
+from dsq_chain.anvil import AnvilNode, dev_keys, start_anvil
 from dsq_chain.chain import Chain
 from dsq_chain.client import AdminClient, GridClient, ProviderClient
 from dsq_chain.deployment import Deployment, deploy
@@ -77,24 +77,16 @@ class Cluster:
     def __post_init__(self) -> None:
         self.side = self.dir / "side-effects.txt"
         self.side.touch()
-        self.port = free_port()
+        self.port = 0  # chosen at first start, kept across restarts
         self.dump = self.dir / "anvil-state.json"
 
     # -- chain -------------------------------------------------------------------------------------
     def start_chain(self, *, load: bool = False) -> None:
-        """Anvil on this cluster's port (the same one after a restart). ``start_anvil`` returns once something
-        answers on the port: make sure it is our process (a parallel test may have taken the port first)."""
-        for _ in range(5):
-            self.node = start_anvil(self.port, mixed_mining=True, dump_state=self.dump,
-                                    load_state=self.dump if load else None, log_path=self.dir / "anvil.log")
-            time.sleep(0.3)
-            self.chain = Chain(self.node.rpc_url)
-            if self.node.process.poll() is None and (load or self.chain.block_number() <= 3):
-                return
-            assert not load, f"port {self.port} was taken while anvil was down"
-            self.node.stop()
-            self.port = free_port()
-        raise AssertionError("could not start an anvil of our own")
+        """Anvil on this cluster's port (the same one after a restart; a fresh one at first start)."""
+        self.node = start_anvil(self.port if load else None, mixed_mining=True, dump_state=self.dump,
+                                load_state=self.dump if load else None, log_path=self.dir / "anvil.log")
+        self.port = self.node.port
+        self.chain = Chain(self.node.rpc_url)
 
     def deploy(self, providers: list[Resources], claim_timeout: int = 120) -> None:
         self.start_chain()

@@ -55,7 +55,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from dsq_chain.anvil import AnvilNode, dev_keys, free_port, start_anvil
+from dsq_chain.anvil import AnvilNode, dev_keys, start_anvil
 from dsq_chain.chain import Chain
 from dsq_chain.deployment import Deployment, deploy
 from dsq_chain.errors import decode_revert
@@ -1394,17 +1394,10 @@ def examples_setting() -> settings:
 
 
 def own_anvil(**kw: Any) -> AnvilNode:
-    """An Anvil of our own on a fresh port. ``start_anvil`` returns once *something* answers on the port; when a
-    parallel test process took the same free port first, our node exits and we would share theirs. Check that our
-    process is alive and its chain is new, else try another port."""
-    for _ in range(5):
-        node = start_anvil(free_port(), **kw)
-        time.sleep(0.3)
-        fresh = node.process.poll() is None and Rpc(node.rpc_url).call("eth_blockNumber", []) == "0x0"
-        if fresh:
-            return node
-        node.stop()
-    raise RuntimeError("could not start an Anvil of our own")
+    """An Anvil of our own on a fresh port (``start_anvil`` checks that the listener is its process)."""
+    node = start_anvil(**kw)
+    assert Rpc(node.rpc_url).call("eth_blockNumber", []) == "0x0"
+    return node
 
 
 @pytest.fixture(scope="module")

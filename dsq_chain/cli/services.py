@@ -18,6 +18,7 @@ from ..chain import Chain
 from ..client import AdminClient
 from ..deployment import Deployment, deploy
 from ..errors import InputError
+from ..hardening import forbid_inspection
 from ..journal import Journal
 from ..matching import Weights
 from ..metrics import SchedulerMetrics, WorkerMetrics
@@ -84,6 +85,9 @@ def worker_run(
 
 def _service_setup(ctx: typer.Context, verbose: bool) -> tuple[Settings, Chain, Deployment]:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
+    if not forbid_inspection():  # before the key is read: jobs of the same user must not read it from /proc
+        logging.getLogger("dsq").warning("could not make the process non-dumpable: same-user processes can read "
+                                         "its environment")
     s = settings(ctx)
     chain, dep = s.chain()
     return s, chain, dep

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +35,7 @@ from dsq_chain import artifacts, errors
 from dsq_chain.build import SETTINGS, project_root, solc_binary
 from dsq_chain.chain import Chain
 from dsq_chain.errors import decode_revert
-from dsq_chain.executors import ExecSpec, ExecState, LocalExecutor, map_to_chain
+from dsq_chain.executors import ExecSpec, ExecState, ExecutorError, LocalExecutor, map_to_chain
 from dsq_chain.labels import LabelExpressionError, parse_constraint
 from dsq_chain.types import JobStatus, ReportAction
 from dsq_chain.workflow import MAX_WORKFLOW_BYTES, WorkflowError, from_canonical, loads
@@ -628,12 +630,13 @@ def test_the_market_has_no_state_changing_function_beyond_the_reviewed_set() -> 
 
 
 # ============================================================================ hostile jobs vs the provider's worker
-def _run_local(tmp_path: Path, script: str, env: dict[str, str] | None = None) -> tuple[Any, str]:
+def _run_local(tmp_path: Path, script: str, env: dict[str, str] | None = None,
+               job_user: str | None = None) -> tuple[Any, str]:
     """Runs ``script`` as a job of the local executor (as a worker would), returns (final status, stdout)."""
     old = dict(os.environ)
     os.environ.update(env or {})
     try:
-        ex = LocalExecutor(tmp_path / "executor", kill_grace_s=1.0)
+        ex = LocalExecutor(tmp_path / "executor", kill_grace_s=1.0, job_user=job_user)
         eid = ex.submit(ExecSpec(job_id=7, script=script, tasks=1, cpus_per_task=1, mem_per_cpu_mb=0, gpus=0,
                                  time_limit_s=60))
     finally:
@@ -643,6 +646,17 @@ def _run_local(tmp_path: Path, script: str, env: dict[str, str] | None = None) -
     while not (status := ex.status(eid)).final and time.monotonic() < deadline:
         time.sleep(0.1)
     return status, ex.logs(eid)[0].read_text()
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A state directory another user may pass through (pytest's tmp_path is closed to other users)."""
+    d = Path(tempfile.mkdtemp(prefix="dsq-jobuser-", dir="/tmp"))
+    d.chmod(0o711)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_a_job_cannot_read_the_providers_key_from_its_supervisor(tmp_path: Path) -> None:
@@ -656,14 +670,55 @@ def test_a_job_cannot_read_the_providers_key_from_its_supervisor(tmp_path: Path)
     assert out.strip() == "0", "a job read the provider's private key from another process's environment"
 
 
+#: What a job of the supervisor's user can do to be refunded in full for work that ran: kill its supervisor (a dead
+#: supervisor reads as NODE_FAIL), or write a NODE_FAIL outcome into its job directory while it goes on running.
+ATTACKS = {
+    "kill the supervisor": "#!/bin/bash\necho working\nsleep 0.5\nkill -9 $PPID\nsleep 1\n",
+    "forge the outcome": ("#!/bin/bash\necho working\n"
+                          "echo '{\"state\": \"NODE_FAIL\", \"started\": true, \"reason\": \"forged\"}' > ../state\n"
+                          "sleep 1.5\n"),
+}
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching the job's user needs root")
+
+
 @pytest.mark.xfail(strict=True, reason=(
-    "executor gap (dsq_chain/executors/local.py, reported): a job runs as the same uid as its supervisor, so it "
-    "can kill it; a dead supervisor is recorded as NODE_FAIL, which the worker reports as PANICKED: a full "
-    "refund for work that ran. Needs a PID namespace or another uid for jobs (Slurm providers are not affected)"))
-def test_a_job_that_kills_its_supervisor_is_not_refunded_as_a_provider_fault(tmp_path: Path) -> None:
-    status, out = _run_local(tmp_path, "#!/bin/bash\necho working\nsleep 0.5\nkill -9 $PPID\nsleep 1\n")
+    "executor gap (dsq_chain/executors/local.py, documented): without --job-user a job runs as its supervisor's "
+    "user, so it can kill it or write its job directory, which the worker reports as PANICKED: a full refund for "
+    "work that ran. Fixed by --job-user (below); Slurm providers are not affected"))
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_a_job_of_the_workers_own_user_can_fake_a_provider_fault(tmp_path: Path, attack: str) -> None:
+    status, out = _run_local(tmp_path, ATTACKS[attack])
     assert "working" in out
     assert map_to_chain(status.state) is not JobStatus.PANICKED, f"{status}: the owner would be refunded in full"
+
+
+@needs_root
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_a_job_run_as_another_user_cannot_fake_a_provider_fault(open_dir: Path, attack: str) -> None:
+    status, out = _run_local(open_dir, ATTACKS[attack], job_user="nobody")
+    assert "working" in out
+    assert status.state is ExecState.COMPLETED, f"{status}: the attack changed the outcome"
+
+
+@needs_root
+def test_a_job_run_as_another_user_works_in_its_own_directory(open_dir: Path) -> None:
+    script = "#!/bin/bash\nid -un\necho data > out.txt && cat out.txt\necho \"$HOME\" \"$PWD\"\ncat ../spec.json\n"
+    status, out = _run_local(open_dir, script, {"DSQ_PRIVATE_KEY": "0xsecret"}, job_user="nobody")
+    assert status.state is ExecState.FAILED and status.exit_code == 1  # its last command: the spec is not its to read
+    user, data, dirs = out.splitlines()[:3]
+    assert (user, data) == ("nobody", "data")
+    home, pwd = dirs.split()
+    assert home == pwd and pwd.endswith("/work")
+
+
+@needs_root
+def test_job_user_mistakes_are_clear_errors(tmp_path: Path, open_dir: Path) -> None:
+    with pytest.raises(ExecutorError, match="does not exist"):
+        LocalExecutor(open_dir / "a", job_user="no-such-user-here")
+    with pytest.raises(ExecutorError, match="is root"):
+        LocalExecutor(open_dir / "b", job_user="root")
+    with pytest.raises(ExecutorError, match="cannot pass through"):
+        LocalExecutor(tmp_path / "c", job_user="nobody")  # pytest's tmp_path is closed to other users
 
 
 # ============================================================================ re-entrancy through the token

@@ -178,11 +178,15 @@ def grant_scheduler(ctx: typer.Context, account: str) -> None:
         out.print(f"{account} may now assign jobs")
 
 
-def build_executor(name: str, state_dir: Path, fake_gpus: int = 0, slurm_conf: Path | None = None) -> Executor:
+def build_executor(name: str, state_dir: Path, fake_gpus: int = 0, slurm_conf: Path | None = None,
+                   job_user: str | None = None) -> Executor:
     """The executor a worker with ``state_dir`` uses (``state_dir/executor`` holds its files)."""
     root = state_dir / "executor"
     if name == "local":
-        return make_executor("local", root=root, gpu_ids=list(range(fake_gpus)) if fake_gpus else None)
+        return make_executor("local", root=root, gpu_ids=list(range(fake_gpus)) if fake_gpus else None,
+                             job_user=job_user)
+    if job_user:
+        raise InputError("--job-user is for the local executor (Slurm runs each job as its submitting user)")
     if name == "slurm":
         kw: dict[str, object] = {"root": root}
         if slurm_conf is not None:

@@ -71,13 +71,19 @@ def worker_run(
     fake_gpus: Annotated[int, typer.Option("--fake-gpus", help="local executor: GPU slots to simulate")] = 0,
     slurm_conf: Annotated[Path | None, typer.Option("--slurm-conf")] = None,
     poll: Annotated[float, typer.Option(help="seconds between ticks")] = 0.2,
+    job_user: Annotated[str | None, typer.Option(
+        "--job-user", help="local executor, worker run as root: run jobs as this user, out of its reach")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Runs this provider's jobs until interrupted; restart it any time, it resumes from its journal."""
     with errors():
         s, chain, dep = _service_setup(ctx, verbose)
         metrics = WorkerMetrics()
-        worker = ProviderWorker(s.wallet(chain), dep, build_executor(executor, state_dir, fake_gpus, slurm_conf),
+        engine = build_executor(executor, state_dir, fake_gpus, slurm_conf, job_user)
+        if executor == "local" and job_user is None and os.geteuid() == 0:
+            logging.getLogger("dsq.worker").warning(
+                "jobs run as root, like this worker: they could reach it and its key. Pass --job-user")
+        worker = ProviderWorker(s.wallet(chain), dep, engine,
                                 state_dir, poll_interval=poll, metrics=metrics)
         _serve_and_run(worker, metrics, metrics_port, "dsq.worker",
                        f"worker {worker.address} ({executor} executor, state in {state_dir})")

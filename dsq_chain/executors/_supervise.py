@@ -8,7 +8,7 @@ the files in ``JOBDIR`` alone:
 ==============  ======================================================  ==========
 file            content                                                 written by
 ==============  ======================================================  ==========
-``spec.json``   resources, full environment, kill grace, GPU ids        submit
+``spec.json``   resources, full environment, kill grace, GPU ids, user  submit
 ``script.sh``   the job's bash script                                   submit
 ``limit``       time limit in seconds since start (rewritten by extend) submit, extend
 ``cancel``      present once a cancel was requested                     cancel
@@ -185,6 +185,8 @@ class Supervisor:
         env = {str(k): str(v) for k, v in dict(spec.get("env", {})).items()}
         grace = float(spec.get("grace_s", 10.0))
         limit = read_limit(self.dir / LIMIT, float(spec.get("time_limit_s", 1)))
+        user = spec.get("user")  # [uid, gid]: run the job as another user, out of reach of this process
+        as_user: dict[str, Any] = {"user": int(user[0]), "group": int(user[1]), "extra_groups": []} if user else {}
         try:
             with open(self.dir / STDOUT, "ab") as out, open(self.dir / STDERR, "ab") as err:
                 proc = subprocess.Popen(
@@ -196,6 +198,7 @@ class Supervisor:
                     stderr=err,
                     start_new_session=True,
                     close_fds=True,
+                    **as_user,
                 )
         except OSError as exc:
             self.record("FAILED", None, f"could not start the script: {exc}", started=False)

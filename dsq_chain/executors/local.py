@@ -15,9 +15,13 @@ is left of the job and records ``NODE_FAIL``: the job did not fail by itself,
 the provider's machinery lost it, so the owner is refunded (``PANICKED`` on
 chain) rather than billed for a ``FAILED`` run.
 
-Not isolated: jobs run as the worker's user, CPUs and memory are not fenced
-(``DSQ_*`` variables tell the script what it may use) and a process that calls
-``setsid`` escapes the kill. Run the worker as a dedicated user; use Slurm (or a
+Not isolated by default: jobs run as the worker's user, so a job could kill its
+supervisor or write its job directory (a dead supervisor or a forged ``state``
+reads as a provider-side fault: a full refund). With ``job_user`` (the worker
+runs as root) each job runs as that user instead: it can neither signal its
+supervisor nor write anything in its job directory but ``work/``. CPUs and
+memory are not fenced either way (``DSQ_*`` variables tell the script what it
+may use) and a process that calls ``setsid`` escapes the kill; use Slurm (or a
 container executor) for isolation. Jobs do not inherit the worker's
 environment, only :data:`dsq_chain.executors.base.INHERITED_ENV`.
 """
@@ -77,11 +81,15 @@ class LocalExecutor(Executor):
         kill_grace_s: float = 10.0,
         gpu_ids: Sequence[int] | None = None,
         python: str = sys.executable,
+        job_user: str | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.jobs = self.root / "jobs"
+        self.job_user = _job_user(job_user, self.root) if job_user else None
         self.jobs.mkdir(parents=True, exist_ok=True)
-        self.jobs.chmod(0o700)  # specs hold the users' environment, outputs their results
+        # Specs hold the users' environment, outputs their results. A job user may pass through
+        # (to its own work directory) but not list the jobs.
+        self.jobs.chmod(0o711 if self.job_user else 0o700)
         self.kill_grace_s = float(kill_grace_s)
         self.python = python
         self._gpu_ids = list(gpu_ids) if gpu_ids is not None else None
@@ -98,12 +106,18 @@ class LocalExecutor(Executor):
             (tmp / sv.WORK).mkdir(parents=True)
             env = base_env(spec.job_env())
             env["DSQ_EXEC_ID"] = exec_id
+            if self.job_user:
+                name, uid, gid = self.job_user
+                env.update(HOME=str(final / sv.WORK), USER=name, LOGNAME=name)
+                os.chown(tmp / sv.WORK, uid, gid)
+                (tmp / sv.WORK).chmod(0o700)
+                tmp.chmod(0o711)
             if gpu_ids:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
             (tmp / sv.SCRIPT).write_text(spec.script)
             (tmp / sv.LIMIT).write_text(str(spec.time_limit_s))
-            (tmp / sv.STDOUT).touch()
-            (tmp / sv.STDERR).touch()
+            (tmp / sv.STDOUT).touch(0o600)
+            (tmp / sv.STDERR).touch(0o600)
             doc = {
                 "job_id": spec.job_id,
                 "tasks": spec.tasks,
@@ -115,9 +129,13 @@ class LocalExecutor(Executor):
                 "grace_s": self.kill_grace_s,
                 "bash": self._bash,
                 "env": env,
+                "user": list(self.job_user[1:]) if self.job_user else None,
                 "submitted_at": time.time(),
             }
             (tmp / sv.SPEC).write_text(json.dumps(doc, indent=1))
+            (tmp / sv.SPEC).chmod(0o600)
+            if self.job_user:
+                (tmp / sv.SCRIPT).chmod(0o644)  # bash runs as the job user and reads it
             os.rename(tmp, final)
         self._launch(final)
         return exec_id
@@ -373,6 +391,27 @@ class LocalExecutor(Executor):
         if n > len(free):
             raise ExecutorError(f"job needs {n} GPU(s), {len(free)} of {len(gpus)} free")
         return free[:n]
+
+
+def _job_user(name: str, root: Path) -> tuple[str, int, int]:
+    """(name, uid, gid) of the user jobs run as; checks that it can be switched to and reach ``root``."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ExecutorError(f"job user {name!r} does not exist on this machine") from None
+    if os.geteuid() != 0:
+        raise ExecutorError(f"running jobs as {name!r} needs the worker to run as root (it runs as uid {os.geteuid()})")
+    if entry.pw_uid == 0:
+        raise ExecutorError(f"job user {name!r} is root: jobs would reach their supervisors")
+    for d in (root, *root.parents):
+        if d.exists() and not d.stat().st_mode & 0o001:
+            raise ExecutorError(
+                f"job user {name!r} cannot pass through {d} (mode {d.stat().st_mode & 0o777:o}): "
+                "allow it (chmod o+x) or put the worker's state directory elsewhere"
+            )
+    return name, entry.pw_uid, entry.pw_gid
 
 
 def _meminfo_total_mb() -> int:

@@ -32,7 +32,7 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
     struct Job {
         // word 0
         address owner;
-        uint64 escrow;
+        uint64 escrow; // meaningful while the job is not final: settling leaves it in place
         uint32 headOffset; // this job's id minus its array head's id (fills word 0: status must start word 1)
         // word 1
         JobStatus status;
@@ -360,7 +360,7 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
             owner: job.owner,
             status: job.status,
             provider: _providerAt[job.providerId],
-            escrow: job.escrow,
+            escrow: job.status >= JobStatus.FINISHED ? 0 : job.escrow,
             rate: job.rate,
             since: job.since,
             maxRate: job.maxRate,
@@ -534,8 +534,7 @@ contract JobMarket is ProviderRegistry, ReentrancyGuardTransient {
         uint64 refund = escrow - uint64(bill);
         address owner = job.owner;
         address provider = address(0); // stays zero when the job never reached a provider
-        job.status = status;
-        job.escrow = 0;
+        job.status = status; // the escrow is left in its word (a write saved): getJob reports 0 once final
         if (previous >= JobStatus.META_SCHEDULED) {
             provider = caller != address(0) ? caller : _providerAt[job.providerId];
             _release(provider, job.cpus, job.gpus, job.memMB);

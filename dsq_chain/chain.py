@@ -6,6 +6,8 @@ exceptions of :mod:`dsq_chain.errors`.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -26,6 +28,13 @@ from .errors import ChainUnavailable, ContractError, TransactionFailed, decode_r
 #: Estimated gas is multiplied by this and then increased by :data:`GAS_ADDEND`.
 GAS_MARGIN = 1.2
 GAS_ADDEND = 10_000
+#: A transaction still not mined this long after it was sent is signed again with the same nonce and
+#: higher fees (the base fee rose, or the tip was too low for the block builders).
+REPLACE_AFTER_S = 30.0
+#: Each replacement raises both fees at least this much (nodes refuse a replacement under +10 %).
+FEE_BUMP = 1.125
+
+log = logging.getLogger("dsq.chain")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +117,12 @@ class Chain:
 class Wallet:
     """A local signing key on a :class:`Chain`, with its own nonce counter (thread-safe)."""
 
-    def __init__(self, chain: Chain, private_key: str | bytes) -> None:
+    def __init__(self, chain: Chain, private_key: str | bytes, *, replace_after: float = REPLACE_AFTER_S) -> None:
         self.chain = chain
         self.account: LocalAccount = Account.from_key(private_key)
         self.address: str = self.account.address
+        #: Seconds before an unmined transaction is replaced at higher fees (same nonce, same call).
+        self.replace_after = replace_after
         self._nonce: int | None = None
         self._lock = threading.Lock()
 
@@ -171,6 +182,15 @@ class Wallet:
         tip = int(self.chain.call_rpc("eth_maxPriorityFeePerGas", []), 16)
         return {"maxFeePerGas": 2 * int(block["baseFeePerGas"], 16) + tip, "maxPriorityFeePerGas": tip}
 
+    def _bumped(self, fees: dict[str, int]) -> dict[str, int]:
+        """Fees for a replacement: at least FEE_BUMP times the last ones, and what the chain asks now."""
+        now = self._fees()
+        if "gasPrice" in fees:
+            return {"gasPrice": max(math.ceil(fees["gasPrice"] * FEE_BUMP), now.get("gasPrice", 0))}
+        tip = max(math.ceil(fees["maxPriorityFeePerGas"] * FEE_BUMP), now.get("maxPriorityFeePerGas", 0))
+        cap = max(math.ceil(fees["maxFeePerGas"] * FEE_BUMP), now.get("maxFeePerGas", 0), tip)
+        return {"maxFeePerGas": cap, "maxPriorityFeePerGas": tip}
+
     # -- sending --------------------------------------------------------------------------------
     def transact(self, fn: ContractFunction | ContractConstructor | Call, *, timeout: float = 120.0) -> TxReceipt:
         """Signs, sends and waits for one transaction; raises the ContractError if it reverts."""
@@ -195,7 +215,7 @@ class Wallet:
         except BaseException:
             self.reset_nonce()
             raise
-        receipts = self.wait_receipts(hashes, timeout=timeout)
+        receipts = self._wait_mined(items, first, fees, hashes, timeout)
         for call, receipt in zip(items, receipts, strict=True):
             if receipt["status"] != 1:
                 raise self._explain_failure(call, receipt)
@@ -219,38 +239,68 @@ class Wallet:
 
     def wait_receipts(self, hashes: Sequence[HexBytes], *, timeout: float = 120.0) -> list[TxReceipt]:
         """Polls receipts in batches until all are mined or ``timeout`` passes."""
+        found = self._poll([[h] for h in hashes], {}, time.monotonic() + timeout)
+        if len(found) < len(hashes):
+            raise TransactionFailed(f"{len(hashes) - len(found)} transaction(s) not mined within {timeout:.0f} s")
+        return [found[i] for i in range(len(hashes))]
+
+    def _wait_mined(
+        self, items: list[Call], first: int, fees: dict[str, int], hashes: list[HexBytes], timeout: float
+    ) -> list[TxReceipt]:
+        """Waits for every receipt. A transaction still unmined after :attr:`replace_after` seconds is
+        signed again with the same nonce and bumped fees; whichever version is mined counts."""
+        versions = [[h] for h in hashes]
+        found: dict[int, TxReceipt] = {}
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self._poll(versions, found, min(deadline, time.monotonic() + self.replace_after))
+            if len(found) == len(items):
+                return [found[i] for i in range(len(items))]
+            if time.monotonic() >= deadline:
+                raise TransactionFailed(f"{len(items) - len(found)} transaction(s) not mined within {timeout:.0f} s")
+            fees = self._bumped(fees)
+            for i in range(len(items)):
+                if i in found:
+                    continue
+                raw = self._sign(items[i], first + i, fees)
+                try:
+                    versions[i] += self._send_raw([raw])
+                except TransactionFailed as e:  # mined meanwhile ("nonce too low"), or the node wants more
+                    log.info("replacement of %s (nonce %d) not taken: %s", items[i].label, first + i, e)
+                    continue
+                log.warning("%s (nonce %d) not mined after %.0f s: replaced with fees %s",
+                            items[i].label, first + i, self.replace_after, fees)
+
+    def _poll(self, versions: list[list[HexBytes]], found: dict[int, TxReceipt], until: float
+              ) -> dict[int, TxReceipt]:
+        """Polls until every index has a receipt for one of its versions, or ``until`` (monotonic) passes."""
+        found = dict(found)
+        delay = 0.01
         try:
-            return self._wait_receipts(hashes, timeout)
+            while True:
+                wanted = [(i, h) for i, hs in enumerate(versions) if i not in found for h in hs]
+                if len(wanted) == 1:
+                    with contextlib.suppress(TransactionNotFound):
+                        found[wanted[0][0]] = self.chain.w3.eth.get_transaction_receipt(wanted[0][1])
+                elif wanted:
+                    # Which are mined: a raw batch answers null for the others (web3's batch raises for all).
+                    raw = cast(Any, self.chain.w3.provider).make_batch_request(
+                        [("eth_getTransactionReceipt", [h.to_0x_hex()]) for _, h in wanted])  # type: ignore[misc]
+                    mined = [w for w, r in zip(wanted, cast(list[dict[str, Any]], raw), strict=True) if r.get("result")]
+                    if mined:  # then their receipts, formatted by web3 (every one exists: nothing raises)
+                        with self.chain.w3.batch_requests() as batch:
+                            for _, h in mined:
+                                batch.add(self.chain.w3.eth.get_transaction_receipt(h))
+                            results = list(batch.execute())
+                        for (i, _), r in zip(mined, results, strict=True):
+                            if r is not None and not isinstance(r, Exception):
+                                found[i] = cast(TxReceipt, r)
+                if len(found) == len(versions) or time.monotonic() >= until:
+                    return found
+                time.sleep(min(delay, max(0.0, until - time.monotonic())))
+                delay = min(delay * 2, 0.25)
         except (requests.ConnectionError, requests.Timeout, OSError) as e:
             raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable while waiting for receipts") from e
-
-    def _wait_receipts(self, hashes: Sequence[HexBytes], timeout: float) -> list[TxReceipt]:
-        deadline = time.monotonic() + timeout
-        found: dict[int, TxReceipt] = {}
-        delay = 0.01
-        while True:
-            missing = [i for i in range(len(hashes)) if i not in found]
-            if len(missing) == 1:
-                with contextlib.suppress(TransactionNotFound):
-                    found[missing[0]] = self.chain.w3.eth.get_transaction_receipt(hashes[missing[0]])
-            else:
-                with self.chain.w3.batch_requests() as batch:
-                    for i in missing:
-                        batch.add(self.chain.w3.eth.get_transaction_receipt(hashes[i]))
-                    results: list[Any]
-                    try:
-                        results = list(batch.execute())
-                    except TransactionNotFound:
-                        results = [None] * len(missing)
-                for i, r in zip(missing, results, strict=True):
-                    if r is not None and not isinstance(r, Exception):
-                        found[i] = cast(TxReceipt, r)
-            if len(found) == len(hashes):
-                return [found[i] for i in range(len(hashes))]
-            if time.monotonic() > deadline:
-                raise TransactionFailed(f"{len(hashes) - len(found)} transaction(s) not mined within {timeout:.0f} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.25)
 
     def _explain_failure(self, call: Call, receipt: TxReceipt) -> DsqErrorLike:
         """Replays a reverted transaction with eth_call at its block to recover the custom error."""

@@ -1,0 +1,86 @@
+"""The wallet replaces a transaction the chain will not mine (same nonce, higher fees), on a real Anvil."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dsq_chain.anvil import AnvilNode, dev_keys, start_anvil
+from dsq_chain.chain import Chain, Wallet
+from dsq_chain.client import AdminClient
+from dsq_chain.deployment import Deployment, deploy
+
+HIGH_BASE_FEE = 10**12  # far above what the first signature allows (2 x the old base fee + tip)
+
+
+@pytest.fixture
+def node() -> Iterator[AnvilNode]:
+    """A node of our own: the test raises the base fee and turns automine off and on."""
+    with start_anvil() as n:
+        yield n
+
+
+def _mint_in_background(wallet: Wallet, dep: Deployment, to: str) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["receipt"] = wallet.transact(AdminClient(wallet, dep).token.functions.mint(to, 5))
+        except Exception as e:
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def _pending(chain: Chain, address: str) -> int:
+    return int(chain.call_rpc("eth_getTransactionCount", [address, "pending"]), 16) - int(
+        chain.call_rpc("eth_getTransactionCount", [address, "latest"]), 16)
+
+
+def test_a_transaction_priced_out_by_a_base_fee_rise_is_replaced_and_mined_once(node: AnvilNode) -> None:
+    chain = Chain(node.rpc_url)
+    admin_key, user_key = dev_keys(2)
+    dep = deploy(chain.wallet(admin_key))
+    wallet = Wallet(chain, admin_key, replace_after=0.5)
+    user = chain.wallet(user_key).address
+    token = AdminClient(wallet, dep).token
+    nonce = int(chain.call_rpc("eth_getTransactionCount", [wallet.address, "latest"]), 16)
+
+    chain.call_rpc("evm_setAutomine", [False])
+    thread, out = _mint_in_background(wallet, dep, user)
+    deadline = time.monotonic() + 10
+    while _pending(chain, wallet.address) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _pending(chain, wallet.address) == 1, "the mint never reached the pool"
+    # The base fee jumps before the next block: the signed transaction no longer fits in one.
+    chain.call_rpc("anvil_setNextBlockBaseFeePerGas", [hex(HIGH_BASE_FEE)])
+    chain.call_rpc("evm_mine", [])
+    assert int(chain.call_rpc("eth_getTransactionCount", [wallet.address, "latest"]), 16) == nonce, \
+        "the first signature was mined: the test did not price it out"
+    chain.call_rpc("evm_setAutomine", [True])  # the replacement is mined on arrival
+    thread.join(30)
+    assert not thread.is_alive() and "error" not in out, out
+    receipt = out["receipt"]
+    tx = chain.w3.eth.get_transaction(receipt["transactionHash"])
+    assert tx["nonce"] == nonce and tx["maxFeePerGas"] >= HIGH_BASE_FEE  # the replacement, priced for the rise
+    assert int(chain.call_rpc("eth_getTransactionCount", [wallet.address, "latest"]), 16) == nonce + 1
+    assert token.functions.balanceOf(user).call() == 5  # minted once
+
+
+def test_a_mined_transaction_is_never_replaced(node: AnvilNode, caplog: pytest.LogCaptureFixture) -> None:
+    chain = Chain(node.rpc_url)
+    admin_key, user_key = dev_keys(2)
+    dep = deploy(chain.wallet(admin_key))
+    wallet = Wallet(chain, admin_key, replace_after=0.0)  # would replace at once if it looked unmined
+    nonce = int(chain.call_rpc("eth_getTransactionCount", [wallet.address, "latest"]), 16)
+    for _ in range(5):
+        assert wallet.transact(AdminClient(wallet, dep).token.functions.mint(chain.wallet(user_key).address, 5))[
+            "status"] == 1
+    assert int(chain.call_rpc("eth_getTransactionCount", [wallet.address, "latest"]), 16) == nonce + 5
+    assert not [r for r in caplog.records if "replaced" in r.getMessage()]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import requests
@@ -104,6 +103,10 @@ class MetaScheduler:
         self.wallet.reset_nonce()
         self._dirty = True
 
+    def _now(self) -> float:
+        """Chain time (the newest block's timestamp): fair-share usage is recorded and decayed in chain time."""
+        return float(self.chain.timestamp())
+
     def _event_time(self, ev: ChainEvent) -> float:
         return self._block_time(ev.block_number)
 
@@ -136,8 +139,7 @@ class MetaScheduler:
                     result.skipped[j.id] = j.problem
             if not candidates:
                 break
-            now = time.time()
-            assignments = self.matcher.match((j.as_pending() for j in candidates), self.state.providers, now,
+            assignments = self.matcher.match((j.as_pending() for j in candidates), self.state.providers, self._now(),
                                              limit=self.batch_limit)
             result.skipped.update(self.matcher.last_errors)
             result.unplaced = list(self.matcher.last_unplaced)
@@ -176,7 +178,7 @@ class MetaScheduler:
         """Last resort after repeated lost races: each assignment alone; failures are recorded, not raised."""
         self.sync()
         assignments = self.matcher.match((j.as_pending() for j in self.state.pending.values() if j.problem is None),
-                                         self.state.providers, time.time(), limit=self.batch_limit)
+                                         self.state.providers, self._now(), limit=self.batch_limit)
         done: list[Assignment] = []
         for a in assignments:
             try:
@@ -236,7 +238,7 @@ class MetaScheduler:
     def explain(self, job_id: int) -> Explanation | str:
         """Why a job waits (provider by provider), or what became of it."""
         self.sync()
-        return explain_from_state(self.state, self.matcher, job_id, self.failures)
+        return explain_from_state(self.state, self.matcher, job_id, self._now(), self.failures)
 
 
 def _assigned_block(job: JobRecord) -> int:
@@ -245,8 +247,9 @@ def _assigned_block(job: JobRecord) -> int:
 
 
 def explain_from_state(
-    state: GridState, matcher: Matcher, job_id: int, failures: dict[int, str] | None = None
+    state: GridState, matcher: Matcher, job_id: int, now: float, failures: dict[int, str] | None = None
 ) -> Explanation | str:
+    """Why ``job_id`` waits at chain time ``now``, or what became of it."""
     job: JobRecord | None = state.jobs.get(job_id)
     if job is None:
         return f"job {job_id} does not exist (no JobSubmitted event for it)"
@@ -255,7 +258,7 @@ def explain_from_state(
         return f"job {job_id} is {job.status.name}{where}: it is not waiting for a provider"
     if job.problem is not None:
         return f"job {job_id} can never be placed: {job.problem}"
-    explanation = matcher.explain(job.as_pending(), state.providers, time.time())
+    explanation = matcher.explain(job.as_pending(), state.providers, now)
     if failures and job_id in failures:
         return f"{explanation}\nlast attempt: {failures[job_id]}"
     return explanation
@@ -268,11 +271,3 @@ def explain(
     sched = MetaScheduler(wallet, deployment, weights=weights)
     return sched.explain(job_id)
 
-
-def pending_reasons(state: GridState, matcher: Matcher, job_ids: Iterable[int]) -> dict[int, str]:
-    """One-line reason per waiting job, for tables."""
-    out: dict[int, str] = {}
-    for jid in job_ids:
-        e = explain_from_state(state, matcher, jid)
-        out[jid] = e if isinstance(e, str) else e.headline()
-    return out

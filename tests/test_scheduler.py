@@ -602,6 +602,30 @@ def test_fair_share_light_user_overtakes_a_heavy_backlog(grid: Grid) -> None:
     assert sched.fairshare.usage(light.address, time.time()) == 0
 
 
+def test_fair_share_decays_in_chain_time(grid: Grid) -> None:
+    """Usage is recorded at its settlement's block time, so it must decay against chain time too: an hour of
+    use twenty half-lives ago weighs less than a minute of use now (on Anvil chain time runs ahead of the wall
+    clock after evm_increaseTime; decayed against the wall clock, the old hour would still count in full)."""
+    heavy, light = grid.users[0], grid.users[1]
+    sched = scheduler(grid, half_life_s=60)
+
+    def run(user: GridClient, seconds: int) -> None:
+        [job] = submit(user, EU)
+        [a] = sched.round().assigned
+        assert (a.job_id, a.provider) == (job, grid.cpu.address)
+        grid.cpu.claim(job)
+        grid.cpu.start(job)
+        grid.chain.increase_time(seconds)
+        grid.cpu.finish(job, 0)
+
+    run(heavy, 3600)
+    grid.chain.increase_time(20 * 60)
+    run(light, 60)
+    x = submit(heavy, EU)[0]
+    y = submit(light, EU)[0]
+    assert [a.job_id for a in sched.round().assigned] == [x, y], "the heavy user's old hour still counted"
+
+
 def test_pending_jobs_are_committed_in_one_transaction(grid: Grid) -> None:
     ids = submit(grid.user, PLAIN, count=5) + submit(grid.users[1], EU, count=3)
     sched = scheduler(grid)

@@ -11,12 +11,15 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import requests
+from eth_abi.abi import encode as abi_encode
+from eth_abi.exceptions import EncodingError
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_utils.abi import collapse_if_tuple, function_abi_to_4byte_selector
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract.contract import ContractConstructor, ContractFunction
@@ -39,15 +42,54 @@ log = logging.getLogger("dsq.chain")
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """A contract call ready to sign: the function, an explicit gas limit (None = estimate) and a label."""
+    """A contract call ready to sign: the function, an explicit gas limit (None = estimate) and a label.
+
+    ``data`` is the encoded call once :meth:`encoded` ran (None for a deployment, which web3 builds)."""
 
     fn: ContractFunction | ContractConstructor
     gas: int | None = None
+    data: str | None = None
 
     @property
     def label(self) -> str:
         name = getattr(self.fn, "fn_name", "constructor")
         return f"{name}({', '.join(_short(a) for a in getattr(self.fn, 'args', ()) or ())})"
+
+    @property
+    def to(self) -> str | None:
+        """The contract called (None for a deployment)."""
+        return None if isinstance(self.fn, ContractConstructor) else cast(str | None, self.fn.address)
+
+    def encoded(self) -> Call:
+        """This call with its data encoded (once: estimating and signing both use it)."""
+        if self.data is not None or self.to is None:
+            return self
+        return replace(self, data=calldata(cast(ContractFunction, self.fn)))
+
+
+_INPUTS: dict[str, tuple[str, list[str]]] = {}
+
+
+def calldata(fn: ContractFunction) -> str:
+    """``fn``'s call data, encoded by eth-abi directly.
+
+    web3's own encoder validates and normalises every element first: 380 ms for a 200-job
+    ``assignBatch`` here, against 17 ms, the same bytes. Arguments eth-abi does not take as they are
+    (keyword arguments, hex strings for bytes) go through web3.
+    """
+    if fn.kwargs:
+        return str(fn._encode_transaction_data())
+    entry = _INPUTS.get(fn.signature)
+    if entry is None:
+        entry = _INPUTS[fn.signature] = (
+            "0x" + function_abi_to_4byte_selector(fn.abi).hex(),
+            [collapse_if_tuple(dict(i)) for i in fn.abi.get("inputs", [])],
+        )
+    selector, types = entry
+    try:
+        return selector + abi_encode(types, fn.args).hex()
+    except (EncodingError, TypeError, ValueError, OverflowError):
+        return str(fn._encode_transaction_data())
 
 
 def _short(v: Any) -> str:
@@ -71,13 +113,17 @@ class Chain:
 
     def call_rpc(self, method: str, params: list[Any]) -> Any:
         """One raw JSON-RPC request; connection problems raise :class:`ChainUnavailable`."""
-        try:
-            resp = self.w3.provider.make_request(method, params)  # type: ignore[arg-type]
-        except (requests.ConnectionError, requests.Timeout, OSError) as e:
-            raise ChainUnavailable(f"RPC node at {self.rpc_url} unreachable: {e.__class__.__name__}") from e
+        resp = self.request(method, params)
         if "error" in resp:
             raise TransactionFailed(f"{method}: {resp['error']}")
         return resp.get("result")
+
+    def request(self, method: str, params: list[Any]) -> dict[str, Any]:
+        """One raw JSON-RPC request, its whole response (``result`` or ``error``)."""
+        try:
+            return dict(self.w3.provider.make_request(method, params))  # type: ignore[arg-type]
+        except (requests.ConnectionError, requests.Timeout, OSError) as e:
+            raise ChainUnavailable(f"RPC node at {self.rpc_url} unreachable: {e.__class__.__name__}") from e
 
     def is_up(self) -> bool:
         try:
@@ -146,15 +192,27 @@ class Wallet:
     # -- building -------------------------------------------------------------------------------
     def estimate(self, call: Call) -> int:
         """Estimated gas with the margin; a revert raises the matching ContractError."""
-        try:
-            # Against the pending block: on a chain that mines only on demand, "latest" keeps an old
-            # timestamp, and time-dependent calls (out of credits, claim timeouts) would never pass.
-            est = call.fn.estimate_gas({"from": self.address}, block_identifier="pending")
-        except (ContractCustomError, ContractLogicError, ContractPanicError) as e:
-            raise _decode(e, call.label) from None
-        except (requests.ConnectionError, requests.Timeout) as e:
-            raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable") from e
-        return int(est * GAS_MARGIN) + GAS_ADDEND
+        # Against the pending block: on a chain that mines only on demand, "latest" keeps an old
+        # timestamp, and time-dependent calls (out of credits, claim timeouts) would never pass.
+        call = call.encoded()
+        if call.to is None:  # a deployment
+            try:
+                est = call.fn.estimate_gas({"from": self.address}, block_identifier="pending")
+            except (ContractCustomError, ContractLogicError, ContractPanicError) as e:
+                raise _decode(e, call.label) from None
+            except (requests.ConnectionError, requests.Timeout) as e:
+                raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable") from e
+            return int(est * GAS_MARGIN) + GAS_ADDEND
+        resp = self.chain.request("eth_estimateGas", [{"from": self.address, "to": call.to, "data": call.data},
+                                                      "pending"])
+        error = resp.get("error")
+        if error is not None:
+            data = error.get("data") if isinstance(error, dict) else None
+            if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
+                raise decode_revert(data, contract_call=call.label)
+            message = error.get("message") if isinstance(error, dict) else error
+            raise TransactionFailed(f"{call.label} reverted: {message}")
+        return int(int(resp["result"], 16) * GAS_MARGIN) + GAS_ADDEND
 
     def check(self, call: Call) -> Any:
         """Runs the call with ``eth_call`` (no transaction); a revert raises the ContractError."""
@@ -164,10 +222,14 @@ class Wallet:
             raise _decode(e, call.label) from None
 
     def _sign(self, call: Call, nonce: int, fees: dict[str, int]) -> HexBytes:
+        call = call.encoded()
         gas = call.gas if call.gas is not None else self.estimate(call)
-        params: dict[str, Any] = {"from": self.address, "nonce": nonce, "gas": gas, "chainId": self.chain.chain_id}
-        tx: TxParams = call.fn.build_transaction(cast(TxParams, params | fees))
-        return HexBytes(self.account.sign_transaction(cast(dict[str, Any], tx)).raw_transaction)
+        params: dict[str, Any] = {"nonce": nonce, "gas": gas, "chainId": self.chain.chain_id, **fees}
+        if call.to is None:  # a deployment: web3 builds it
+            tx = dict(call.fn.build_transaction(cast(TxParams, params | {"from": self.address})))
+        else:
+            tx = params | {"to": call.to, "data": call.data, "value": 0}
+        return HexBytes(self.account.sign_transaction(tx).raw_transaction)
 
     def _fees(self) -> dict[str, int]:
         """EIP-1559 fees: the node's suggested tip, and room for the base fee to double.
@@ -202,12 +264,12 @@ class Wallet:
         """Pre-signs ``calls`` with consecutive nonces, sends them in one JSON-RPC batch and waits for
         every receipt. Gas is estimated per call against the current state unless the Call gives it.
         The first reverted transaction raises its ContractError (after all receipts are in)."""
-        items = [c if isinstance(c, Call) else Call(c) for c in calls]
+        items = [(c if isinstance(c, Call) else Call(c)).encoded() for c in calls]
         if not items:
             return []
         fees = self._fees()
         # Estimate before taking nonces, so a revert found at estimation costs no nonce.
-        items = [c if c.gas is not None else Call(c.fn, self.estimate(c)) for c in items]
+        items = [c if c.gas is not None else replace(c, gas=self.estimate(c)) for c in items]
         first = self._take_nonces(len(items))
         try:
             raws = [self._sign(c, first + i, fees) for i, c in enumerate(items)]

@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 
 from dsq_chain.anvil import AnvilNode, dev_keys, start_anvil
-from dsq_chain.chain import Chain, Wallet
+from dsq_chain.chain import Chain, Wallet, calldata
 from dsq_chain.client import AdminClient
 from dsq_chain.deployment import Deployment, deploy
+from dsq_chain.labels import on_chain, parse_constraint
+from dsq_chain.types import ReportAction
+from tests.grid import Grid
 
 HIGH_BASE_FEE = 10**12  # far above what the first signature allows (2 x the old base fee + tip)
 
@@ -84,3 +87,29 @@ def test_a_mined_transaction_is_never_replaced(node: AnvilNode, caplog: pytest.L
             "status"] == 1
     assert int(chain.call_rpc("eth_getTransactionCount", [wallet.address, "latest"]), 16) == nonce + 5
     assert not [r for r in caplog.records if "replaced" in r.getMessage()]
+
+
+def test_calldata_is_what_web3_encodes(grid: Grid) -> None:
+    """The fast encoder gives web3's bytes for every shape the SDK sends (structs, nested arrays, strings, bytes);
+    what eth-abi does not take as it is (bytes given as hex text) goes through web3."""
+    m = grid.user.market.functions
+    labels = on_chain([parse_constraint("zone == eu"), parse_constraint("gpu.mem >= 40")])
+    permit = (10**6, 2**255, 27, b"\x11" * 32, b"\x22" * 32)
+    addr = grid.cpu.address
+    calls = [
+        m.submitWithPermit((2, 1, 4096, 10**6, 5 * 10**6), labels, b'{"steps": []}', 3, permit),
+        m.submit((1, 0, 256, 1, 1), [], b"\x00" * 100, 1),
+        m.assignBatch([1, 2, 3], [addr] * 3, [labels, [], labels]),
+        m.assign(7, addr, labels),
+        m.report([(1, ReportAction.CLAIM, 0), (2, ReportAction.FINISH, -3), (3, ReportAction.START, 0)]),
+        m.registerProvider((64, 2, 262144), (1000, 90_000, 100), ["zone", "gpu.model"], [b"eu".ljust(32, b"\0")] * 2),
+        m.topUp(5, 2**64 - 1),
+        m.claim(2**256 - 1),
+    ]
+    for fn in calls:
+        assert calldata(fn) == fn._encode_transaction_data(), fn.fn_name
+    # web3 refuses an all-lowercase address; eth-abi takes it, for the same 20 bytes
+    assert calldata(m.assign(1, addr.lower(), [])) == m.assign(1, addr, [])._encode_transaction_data()
+    as_hex = m.registerProvider((64, 2, 262144), (1000, 0, 100), ["zone"], ["0x" + "65" * 32])  # bytes32 as hex text
+    assert calldata(as_hex) == as_hex._encode_transaction_data() == calldata(
+        m.registerProvider((64, 2, 262144), (1000, 0, 100), ["zone"], [b"e" * 32]))

@@ -35,10 +35,10 @@ typecheck: $(STAMP_PY)
 	$(VENV)/bin/mypy
 
 build: setup
-	$(PY) -m dsq_chain.build
+	$(PY) -m dsq_chain.artifacts.build
 
 build-check: setup
-	$(PY) -m dsq_chain.build --check
+	$(PY) -m dsq_chain.artifacts.build --check
 
 gas: setup
 	$(PY) benchmarks/gas.py

@@ -35,15 +35,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dsq_chain import workflow as wfm
-from dsq_chain.anvil import dev_keys, start_anvil
-from dsq_chain.chain import Chain
-from dsq_chain.client import AdminClient, GridClient, ProviderClient
-from dsq_chain.deployment import Deployment, deploy
 from dsq_chain.executors import LocalExecutor
-from dsq_chain.scheduler import MetaScheduler
+from dsq_chain.sdk.anvil import dev_keys, start_anvil
+from dsq_chain.sdk.chain import Chain
+from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
+from dsq_chain.sdk.deployment import Deployment, deploy
+from dsq_chain.services.scheduler import MetaScheduler
+from dsq_chain.services.worker import ProviderWorker
 from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, Resources
-from dsq_chain.worker import ProviderWorker
+from dsq_chain.workloads import workflow as wfm
 
 WORKFLOW = """
 name: trivial

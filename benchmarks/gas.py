@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsq_chain.anvil import dev_keys, start_anvil
-from dsq_chain.chain import Chain
-from dsq_chain.client import AdminClient, GridClient, ProviderClient, SchedulerClient
-from dsq_chain.deployment import deploy
+from dsq_chain.sdk.anvil import dev_keys, start_anvil
+from dsq_chain.sdk.chain import Chain
+from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient, SchedulerClient
+from dsq_chain.sdk.deployment import deploy
 from dsq_chain.types import CREDIT_UNIT, Prices, ReportAction, Resources
 
 WORKFLOW = json.dumps(
@@ -115,7 +115,7 @@ def main() -> int:
         batch_assign = batched["assignBatch"] // n
 
         # -- the same single calls with label constraints -------------------------------------
-        from dsq_chain.labels import on_chain, parse_constraint
+        from dsq_chain.workloads.labels import on_chain, parse_constraint
 
         labels = on_chain([parse_constraint("zone == eu")])
         rec = user_w.transact(m.submit(req, labels, WORKFLOW, 1))

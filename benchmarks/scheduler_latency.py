@@ -28,15 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hexbytes import HexBytes
 
-from dsq_chain import workflow
-from dsq_chain.anvil import dev_keys, start_anvil
-from dsq_chain.chain import Call, Chain
-from dsq_chain.client import AdminClient, GridClient, ProviderClient
-from dsq_chain.deployment import Deployment, deploy
-from dsq_chain.events import EventDecoder
 from dsq_chain.matching import Assignment
-from dsq_chain.scheduler import MetaScheduler
+from dsq_chain.sdk.anvil import dev_keys, start_anvil
+from dsq_chain.sdk.chain import Call, Chain
+from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
+from dsq_chain.sdk.deployment import Deployment, deploy
+from dsq_chain.sdk.events import EventDecoder
+from dsq_chain.services.scheduler import MetaScheduler
 from dsq_chain.types import CREDIT_UNIT, Prices, Resources
+from dsq_chain.workloads import workflow
 
 WF = workflow.loads(json.dumps({
     "name": "bench",

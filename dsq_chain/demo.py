@@ -26,14 +26,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import workflow as wfmod
-from .anvil import AnvilNode, dev_keys, start_anvil
-from .chain import Chain
-from .client import AdminClient, GridClient, ProviderClient
-from .deployment import Deployment, deploy
-from .history import job_history
-from .scheduler import MetaScheduler
-from .types import CREDIT_UNIT, JobStatus, Prices, Resources
+from dsq_chain.sdk.anvil import AnvilNode, dev_keys, start_anvil
+from dsq_chain.sdk.chain import Chain
+from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
+from dsq_chain.sdk.deployment import Deployment, deploy
+from dsq_chain.sdk.history import job_history
+from dsq_chain.services.scheduler import MetaScheduler
+from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, Resources
+from dsq_chain.workloads import workflow as wfmod
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"

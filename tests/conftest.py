@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from dsq_chain.anvil import AnvilNode, dev_keys, start_anvil
-from dsq_chain.chain import Chain
+from dsq_chain.sdk.anvil import AnvilNode, dev_keys, start_anvil
+from dsq_chain.sdk.chain import Chain
 from tests.grid import Grid, build_grid, conservation_gap
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dsq_chain.chain import Chain, Wallet
-from dsq_chain.client import AdminClient, GridClient, ProviderClient, SchedulerClient
-from dsq_chain.deployment import Deployment, deploy
+from dsq_chain.sdk.chain import Chain, Wallet
+from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient, SchedulerClient
+from dsq_chain.sdk.deployment import Deployment, deploy
 from dsq_chain.types import CREDIT_UNIT, JobStatus, LabelConstraint, Prices, Resources
 
 WORKFLOW = b'{"steps":[{"name":"main","run":{"command":"true"}}]}'

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from dsq_chain import anvil
-from dsq_chain.anvil import AnvilError, free_port, start_anvil
-from dsq_chain.chain import Chain
+from dsq_chain.sdk import anvil
+from dsq_chain.sdk.anvil import AnvilError, free_port, start_anvil
+from dsq_chain.sdk.chain import Chain
 
 
 @pytest.fixture

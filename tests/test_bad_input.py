@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from dsq_chain import errors
-from dsq_chain.chain import Call
-from dsq_chain.client import GridClient
-from dsq_chain.labels import on_chain, parse_constraint
+from dsq_chain.sdk.chain import Call
+from dsq_chain.sdk.client import GridClient
 from dsq_chain.types import CREDIT_UNIT, JobStatus, Resources
+from dsq_chain.workloads.labels import on_chain, parse_constraint
 from tests.grid import CREDITS, MAX_RATE, SMALL, WORKFLOW, Grid
 
 MAX_WORKFLOW_BYTES = 16_384

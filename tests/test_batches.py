@@ -13,9 +13,9 @@ from eth_utils import keccak
 from web3.logs import DISCARD
 
 from dsq_chain import errors
-from dsq_chain.chain import Call
-from dsq_chain.labels import on_chain, parse_constraint
+from dsq_chain.sdk.chain import Call
 from dsq_chain.types import CREDIT_UNIT, JobStatus, ReportAction, Resources
+from dsq_chain.workloads.labels import on_chain, parse_constraint
 from tests.grid import CREDITS, MAX_RATE, SMALL, WORKFLOW, Grid
 
 S = JobStatus
@@ -319,7 +319,7 @@ def test_report_by_a_non_provider_or_empty(grid: Grid) -> None:
 
 def test_a_full_job_array_fits_in_one_block(grid: Grid) -> None:
     """MAX_ARRAY_JOBS is set so that the largest array is one transaction under a 30M-gas block."""
-    from dsq_chain.client import MAX_ARRAY_JOBS
+    from dsq_chain.sdk.client import MAX_ARRAY_JOBS
 
     before = grid.user.job_count()
     first = grid.submit(count=MAX_ARRAY_JOBS, credits=CREDIT_UNIT // 100)

@@ -14,10 +14,10 @@ import pytest
 from web3.logs import DISCARD
 
 from dsq_chain import errors
-from dsq_chain.chain import Call
-from dsq_chain.client import ProviderClient
-from dsq_chain.labels import encode_key, on_chain, parse_constraint
+from dsq_chain.sdk.chain import Call
+from dsq_chain.sdk.client import ProviderClient
 from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, Resources
+from dsq_chain.workloads.labels import encode_key, on_chain, parse_constraint
 from tests.grid import CPU_PRICES, CREDITS, SMALL, SMALL_RATE, Grid
 
 S = JobStatus

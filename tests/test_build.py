@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from dsq_chain import artifacts, build, errors, types
-from dsq_chain.build import compile_contracts
+from dsq_chain import artifacts, errors, types
+from dsq_chain.artifacts import build
+from dsq_chain.artifacts.build import compile_contracts
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +20,14 @@ def fresh() -> dict[str, object]:
 
 def test_committed_artifacts_match_a_fresh_compile(fresh: dict[str, object]) -> None:
     committed = json.loads(artifacts.ARTIFACTS_PATH.read_text())
-    assert committed == fresh, "dsq_chain/artifacts/contracts.json is stale: run `python -m dsq_chain.build`"
+    assert committed == fresh, "dsq_chain/artifacts/contracts.json is stale: run `python -m dsq_chain.artifacts.build`"
 
 
 def test_contract_reference_is_generated_from_current_natspec(fresh: dict[str, object]) -> None:
-    from dsq_chain import natspec
+    from dsq_chain.artifacts import natspec
 
     committed = (build.project_root() / "docs" / "contracts.md").read_text()
-    assert committed == natspec.render(fresh), "docs/contracts.md is stale: run `python -m dsq_chain.build`"
+    assert committed == natspec.render(fresh), "docs/contracts.md is stale: run `python -m dsq_chain.artifacts.build`"
     for name in ("submitWithPermit", "assignBatch", "report", "JobSettled", "InvalidStatus"):
         assert name in committed
 
@@ -53,7 +54,7 @@ def test_every_custom_error_has_a_python_exception() -> None:
 
 
 def test_sdk_limits_match_contract_constants() -> None:
-    from dsq_chain import client
+    from dsq_chain.sdk import client
 
     doc = artifacts.load()["contracts"]["JobMarket"]
     assert doc["bytecode"].startswith("0x") and len(doc["bytecode"]) > 1000
@@ -65,6 +66,8 @@ def test_sdk_limits_match_contract_constants() -> None:
 
 
 def test_build_check_command_passes_on_fresh_artifacts() -> None:
-    proc = subprocess.run([sys.executable, "-m", "dsq_chain.build", "--check"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dsq_chain.artifacts.build", "--check"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert "fresh" in proc.stdout

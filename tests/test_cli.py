@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from dsq_chain import workflow as wfmod
-from dsq_chain.anvil import free_port
+from dsq_chain.sdk.anvil import free_port
 from dsq_chain.types import CREDIT_UNIT, JobStatus
+from dsq_chain.workloads import workflow as wfmod
 from tests.grid import Grid
 
 ROOT = Path(__file__).resolve().parent.parent

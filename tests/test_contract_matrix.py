@@ -23,8 +23,8 @@ from eth_utils import keccak, to_checksum_address
 from eth_utils.abi import get_abi_input_types, get_abi_output_types
 
 from dsq_chain import errors
-from dsq_chain.chain import Chain, Wallet
-from dsq_chain.client import ZERO_ADDRESS
+from dsq_chain.sdk.chain import Chain, Wallet
+from dsq_chain.sdk.client import ZERO_ADDRESS
 from dsq_chain.types import CREDIT_UNIT, JobStatus
 from tests.grid import SMALL, SMALL_RATE, Grid
 

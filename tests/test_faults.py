@@ -23,13 +23,13 @@ from typing import Any
 
 import pytest
 
-from dsq_chain import workflow as wfm
-from dsq_chain.anvil import AnvilNode, dev_keys, start_anvil
-from dsq_chain.chain import Chain
-from dsq_chain.client import AdminClient, GridClient, ProviderClient
-from dsq_chain.deployment import Deployment, deploy
 from dsq_chain.executors import LocalExecutor
+from dsq_chain.sdk.anvil import AnvilNode, dev_keys, start_anvil
+from dsq_chain.sdk.chain import Chain
+from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
+from dsq_chain.sdk.deployment import Deployment, deploy
 from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, Resources
+from dsq_chain.workloads import workflow as wfm
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults")]
 

@@ -17,16 +17,16 @@ from typing import Any
 
 import pytest
 
-from dsq_chain import workflow
-from dsq_chain.anvil import dev_keys, free_port, start_anvil
-from dsq_chain.chain import Chain
-from dsq_chain.client import GridClient
-from dsq_chain.deployment import Deployment
 from dsq_chain.errors import TransactionFailed
-from dsq_chain.events import PROVIDER_TOPIC_POSITION, ChainEvent, EventDecoder
-from dsq_chain.follower import EventFollower, _normalise_log
-from dsq_chain.labels import on_chain
+from dsq_chain.sdk.anvil import dev_keys, free_port, start_anvil
+from dsq_chain.sdk.chain import Chain
+from dsq_chain.sdk.client import GridClient
+from dsq_chain.sdk.deployment import Deployment
+from dsq_chain.sdk.events import PROVIDER_TOPIC_POSITION, ChainEvent, EventDecoder, normalise_log
+from dsq_chain.services.follower import EventFollower
 from dsq_chain.types import CREDIT_UNIT, Prices, Resources
+from dsq_chain.workloads import workflow
+from dsq_chain.workloads.labels import on_chain
 from tests.grid import Grid, build_grid
 
 CREDITS = 10 * CREDIT_UNIT
@@ -208,7 +208,7 @@ def test_decoder_agrees_with_web3_on_every_event_kind(grid: Grid) -> None:
                                                "fromBlock": hex(grid.deployment.block), "toBlock": "latest"}])
     decoded = []
     for raw in logs:
-        lg = _normalise_log(raw)
+        lg = normalise_log(raw)
         fast, ref = dec.decode(lg), dec.decode_with_web3(lg)
         assert fast is not None and fast == ref, f"{fast} != {ref}"
         decoded.append(fast)

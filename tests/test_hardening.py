@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import dsq_chain.hardening as hardening
+import dsq_chain.services.hardening as hardening
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl are Linux")
 

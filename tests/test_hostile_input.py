@@ -32,13 +32,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dsq_chain import artifacts, errors
-from dsq_chain.build import SETTINGS, project_root, solc_binary
-from dsq_chain.chain import Chain
+from dsq_chain.artifacts.build import SETTINGS, project_root, solc_binary
 from dsq_chain.errors import decode_revert
 from dsq_chain.executors import ExecSpec, ExecState, ExecutorError, LocalExecutor, map_to_chain
-from dsq_chain.labels import LabelExpressionError, parse_constraint
+from dsq_chain.sdk.chain import Chain
 from dsq_chain.types import JobStatus, ReportAction
-from dsq_chain.workflow import MAX_WORKFLOW_BYTES, WorkflowError, from_canonical, loads
+from dsq_chain.workloads.labels import LabelExpressionError, parse_constraint
+from dsq_chain.workloads.workflow import MAX_WORKFLOW_BYTES, WorkflowError, from_canonical, loads
 from tests.grid import CPU_PRICES, SMALL, WORKFLOW, Grid
 from tests.test_invariants import HW, LABEL, PRICES, REPORT, REQ, Rpc, calldata
 

@@ -55,13 +55,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from dsq_chain.anvil import AnvilNode, dev_keys, start_anvil
-from dsq_chain.chain import Chain
-from dsq_chain.deployment import Deployment, deploy
 from dsq_chain.errors import decode_revert
-from dsq_chain.events import EventDecoder
-from dsq_chain.labels import encode_value
+from dsq_chain.sdk.anvil import AnvilNode, dev_keys, start_anvil
+from dsq_chain.sdk.chain import Chain
+from dsq_chain.sdk.deployment import Deployment, deploy
+from dsq_chain.sdk.events import EventDecoder
 from dsq_chain.types import JobStatus, ProviderStatus, ReleaseReason, ReportAction
+from dsq_chain.workloads.labels import encode_value
 
 S = JobStatus
 PS = ProviderStatus

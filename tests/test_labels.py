@@ -9,7 +9,8 @@ from eth_utils.crypto import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsq_chain.labels import (
+from dsq_chain.types import LabelConstraint, LabelOp
+from dsq_chain.workloads.labels import (
     LabelExpressionError,
     chain_compare,
     check,
@@ -21,7 +22,6 @@ from dsq_chain.labels import (
     parse_labels,
     to_chain,
 )
-from dsq_chain.types import LabelConstraint, LabelOp
 
 FUZZ = settings(max_examples=200, deadline=None)
 DIGITS = re.compile(r"[0-9]+")

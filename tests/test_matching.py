@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dsq_chain.labels import check, parse_constraint
 from dsq_chain.matching import (
     EXCLUDED,
     INACTIVE,
@@ -26,6 +25,7 @@ from dsq_chain.matching import (
     Weights,
 )
 from dsq_chain.types import LabelConstraint, LabelOp, Prices, Resources
+from dsq_chain.workloads.labels import check, parse_constraint
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_000_000.0

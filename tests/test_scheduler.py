@@ -15,17 +15,17 @@ from typing import Any
 
 import pytest
 
-from dsq_chain import workflow
-from dsq_chain.anvil import dev_keys, free_port
-from dsq_chain.chain import Chain, Wallet
-from dsq_chain.client import GridClient, ProviderClient
-from dsq_chain.events import ChainEvent, EventDecoder
-from dsq_chain.follower import EventFollower
-from dsq_chain.labels import encode_value
 from dsq_chain.matching import EXCLUDED, INACTIVE, Assignment, Explanation
-from dsq_chain.metrics import SchedulerMetrics
-from dsq_chain.scheduler import MetaScheduler, RoundResult
+from dsq_chain.sdk.anvil import dev_keys, free_port
+from dsq_chain.sdk.chain import Chain, Wallet
+from dsq_chain.sdk.client import GridClient, ProviderClient
+from dsq_chain.sdk.events import ChainEvent, EventDecoder
+from dsq_chain.services.follower import EventFollower
+from dsq_chain.services.metrics import SchedulerMetrics
+from dsq_chain.services.scheduler import MetaScheduler, RoundResult
 from dsq_chain.types import CREDIT_UNIT, JobStatus, LabelConstraint, LabelOp, Prices, Resources
+from dsq_chain.workloads import workflow
+from dsq_chain.workloads.labels import encode_value
 from tests.grid import CPU_PRICES, GPU_PRICES, Grid
 from tests.test_follower import RangeLimitProxy
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dsq_chain.build import project_root, solc_binary
+from dsq_chain.artifacts.build import project_root, solc_binary
 
 ROOT = project_root()
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from dsq_chain.anvil import AnvilNode, dev_keys, start_anvil
-from dsq_chain.chain import Chain, Wallet, calldata
-from dsq_chain.client import AdminClient
-from dsq_chain.deployment import Deployment, deploy
-from dsq_chain.labels import on_chain, parse_constraint
+from dsq_chain.sdk.anvil import AnvilNode, dev_keys, start_anvil
+from dsq_chain.sdk.chain import Chain, Wallet, calldata
+from dsq_chain.sdk.client import AdminClient
+from dsq_chain.sdk.deployment import Deployment, deploy
 from dsq_chain.types import ReportAction
+from dsq_chain.workloads.labels import on_chain, parse_constraint
 from tests.grid import Grid
 
 HIGH_BASE_FEE = 10**12  # far above what the first signature allows (2 x the old base fee + tip)

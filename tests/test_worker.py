@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from dsq_chain.anvil import AnvilNode, start_anvil
-from dsq_chain.chain import Chain
 from dsq_chain.errors import InputError
 from dsq_chain.executors import ExecState, LocalExecutor
 from dsq_chain.executors import _supervise as sv
-from dsq_chain.journal import Journal, Phase
-from dsq_chain.scheduler import MetaScheduler
+from dsq_chain.sdk.anvil import AnvilNode, start_anvil
+from dsq_chain.sdk.chain import Chain
+from dsq_chain.services.journal import Journal, Phase
+from dsq_chain.services.scheduler import MetaScheduler
+from dsq_chain.services.worker import Action, ProviderWorker, time_limit_s
 from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, ProviderStatus, ReleaseReason, ReportAction, Resources
-from dsq_chain.worker import Action, ProviderWorker, time_limit_s
 from tests.grid import CPU_PRICES, WORKFLOW, Grid, build_grid, conservation_gap
 from tests.worker_scenarios import (
     CRASH_POINTS,
@@ -548,7 +548,7 @@ def test_reports_are_split_to_stay_far_below_the_block_gas_limit(grid: Grid, rig
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """After an outage hundreds of outcomes may be due at once: a report carries at most MAX_REPORT_ROWS rows (here
     set to 3), a job's START and FINISH never split."""
-    from dsq_chain import worker as worker_module
+    from dsq_chain.services import worker as worker_module
 
     monkeypatch.setattr(worker_module, "MAX_REPORT_ROWS", 3)
     ids = submit(grid.user, workflow("sleep 1"), BIG, count=5)

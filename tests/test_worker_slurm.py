@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from dsq_chain.anvil import AnvilNode
 from dsq_chain.executors import ExecState, SlurmExecutor
 from dsq_chain.executors.slurm import slurm_minutes
-from dsq_chain.journal import Phase
+from dsq_chain.sdk.anvil import AnvilNode
+from dsq_chain.services.journal import Phase
+from dsq_chain.services.worker import time_limit_s
 from dsq_chain.types import CREDIT_UNIT, JobStatus, ReportAction
-from dsq_chain.worker import time_limit_s
 from tests.grid import CPU_PRICES, Grid
 from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (the fixture)
 from tests.worker_scenarios import (

@@ -18,9 +18,9 @@ from eth_utils.crypto import keccak
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dsq_chain.labels import parse_constraint
 from dsq_chain.types import CREDIT_UNIT, Prices, Resources
-from dsq_chain.workflow import (
+from dsq_chain.workloads.labels import parse_constraint
+from dsq_chain.workloads.workflow import (
     DEFAULT_SHELL,
     MAX_SOURCE_BYTES,
     MAX_WORKFLOW_BYTES,

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsq_chain import workflow as wfm
-from dsq_chain.chain import Chain
-from dsq_chain.client import GridClient
-from dsq_chain.deployment import Deployment
 from dsq_chain.executors import Executor, make_executor
+from dsq_chain.sdk.chain import Chain
+from dsq_chain.sdk.client import GridClient
+from dsq_chain.sdk.deployment import Deployment
+from dsq_chain.services.worker import Action, ProviderWorker
 from dsq_chain.types import Job, JobStatus, Prices, ReportAction
-from dsq_chain.worker import Action, ProviderWorker
+from dsq_chain.workloads import workflow as wfm
 
 REPO = Path(__file__).resolve().parent.parent
 #: Crash points of the runner (``--crash-at``): where it SIGKILLs itself.

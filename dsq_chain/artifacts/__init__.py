@@ -1,6 +1,6 @@
 """Compiled contracts shipped with the SDK: the one source of truth for ABIs and bytecode.
 
-``contracts.json`` is written by :mod:`dsq_chain.build` from ``contracts/`` and checked fresh by
+``contracts.json`` is written by :mod:`dsq_chain.artifacts.build` from ``contracts/`` and checked fresh by
 ``tests/test_build.py``. Nothing in the SDK carries an ABI written by hand.
 """
 
@@ -20,7 +20,7 @@ def load() -> dict[str, Any]:
     try:
         doc: dict[str, Any] = json.loads(ARTIFACTS_PATH.read_text())
     except FileNotFoundError as e:  # pragma: no cover - only in a broken checkout
-        raise RuntimeError(f"{ARTIFACTS_PATH} is missing: run `python -m dsq_chain.build`") from e
+        raise RuntimeError(f"{ARTIFACTS_PATH} is missing: run `python -m dsq_chain.artifacts.build`") from e
     return doc
 
 

@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
-from .common import Settings
-from .jobs import register as register_job_commands
-from .provider import admin_app, provider_app
-from .services import devnet_app, register_logs, scheduler_app, worker_app
+from dsq_chain.cli.common import Settings
+from dsq_chain.cli.jobs import register as register_job_commands
+from dsq_chain.cli.provider import admin_app, provider_app
+from dsq_chain.cli.services import devnet_app, register_logs, scheduler_app, worker_app
 
 app = typer.Typer(
     name="dsq",
@@ -41,7 +41,7 @@ def main_options(
 @app.command()
 def build(check: Annotated[bool, typer.Option("--check", help="fail if the artifacts are stale")] = False) -> None:
     """Compiles contracts/ into the SDK's artifacts (from a source checkout)."""
-    from ..build import main as build_main
+    from dsq_chain.artifacts.build import main as build_main
 
     raise typer.Exit(build_main(["--check"] if check else []))
 

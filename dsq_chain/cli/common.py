@@ -37,10 +37,10 @@ from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
-from ..chain import Chain, Wallet
-from ..deployment import Deployment
-from ..errors import ChainUnavailable, ContractError, DsqError, InputError, TransactionFailed
-from ..types import CREDIT_UNIT
+from dsq_chain.errors import ChainUnavailable, ContractError, DsqError, InputError, TransactionFailed
+from dsq_chain.sdk.chain import Chain, Wallet
+from dsq_chain.sdk.deployment import Deployment
+from dsq_chain.types import CREDIT_UNIT
 
 EXIT_JOB_FAILED = 1
 EXIT_INPUT = 2

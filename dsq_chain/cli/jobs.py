@@ -10,13 +10,13 @@ from typing import Annotated, Any
 import typer
 from eth_utils.address import to_checksum_address
 
-from .. import workflow as wfmod
-from ..client import GridClient, ProviderClient
-from ..errors import InputError
-from ..history import job_history
-from ..scheduler import MetaScheduler
-from ..types import Job, JobStatus, Provider, ProviderStatus
-from .common import EXIT_JOB_FAILED, emit, errors, fmt_credits, out, parse_credits, settings, table
+from dsq_chain.cli.common import EXIT_JOB_FAILED, emit, errors, fmt_credits, out, parse_credits, settings, table
+from dsq_chain.errors import InputError
+from dsq_chain.sdk.client import GridClient, ProviderClient
+from dsq_chain.sdk.history import job_history
+from dsq_chain.services.scheduler import MetaScheduler
+from dsq_chain.types import Job, JobStatus, Provider, ProviderStatus
+from dsq_chain.workloads import workflow as wfmod
 
 JSON = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 

@@ -8,13 +8,13 @@ from typing import Annotated
 import typer
 from eth_utils.address import to_checksum_address
 
-from ..client import AdminClient, ProviderClient
-from ..errors import InputError
-from ..executors import Executor, make_executor
-from ..labels import parse_labels
-from ..types import Prices, Resources
-from .common import emit, errors, fmt_credits, out, parse_credits, settings, table
-from .jobs import provider_rows
+from dsq_chain.cli.common import emit, errors, fmt_credits, out, parse_credits, settings, table
+from dsq_chain.cli.jobs import provider_rows
+from dsq_chain.errors import InputError
+from dsq_chain.executors import Executor, make_executor
+from dsq_chain.sdk.client import AdminClient, ProviderClient
+from dsq_chain.types import Prices, Resources
+from dsq_chain.workloads.labels import parse_labels
 
 provider_app = typer.Typer(no_args_is_help=True, help="Provider registration and payouts.")
 admin_app = typer.Typer(no_args_is_help=True, help="Deployment admin: approve, ban, mint.")

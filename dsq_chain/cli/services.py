@@ -13,20 +13,20 @@ from typing import Annotated, Protocol
 
 import typer
 
-from ..anvil import AnvilError, dev_keys, start_anvil
-from ..chain import Chain
-from ..client import AdminClient
-from ..deployment import Deployment, deploy
-from ..errors import InputError
-from ..hardening import forbid_inspection
-from ..journal import Journal
-from ..matching import Weights
-from ..metrics import SchedulerMetrics, WorkerMetrics
-from ..scheduler import MetaScheduler
-from ..types import CREDIT_UNIT
-from ..worker import ProviderWorker
-from .common import DEFAULT_DIR, Settings, errors, out, settings, table
-from .provider import build_executor
+from dsq_chain.cli.common import DEFAULT_DIR, Settings, errors, out, settings, table
+from dsq_chain.cli.provider import build_executor
+from dsq_chain.errors import InputError
+from dsq_chain.matching import Weights
+from dsq_chain.sdk.anvil import AnvilError, dev_keys, start_anvil
+from dsq_chain.sdk.chain import Chain
+from dsq_chain.sdk.client import AdminClient
+from dsq_chain.sdk.deployment import Deployment, deploy
+from dsq_chain.services.hardening import forbid_inspection
+from dsq_chain.services.journal import Journal
+from dsq_chain.services.metrics import SchedulerMetrics, WorkerMetrics
+from dsq_chain.services.scheduler import MetaScheduler
+from dsq_chain.services.worker import ProviderWorker
+from dsq_chain.types import CREDIT_UNIT
 
 scheduler_app = typer.Typer(no_args_is_help=True, help="The meta-scheduler service.")
 worker_app = typer.Typer(no_args_is_help=True, help="The provider worker service.")

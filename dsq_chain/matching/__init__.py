@@ -7,12 +7,12 @@ the batch matcher (:class:`Matcher`) and its explanations
 calls :meth:`Matcher.match` and commits the returned assignments.
 """
 
-from .constraints import EXCLUDED, INACTIVE, ConstraintError, Rejection, first_failure
-from .explain import Explanation, ProviderVerdict
-from .fairshare import FairShare
-from .matcher import DEFAULT_HALF_LIFE_S, Matcher
-from .model import Assignment, PendingJob, ProviderState, ProviderStats
-from .scoring import MarketReference, ScoreBreakdown, Weights, score
+from dsq_chain.matching.constraints import EXCLUDED, INACTIVE, ConstraintError, Rejection, first_failure
+from dsq_chain.matching.explain import Explanation, ProviderVerdict
+from dsq_chain.matching.fairshare import FairShare
+from dsq_chain.matching.matcher import DEFAULT_HALF_LIFE_S, Matcher
+from dsq_chain.matching.model import Assignment, PendingJob, ProviderState, ProviderStats
+from dsq_chain.matching.scoring import MarketReference, ScoreBreakdown, Weights, score
 
 __all__ = [
     "DEFAULT_HALF_LIFE_S",

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .. import labels as label_rules
-from ..types import LabelConstraint, Prices, Resources
-from .model import PendingJob, ProviderState
+from dsq_chain.matching.model import PendingJob, ProviderState
+from dsq_chain.types import LabelConstraint, Prices, Resources
+from dsq_chain.workloads import labels as label_rules
 
 INACTIVE = "provider inactive (paused or not approved)"
 EXCLUDED = "excluded: refused or timed out on this job"
@@ -61,7 +61,7 @@ def price_failure(rate: int, cap: int) -> Rejection | None:
 
 
 def label_failure(constraints: Sequence[LabelConstraint], labels: Mapping[str, str]) -> Rejection | None:
-    """The first unmet label constraint (reason from :func:`dsq_chain.labels.check`).
+    """The first unmet label constraint (reason from :func:`dsq_chain.workloads.labels.check`).
 
     Raises :class:`ConstraintError` when a constraint cannot be evaluated.
     """
@@ -73,7 +73,7 @@ def label_failure(constraints: Sequence[LabelConstraint], labels: Mapping[str, s
 
 
 def evaluate(constraint: LabelConstraint, labels: Mapping[str, str]) -> str | None:
-    """:func:`dsq_chain.labels.check`, with any failure to evaluate turned into :class:`ConstraintError`."""
+    """:func:`dsq_chain.workloads.labels.check`, with any failure to evaluate turned into :class:`ConstraintError`."""
     try:
         return label_rules.check(constraint, labels)
     except Exception as exc:  # a malformed constraint must not crash matching

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .constraints import Rejection
-from .model import PendingJob
-from .scoring import ScoreBreakdown
+from dsq_chain.matching.constraints import Rejection
+from dsq_chain.matching.model import PendingJob
+from dsq_chain.matching.scoring import ScoreBreakdown
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush, heapreplace
 
-from .model import ProviderState
-from .scoring import MarketReference, Weights, inverse
+from dsq_chain.matching.model import ProviderState
+from dsq_chain.matching.scoring import MarketReference, Weights, inverse
 
 #: Slack for floating-point rounding between a node's bound and the exact scores below it.
 _EPS = 1e-9

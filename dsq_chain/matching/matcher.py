@@ -25,8 +25,7 @@ import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..types import LabelConstraint
-from .constraints import (
+from dsq_chain.matching.constraints import (
     ConstraintError,
     LabelSignatures,
     Rejection,
@@ -35,11 +34,12 @@ from .constraints import (
     job_problem,
     provider_problem,
 )
-from .explain import Explanation, ProviderVerdict
-from .fairshare import FairShare
-from .index import Demand, Frontier, JobFilter, ProviderIndex, rate_edges
-from .model import Assignment, PendingJob, ProviderState
-from .scoring import MarketReference, Weights, score, share_level
+from dsq_chain.matching.explain import Explanation, ProviderVerdict
+from dsq_chain.matching.fairshare import FairShare
+from dsq_chain.matching.index import Demand, Frontier, JobFilter, ProviderIndex, rate_edges
+from dsq_chain.matching.model import Assignment, PendingJob, ProviderState
+from dsq_chain.matching.scoring import MarketReference, Weights, score, share_level
+from dsq_chain.types import LabelConstraint
 
 #: Fair-share half-life when none is given: a week.
 DEFAULT_HALF_LIFE_S = 7 * 24 * 3600.0

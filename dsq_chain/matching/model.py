@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..types import LabelConstraint, Prices, Resources
+from dsq_chain.types import LabelConstraint, Prices, Resources
 
 
 @dataclass(slots=True)

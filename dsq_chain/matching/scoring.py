@@ -29,8 +29,8 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
-from ..types import Resources
-from .model import ProviderState
+from dsq_chain.matching.model import ProviderState
+from dsq_chain.types import Resources
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 from eth_utils.address import to_checksum_address
 from web3.contract import Contract
 
-from . import artifacts
-from .chain import Chain, Wallet
-from .errors import InputError, TransactionFailed
+from dsq_chain import artifacts
+from dsq_chain.errors import InputError, TransactionFailed
+from dsq_chain.sdk.chain import Chain, Wallet
 
 #: Default seconds a provider has to claim an assignment.
 DEFAULT_CLAIM_TIMEOUT = 300

@@ -22,10 +22,10 @@ from eth_utils.address import to_checksum_address
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
-from .chain import Call, Chain, Wallet
-from .deployment import Deployment
-from .errors import ChainUnavailable, InputError
-from .types import (
+from dsq_chain.errors import ChainUnavailable, InputError
+from dsq_chain.sdk.chain import Call, Chain, Wallet
+from dsq_chain.sdk.deployment import Deployment
+from dsq_chain.types import (
     FINAL_STATUSES,
     Job,
     JobStatus,
@@ -139,7 +139,7 @@ class GridClient(_Client):
         """Submits ``count`` jobs running ``workflow`` (canonical bytes) with ``credits`` units of escrow
         each. Pays from the internal balance first, then with a permit in the same transaction.
         Returns the job ids."""
-        from .labels import on_chain  # the label encoding lives with the label parser
+        from dsq_chain.workloads.labels import on_chain  # the label encoding lives with the label parser
 
         chain_labels = on_chain(labels)
         request = _job_request(resources, max_rate, credits)
@@ -265,7 +265,7 @@ class ProviderClient(_Client):
     """A provider's side: registration and job reports."""
 
     def register(self, hardware: Resources, prices: Prices, labels: Mapping[str, str] | None = None) -> None:
-        from .labels import encode_value, parse_labels
+        from dsq_chain.workloads.labels import encode_value, parse_labels
 
         parsed = parse_labels(labels or {})
         _check_hardware(hardware)
@@ -285,7 +285,7 @@ class ProviderClient(_Client):
         self._send(self.market.functions.updatePrices(_prices(prices)))
 
     def set_labels(self, labels: Mapping[str, str], remove: Iterable[str] = ()) -> None:
-        from .labels import encode_value, parse_labels
+        from dsq_chain.workloads.labels import encode_value, parse_labels
 
         parsed = parse_labels(labels)
         keys = list(parsed) + list(remove)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .client import _Client
-from .events import ChainEvent, EventDecoder, sort_events
-from .follower import _normalise_log
-from .types import JobStatus
+from dsq_chain.sdk.client import _Client
+from dsq_chain.sdk.events import ChainEvent, EventDecoder, normalise_log, sort_events
+from dsq_chain.types import JobStatus
 
 _JOB_EVENTS = ("JobSubmitted", "JobAssigned", "JobStatusChanged", "JobReleased", "JobSettled", "JobToppedUp")
 
@@ -62,7 +61,7 @@ def job_history(client: _Client, job_id: int) -> JobHistory:
     events: list[ChainEvent] = []
     for p in params:
         for raw in client.chain.call_rpc("eth_getLogs", [p]) or []:
-            ev = decoder.decode(_normalise_log(raw))
+            ev = decoder.decode(normalise_log(raw))
             if ev is not None:
                 events.append(ev)
     times: dict[int, int] = {}

@@ -28,8 +28,8 @@ from typing import Any, Literal, NoReturn
 import yaml
 from eth_utils.crypto import keccak
 
-from dsq_chain.labels import LabelExpressionError, parse_constraint
 from dsq_chain.types import CREDIT_UNIT, LabelConstraint, Prices, Resources
+from dsq_chain.workloads.labels import LabelExpressionError, parse_constraint
 
 __all__ = [
     "DEFAULT_SHELL",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from eth_account import Account
 
-from .errors import DsqError
+from dsq_chain.errors import DsqError
 
 #: Anvil's default mnemonic; its accounts are public test keys, never use them on a real network.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
@@ -36,7 +36,7 @@ def find_anvil(root: Path | None = None) -> Path:
     if on_path and "node_modules" not in on_path:
         return Path(on_path)
     roots = [root] if root else []
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]
     roots += [here, Path.cwd(), *Path.cwd().parents]
     for r in roots:
         candidate = r / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"

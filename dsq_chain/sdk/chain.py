@@ -26,7 +26,7 @@ from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, TransactionNotFound
 from web3.types import TxParams, TxReceipt
 
-from .errors import ChainUnavailable, ContractError, TransactionFailed, decode_revert
+from dsq_chain.errors import ChainUnavailable, ContractError, TransactionFailed, decode_revert
 
 #: Estimated gas is multiplied by this and then increased by :data:`GAS_ADDEND`.
 GAS_MARGIN = 1.2

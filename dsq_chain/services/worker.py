@@ -45,18 +45,18 @@ import requests
 from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 
-from . import artifacts
-from .chain import Call, Chain, Wallet
-from .client import ProviderClient, job_from_view
-from .deployment import Deployment
-from .errors import ChainUnavailable, ContractError, DsqError, InputError, TransactionFailed
-from .events import ChainEvent
-from .executors import ExecSpec, ExecState, ExecStatus, Executor, ExecutorError, JobNotFoundError, map_to_chain
-from .follower import EventFollower
-from .journal import Entry, Journal, Phase
-from .metrics import WorkerMetrics
-from .types import Job, JobStatus, Prices, ReportAction, Resources
-from .workflow import Workflow, WorkflowError, from_canonical, render_script
+from dsq_chain import artifacts
+from dsq_chain.errors import ChainUnavailable, ContractError, DsqError, InputError, TransactionFailed
+from dsq_chain.executors import ExecSpec, ExecState, ExecStatus, Executor, ExecutorError, JobNotFoundError, map_to_chain
+from dsq_chain.sdk.chain import Call, Chain, Wallet
+from dsq_chain.sdk.client import ProviderClient, job_from_view
+from dsq_chain.sdk.deployment import Deployment
+from dsq_chain.sdk.events import ChainEvent
+from dsq_chain.services.follower import EventFollower
+from dsq_chain.services.journal import Entry, Journal, Phase
+from dsq_chain.services.metrics import WorkerMetrics
+from dsq_chain.types import Job, JobStatus, Prices, ReportAction, Resources
+from dsq_chain.workloads.workflow import Workflow, WorkflowError, from_canonical, render_script
 
 log = logging.getLogger("dsq.worker")
 

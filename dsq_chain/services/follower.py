@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .chain import Chain
-from .deployment import Deployment
-from .errors import ChainUnavailable, TransactionFailed
-from .events import ChainEvent, EventDecoder, sort_events
+from dsq_chain.errors import ChainUnavailable, TransactionFailed
+from dsq_chain.sdk.chain import Chain
+from dsq_chain.sdk.deployment import Deployment
+from dsq_chain.sdk.events import ChainEvent, EventDecoder, normalise_log, sort_events
 
 log = logging.getLogger("dsq.follower")
 
@@ -177,7 +177,7 @@ class EventFollower:
             for raw in self.chain.call_rpc("eth_getLogs", [params]) or []:
                 if raw.get("removed"):
                     continue
-                ev = self.decoder.decode(_normalise_log(raw))
+                ev = self.decoder.decode(normalise_log(raw))
                 if ev is not None:
                     out.append(ev)
         return sort_events(out)
@@ -276,19 +276,3 @@ class _FnHandler:
 
     def on_event(self, event: ChainEvent) -> None:
         self.fn(event)
-
-
-def _normalise_log(raw: dict[str, Any]) -> dict[str, Any]:
-    """A raw JSON-RPC log into the shape web3's decoder expects."""
-    from hexbytes import HexBytes
-
-    return {
-        "address": raw["address"],
-        "topics": [HexBytes(t) for t in raw["topics"]],
-        "data": HexBytes(raw["data"]),
-        "blockNumber": int(raw["blockNumber"], 16),
-        "blockHash": HexBytes(raw["blockHash"]),
-        "transactionHash": HexBytes(raw["transactionHash"]),
-        "transactionIndex": int(raw["transactionIndex"], 16),
-        "logIndex": int(raw["logIndex"], 16),
-    }

@@ -19,17 +19,17 @@ from dataclasses import dataclass, field
 
 import requests
 
-from .chain import Chain, Wallet
-from .client import SchedulerClient
-from .deployment import Deployment
-from .errors import ContractError, DsqError
-from .events import ChainEvent
-from .follower import EventFollower
-from .gridstate import GridState, JobRecord
-from .matching import Assignment, Explanation, FairShare, Matcher, Weights
-from .matching.matcher import DEFAULT_HALF_LIFE_S
-from .metrics import SchedulerMetrics
-from .types import JobStatus
+from dsq_chain.errors import ContractError, DsqError
+from dsq_chain.matching import Assignment, Explanation, FairShare, Matcher, Weights
+from dsq_chain.matching.matcher import DEFAULT_HALF_LIFE_S
+from dsq_chain.sdk.chain import Chain, Wallet
+from dsq_chain.sdk.client import SchedulerClient
+from dsq_chain.sdk.deployment import Deployment
+from dsq_chain.sdk.events import ChainEvent
+from dsq_chain.services.follower import EventFollower
+from dsq_chain.services.gridstate import GridState, JobRecord
+from dsq_chain.services.metrics import SchedulerMetrics
+from dsq_chain.types import JobStatus
 
 log = logging.getLogger("dsq.scheduler")
 

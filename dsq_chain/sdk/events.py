@@ -13,7 +13,7 @@ from hexbytes import HexBytes
 from web3._utils.events import get_event_data
 from web3.types import LogReceipt
 
-from . import artifacts
+from dsq_chain import artifacts
 
 #: Events a provider's worker needs, each with the position of its indexed ``provider`` topic.
 PROVIDER_TOPIC_POSITION = {
@@ -168,3 +168,17 @@ def sort_events(events: Sequence[ChainEvent]) -> list[ChainEvent]:
     for e in events:
         seen[e.position] = e
     return [seen[k] for k in sorted(seen)]
+
+
+def normalise_log(raw: dict[str, Any]) -> dict[str, Any]:
+    """A raw JSON-RPC log into the shape web3's decoder expects."""
+    return {
+        "address": raw["address"],
+        "topics": [HexBytes(t) for t in raw["topics"]],
+        "data": HexBytes(raw["data"]),
+        "blockNumber": int(raw["blockNumber"], 16),
+        "blockHash": HexBytes(raw["blockHash"]),
+        "transactionHash": HexBytes(raw["transactionHash"]),
+        "transactionIndex": int(raw["transactionIndex"], 16),
+        "logIndex": int(raw["logIndex"], 16),
+    }

@@ -1,6 +1,6 @@
 """The grid as the meta-scheduler sees it, built from the market's events alone.
 
-:class:`GridState` applies :class:`~dsq_chain.events.ChainEvent` records in chain order and keeps
+:class:`GridState` applies :class:`~dsq_chain.sdk.events.ChainEvent` records in chain order and keeps
 providers (hardware, free capacity, prices, labels, status, history), every job's status and
 pending jobs with what the matcher needs (resources, price cap, full label expressions parsed from
 the workflow, providers excluded after a refusal or a claim timeout).
@@ -12,9 +12,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .events import ChainEvent
-from .matching import FairShare, PendingJob, ProviderState, ProviderStats
-from .types import JobStatus, LabelConstraint, Prices, ProviderStatus, ReleaseReason, Resources
+from dsq_chain.matching import FairShare, PendingJob, ProviderState, ProviderStats
+from dsq_chain.sdk.events import ChainEvent
+from dsq_chain.types import JobStatus, LabelConstraint, Prices, ProviderStatus, ReleaseReason, Resources
 
 log = logging.getLogger("dsq.state")
 
@@ -111,7 +111,7 @@ class GridState:
         self._providers[ev.args["provider"]].state.prices = _prices(ev.args["prices"])
 
     def _on_ProviderLabelsSet(self, ev: ChainEvent) -> None:
-        from .labels import decode_value
+        from dsq_chain.workloads.labels import decode_value
 
         labels = self._providers[ev.args["provider"]].state.labels
         bad: list[str] = []
@@ -226,8 +226,8 @@ def _workflow_labels(
     workflow: bytes, chain_labels: tuple[tuple[bytes, int, bytes], ...], resources: Resources
 ) -> tuple[tuple[LabelConstraint, ...], str | None]:
     """The workflow's full label expressions, or a reason why the job can never be placed."""
-    from .labels import on_chain
-    from .workflow import WorkflowError, from_canonical
+    from dsq_chain.workloads.labels import on_chain
+    from dsq_chain.workloads.workflow import WorkflowError, from_canonical
 
     try:
         wf = from_canonical(workflow)

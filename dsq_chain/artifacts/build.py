@@ -1,6 +1,6 @@
 """Compile ``contracts/`` into the artifacts the SDK ships (``dsq_chain/artifacts/contracts.json``).
 
-Run ``python -m dsq_chain.build`` (or ``dsq build``) from a source checkout. py-solc-x drives a
+Run ``python -m dsq_chain.artifacts.build`` (or ``dsq build``) from a source checkout. py-solc-x drives a
 native ``solc`` on PATH when its version matches, else the project's own ``scripts/solc.js`` over
 npm's solcjs, registered as ``.solc-bin/solc-v0.8.28``. Every compiler setting lives here, in
 :data:`SETTINGS`.
@@ -22,8 +22,7 @@ from typing import Any
 import solcx
 import solcx.exceptions
 
-from . import natspec
-from .artifacts import ARTIFACTS_PATH
+from dsq_chain.artifacts import ARTIFACTS_PATH, natspec
 
 SOLC_VERSION = "0.8.28"
 #: Contracts whose ABI and bytecode ship with the SDK.
@@ -47,7 +46,7 @@ class BuildError(RuntimeError):
 
 def project_root(start: Path | None = None) -> Path:
     """The source checkout holding ``contracts/`` (this package's parent, or a parent of ``start``)."""
-    candidates = [Path(__file__).resolve().parent.parent]
+    candidates = [Path(__file__).resolve().parents[2]]
     here = (start or Path.cwd()).resolve()
     candidates += [here, *here.parents]
     for c in candidates:
@@ -165,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = json.loads(ARTIFACTS_PATH.read_text()) if ARTIFACTS_PATH.exists() else None
         if current != doc:
-            print(f"dsq build: {ARTIFACTS_PATH} is stale; run `python -m dsq_chain.build`", file=sys.stderr)
+            print(f"dsq build: {ARTIFACTS_PATH} is stale; run `python -m dsq_chain.artifacts.build`", file=sys.stderr)
             return 1
         docs = project_root() / "docs" / "contracts.md"
         if not docs.exists() or docs.read_text() != natspec.render(doc):
-            print(f"dsq build: {docs} is stale; run `python -m dsq_chain.build`", file=sys.stderr)
+            print(f"dsq build: {docs} is stale; run `python -m dsq_chain.artifacts.build`", file=sys.stderr)
             return 1
         print("artifacts are fresh")
         return 0

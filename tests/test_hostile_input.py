@@ -754,7 +754,7 @@ class Reentrancy:
         self.user.transact(self.token.functions.approve(self.market.address, 2**256 - 1))
 
     def submit_call(self, credits: int = 10**6) -> Any:
-        return self.market.functions.submit((1, 0, 256, 10**6, credits), [], WORKFLOW, 1)
+        return self.market.functions.submit((1, 0, 256, 10**6, credits, 0, b"\0" * 32), [], WORKFLOW, 1)
 
     def arm(self, inner: Any, *, bubble: bool) -> None:
         self.admin.transact(self.token.functions.arm(self.market.address, inner._encode_transaction_data(), bubble))

@@ -8,11 +8,13 @@ the workflow, providers excluded after a refusal or a claim timeout).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dsq_chain.matching import FairShare, PendingJob, ProviderState, ProviderStats
+from dsq_chain.sdk.client import placement_labels, placement_of
 from dsq_chain.sdk.events import ChainEvent
 from dsq_chain.types import JobStatus, LabelConstraint, Prices, ProviderStatus, ReleaseReason, Resources
 
@@ -44,10 +46,12 @@ class JobRecord:
     problem: str | None = None
     excluded: set[str] = field(default_factory=set)
     history: list[tuple[int, JobStatus]] = field(default_factory=list)
+    #: Direct placement from the submission: the only providers allowed (empty: any).
+    allowed: frozenset[str] = frozenset()
 
     def as_pending(self) -> PendingJob:
         return PendingJob(self.id, self.owner, self.resources, self.max_rate, self.labels,
-                          float(self.block), self.excluded)
+                          float(self.block), self.excluded, self.allowed)
 
 
 @dataclass(slots=True)
@@ -144,13 +148,16 @@ class GridState:
     # -- jobs ------------------------------------------------------------------------------------
     def _on_JobSubmitted(self, ev: ChainEvent) -> None:
         req = ev.args["request"]
-        cpus, gpus, mem, max_rate = int(req["cpus"]), int(req["gpus"]), int(req["memMB"]), int(req["maxRate"])
+        res = Resources(int(req["cpus"]), int(req["gpus"]), int(req["memMB"]), int(req.get("diskGB", 0)))
+        max_rate = int(req["maxRate"])
         chain_labels = tuple((bytes(c["key"]), int(c["op"]), bytes(c["value"])) for c in ev.args["labels"])
-        labels, problem = _workflow_labels(ev.args["workflow"], chain_labels, Resources(cpus, gpus, mem))
+        allowed, excluded = placement_of(chain_labels)
+        labels, problem = _workflow_labels(ev.args["workflow"], chain_labels, res)
         first = int(ev.args["firstJobId"])
         for job_id in range(first, first + int(ev.args["count"])):
-            rec = JobRecord(job_id, ev.args["owner"], JobStatus.PENDING, Resources(cpus, gpus, mem), int(max_rate),
-                            labels, chain_labels, ev.block_number, problem=problem)
+            rec = JobRecord(job_id, ev.args["owner"], JobStatus.PENDING, res, max_rate,
+                            labels, chain_labels, ev.block_number, problem=problem, excluded=set(excluded),
+                            allowed=allowed)
             rec.history.append((ev.block_number, JobStatus.PENDING))
             self.jobs[job_id] = rec
             self.pending[job_id] = rec
@@ -215,7 +222,7 @@ class GridState:
 
 
 def _hardware(hw: dict[str, int]) -> Resources:
-    return Resources(int(hw["cpus"]), int(hw["gpus"]), int(hw["memMB"]))
+    return Resources(int(hw["cpus"]), int(hw["gpus"]), int(hw["memMB"]), int(hw.get("diskGB", 0)))
 
 
 def _prices(p: dict[str, int]) -> Prices:
@@ -233,9 +240,11 @@ def _workflow_labels(
         wf = from_canonical(workflow)
     except WorkflowError as e:
         return (), f"workflow does not parse: {e}"
-    if wf.resources != resources:
+    if wf.resources != resources and wf.resources != dataclasses.replace(resources, disk_gb=0):
         return wf.labels, f"the workflow asks for {wf.resources} but the job was submitted with {resources}"
     expected = tuple(on_chain(wf.labels))
-    if expected != chain_labels:
+    allowed, excluded = placement_of(chain_labels)
+    placement = set(placement_labels(sorted(allowed), sorted(excluded)))
+    if expected != tuple(c for c in chain_labels if c not in placement):
         return wf.labels, "the label constraints submitted on chain differ from the workflow's labels"
     return wf.labels, None

@@ -44,12 +44,13 @@ from typing import Any, cast
 import requests
 from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
+from web3.types import TxReceipt
 
 from dsq_chain import artifacts
 from dsq_chain.errors import ChainUnavailable, ContractError, DsqError, InputError, TransactionFailed
 from dsq_chain.executors import ExecSpec, ExecState, ExecStatus, Executor, ExecutorError, JobNotFoundError, map_to_chain
 from dsq_chain.sdk.chain import Call, Chain, Wallet
-from dsq_chain.sdk.client import ProviderClient, job_from_view
+from dsq_chain.sdk.client import ProviderClient, job_from_view, skipped_entries
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.sdk.events import ChainEvent
 from dsq_chain.services.follower import EventFollower
@@ -88,6 +89,7 @@ class Action:
     action: ReportAction
     exit_code: int = 0
     reason: str = ""
+    end_time: int = 0  # FINISH: chain time the job was seen to end (0: the report's block time)
 
 
 class ProviderWorker:
@@ -123,9 +125,12 @@ class ProviderWorker:
         self.follower.filters = [[[self.follower.decoder.topics["JobAssigned"]], None, _topic(self.address)]]
         self.journal = Journal(self.follower.db)
         self.reader = JobReader(wallet.chain, deployment.market)
-        self._workflows: dict[int, bytes] = {}
-        self._parsed: dict[tuple[int, bytes], Workflow | str] = {}
+        self._workflows: dict[int, tuple[bytes, bytes]] = {}  # head id -> (workflow, hash from the event)
+        self._parsed: dict[int, Workflow | str] = {}
         self._ooc_since: dict[int, float] = {}
+        # Chain time a finished job was first seen ended: billed up to it even if the report lands later.
+        self._ended_at: dict[int, int] = {}
+        self._chain_clock: tuple[int, float] | None = None  # last chain time read, and time.monotonic() then
         self._tick_cache: dict[str, Any] = {}
         #: Claimed jobs this process knows the executor does not have (looked up once, or claimed by us).
         self._absent: set[int] = set()
@@ -312,12 +317,13 @@ class ProviderWorker:
             code = 1  # failed without an exit status (e.g. out of memory): never report success
         self.journal.update(job.id, exit_code=code)
         if outcome in (JobStatus.FINISHED, JobStatus.FAILED):
-            return Action(job.id, ReportAction.FINISH, code)
+            return Action(job.id, ReportAction.FINISH, code, end_time=self._end_time(job.id))
         if outcome is JobStatus.OUT_OF_CREDITS:
             first = self._ooc_since.setdefault(job.id, time.monotonic())
             if time.monotonic() - first > OUT_OF_CREDITS_GRACE_S:
                 # The chain says the escrow still pays (a top-up came too late): bill the time used.
-                return Action(job.id, ReportAction.FINISH, code or 124, reason="killed at its limit")
+                return Action(job.id, ReportAction.FINISH, code or 124, reason="killed at its limit",
+                              end_time=self._end_time(job.id))
             return Action(job.id, ReportAction.OUT_OF_CREDITS)
         if outcome is JobStatus.CANCELED:
             # Only the owner cancels on chain; an executor-side cancel we did not ask for is our fault.
@@ -329,7 +335,7 @@ class ProviderWorker:
         wf = self._checked_workflow(job)
         if isinstance(wf, str):
             return wf
-        if wf.resources != job.resources:
+        if wf.resources != job.resources and wf.resources != dataclasses.replace(job.resources, disk_gb=0):
             return f"resources mismatch: workflow asks {wf.resources}, chain request {job.resources}"
         capacity = self._cached("capacity", self.executor.capacity)
         if not job.resources.fits_in(capacity):
@@ -341,16 +347,16 @@ class ProviderWorker:
     def _checked_workflow(self, job: Job) -> Workflow | str:
         """The job's workflow, checked against the on-chain hash and parsed (once per job array), or the problem."""
         head = job.head_id or job.id
-        key = (head, job.workflow_hash)
+        key = head
         found = self._parsed.get(key)
         if found is not None:
             return found
         try:
-            raw = self._workflow_bytes(job)
+            raw, workflow_hash = self._workflow_bytes(job)
         except LookupError as e:
             return f"workflow not found: {e}"  # not cached: the node may serve it later
         result: Workflow | str
-        if keccak(raw) != job.workflow_hash:
+        if keccak(raw) != workflow_hash:
             result = "workflow hash mismatch: the submitted bytes do not hash to the on-chain hash"
         else:
             try:
@@ -360,7 +366,8 @@ class ProviderWorker:
         self._parsed[key] = result
         return result
 
-    def _workflow_bytes(self, job: Job) -> bytes:
+    def _workflow_bytes(self, job: Job) -> tuple[bytes, bytes]:
+        """The workflow of the job's array and its hash, both from the submission event."""
         head = job.head_id or job.id
         raw = self._workflows.get(head)
         if raw is None:
@@ -369,7 +376,8 @@ class ProviderWorker:
             )
             if not logs:
                 raise LookupError(f"no JobSubmitted event for job {head}")
-            raw = self._workflows[head] = bytes(logs[0]["args"]["workflow"])
+            args = logs[0]["args"]
+            raw = self._workflows[head] = (bytes(args["workflow"]), bytes(args["workflowHash"]))
         return raw
 
     def _run_jobs(self, pairs: Sequence[tuple[Entry, Job]]) -> list[Action]:
@@ -459,9 +467,22 @@ class ProviderWorker:
     def _chain_now(self) -> int | None:
         """Timestamp of the block being built (the one a report would land in)."""
         try:
-            return self.wallet.chain.timestamp("pending")
+            now = self.wallet.chain.timestamp("pending")
         except CHAIN_DOWN:
             return None
+        self._chain_clock = (now, time.monotonic())
+        return now
+
+    def _end_time(self, job_id: int) -> int:
+        """Chain time the job was first seen ended: now while the chain answers; during an outage, the
+        last chain time read plus the time since (0 if none was read: the report's block time)."""
+        if job_id not in self._ended_at:
+            now = self._chain_now()
+            clock = self._chain_clock
+            if now is None and clock is not None:
+                now = clock[0] + int(time.monotonic() - clock[1])
+            self._ended_at[job_id] = now or 0
+        return self._ended_at[job_id]
 
     def _cached(self, key: str, fn: Any) -> Any:
         """``fn()`` once per tick."""
@@ -503,9 +524,7 @@ class ProviderWorker:
         """
         t0 = time.monotonic()
         try:
-            self.client.report(_rows(actions))
-            self._sent(actions, t0)
-            return actions
+            return self._landed(actions, self.client.report(_rows(actions)), t0)
         except ContractError as e:
             groups = _by_job(actions)
             if len(groups) == 1:
@@ -529,9 +548,7 @@ class ProviderWorker:
             return []
         flat = [a for g in good for a in g]
         try:
-            self.client.report(_rows(flat))
-            self._sent(flat, t0)
-            return flat
+            return self._landed(flat, self.client.report(_rows(flat)), t0)
         except ContractError as e:
             log.info("batched report of %d reverted again (%s); sending one job at a time", len(flat), e)
         except CHAIN_DOWN as e:
@@ -540,15 +557,23 @@ class ProviderWorker:
         sent: list[Action] = []
         for group in good:
             try:
-                self.client.report(_rows(group))
-                self._sent(group, t0)
-                sent += group
+                sent += self._landed(group, self.client.report(_rows(group)), t0)
             except ContractError as e:
                 self._failed(group, e)
             except CHAIN_DOWN as e:
                 self._down(e)
                 break
         return sent
+
+    def _landed(self, actions: list[Action], receipt: TxReceipt, t0: float) -> list[Action]:
+        """The actions of a mined report that the chain applied; the jobs whose entries it skipped (a
+        cancel or ban landed first) count as failures, with the error the chain named."""
+        skipped = skipped_entries(self.client.market, receipt)
+        for job_id, error in skipped.items():
+            self._failed([a for a in actions if a.job_id == job_id], error)
+        done = [a for a in actions if a.job_id not in skipped]
+        self._sent(done, t0)
+        return done
 
     def _down(self, e: BaseException) -> None:
         self.chain_up = False
@@ -575,6 +600,7 @@ class ProviderWorker:
                     self._stop_execution(a.job_id)
                 self.journal.update(a.job_id, phase=Phase.DONE, chain_status=final, reason=a.reason)
                 self._ooc_since.pop(a.job_id, None)
+                self._ended_at.pop(a.job_id, None)
             if self.metrics and a.action is not ReportAction.CLAIM:
                 self.metrics.report_latency.observe(elapsed)
             log.info("job %d: reported %s%s", a.job_id, a.action.name,
@@ -708,8 +734,8 @@ def _topic(address: str) -> str:
     return "0x" + "0" * 24 + address[2:].lower()
 
 
-def _rows(actions: Sequence[Action]) -> list[tuple[int, ReportAction, int]]:
-    return [(a.job_id, a.action, a.exit_code) for a in actions]
+def _rows(actions: Sequence[Action]) -> list[tuple[int, ReportAction, int, int]]:
+    return [(a.job_id, a.action, a.exit_code, a.end_time) for a in actions]
 
 
 def _by_job(actions: Sequence[Action]) -> list[list[Action]]:

@@ -279,7 +279,7 @@ contract JobMarket is GridStorage, ReentrancyGuardTransient {
     /// @param to the receiver
     function sweep(address to) external onlyRole(DEFAULT_ADMIN_ROLE) nonReentrant {
         uint256 surplus = token.balanceOf(address(this)) - _owed;
-        if (surplus == 0) revert NothingToSweep();
+        if (surplus < 1) revert NothingToSweep();
         emit Swept(to, surplus);
         token.safeTransfer(to, surplus);
     }

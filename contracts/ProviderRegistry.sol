@@ -405,15 +405,15 @@ contract ProviderRegistry is GridStorage {
         if (delay == 0) return true;
         bytes32 op = keccak256(abi.encode(msg.sig, args));
         uint256 readyAt = _scheduled[op];
-        if (readyAt == 0) {
-            readyAt = block.timestamp + delay;
-            _scheduled[op] = readyAt;
-            emit AdminActionScheduled(op, msg.sig, args, readyAt);
-            return false;
+        if (readyAt > 0) {
+            if (block.timestamp < readyAt) revert AdminActionNotReady(op, readyAt);
+            delete _scheduled[op];
+            return true;
         }
-        if (block.timestamp < readyAt) revert AdminActionNotReady(op, readyAt);
-        delete _scheduled[op];
-        return true;
+        readyAt = block.timestamp + delay;
+        _scheduled[op] = readyAt;
+        emit AdminActionScheduled(op, msg.sig, args, readyAt);
+        return false;
     }
 
     function _registered(address provider) private view returns (ProviderRecord storage p) {

@@ -181,6 +181,8 @@ class MetaScheduler:
             if a.job_id in skipped:
                 self.failures[a.job_id] = f"assignment to {a.provider} skipped: {skipped[a.job_id]}"
                 log.info("job %d: %s", a.job_id, self.failures[a.job_id])
+                if self.metrics:
+                    self.metrics.errors.labels(kind=type(skipped[a.job_id]).__name__).inc()
             else:
                 self.failures.pop(a.job_id, None)
         return landed

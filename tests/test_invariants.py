@@ -1456,7 +1456,15 @@ class GridMachine(RuleBasedStateMachine):
 
     @rule(who=ACTOR, pick=PICK)
     def release_from_banned(self, who: int | None, pick: int) -> None:
-        jid = self.job(pick, [S.META_SCHEDULED, S.SCHEDULED])
+        """Anyone takes back a banned provider's assigned job; when there is none, the admin bans the provider
+        of an assigned job (so there is one next time)."""
+        assigned = [i for i, j in self.model.jobs.items() if j.status in (S.META_SCHEDULED, S.SCHEDULED)]
+        banned = [i for i in assigned if self.model.provs[self.model.at[self.model.jobs[i].pid]].status is PS.BANNED]
+        if not banned and assigned and self.r(pick) % 2:
+            prov, admin = self.model.at[self.model.jobs[self.choose(pick, assigned)].pid], self.acct(ADMIN)
+            return self.step(admin, self.e.market, calldata("banProvider", ["address"], [prov]),
+                             lambda m, t: m.set_status(admin, prov, PS.BANNED, t))
+        jid = self.choose(pick, banned) if banned and self.r(pick) % 4 else self.job(pick, [S.META_SCHEDULED])
         s = self.actor(who, self.acct(STRANGER))
         self.step(s, self.e.market, calldata("releaseFromBanned", ["uint256"], [jid]),
                   lambda m, t: m.release_from_banned(s, jid, t))

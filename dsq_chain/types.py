@@ -135,6 +135,8 @@ class Resources:
     gpus: int = 0
     mem_mb: int = 0
     disk_gb: int = 0
+    #: Persistent storage in GB a provider declares; never reserved by jobs (arithmetic keeps the left side's).
+    persistent_gb: int = 0
 
     def fits_in(self, other: Resources) -> bool:
         return (self.cpus <= other.cpus and self.gpus <= other.gpus and self.mem_mb <= other.mem_mb
@@ -142,11 +144,11 @@ class Resources:
 
     def __add__(self, other: Resources) -> Resources:
         return Resources(self.cpus + other.cpus, self.gpus + other.gpus, self.mem_mb + other.mem_mb,
-                         self.disk_gb + other.disk_gb)
+                         self.disk_gb + other.disk_gb, self.persistent_gb)
 
     def __sub__(self, other: Resources) -> Resources:
         return Resources(self.cpus - other.cpus, self.gpus - other.gpus, self.mem_mb - other.mem_mb,
-                         self.disk_gb - other.disk_gb)
+                         self.disk_gb - other.disk_gb, self.persistent_gb)
 
 
 @dataclass(frozen=True, slots=True)

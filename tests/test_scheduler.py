@@ -416,11 +416,12 @@ def test_restart_mid_stream_assigns_nothing_twice_and_forgets_nothing(grid: Grid
 
         batches = 0
 
-        def _commit(self, assignments: list[Assignment]) -> None:
-            super()._commit(assignments)
+        def _commit(self, assignments: list[Assignment]) -> list[Assignment]:
+            landed = super()._commit(assignments)
             self.batches += 1
             if self.batches == 2:
                 raise Crash("scheduler process killed")
+            return landed
 
     errors: list[BaseException] = []
 

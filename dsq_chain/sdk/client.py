@@ -433,8 +433,8 @@ def provider_from_view(v: Sequence[Any]) -> Provider:
         id=int(pid),
         status=ProviderStatus(status),
         paused=bool(paused),
-        total=Resources(*map(int, total[:4])),
-        free=Resources(*map(int, free[:4])),
+        total=Resources(*map(int, total)),
+        free=Resources(*map(int, free)),
         prices=Prices(*map(int, prices)),
         persistent_gb=int(total[4]),
     )

@@ -90,10 +90,6 @@ class JobRequest:
         return Resources(self.cpus, self.gpus, self.mem_mb, self.disk_gb)
 
 
-def _hardware(cpus: int, gpus: int, mem_mb: int, disk_gb: int = 0, persistent_gb: int = 0) -> Resources:
-    """A ``Hardware`` struct as :class:`Resources` (persistent storage is declared, never reserved: left out)."""
-    return Resources(cpus, gpus, mem_mb, disk_gb)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Undecodable(ChainEvent):
@@ -283,7 +279,7 @@ EVENT_TYPES: dict[str, type[ChainEvent]] = {
 
 #: What each Solidity struct decodes into (its components become the fields, in snake case).
 STRUCT_TYPES: dict[str, Callable[..., Any]] = {
-    "Hardware": _hardware,
+    "Hardware": Resources,
     "Prices": Prices,
     "JobRequest": JobRequest,
     "LabelConstraint": ChainLabel,

@@ -396,8 +396,8 @@ def test_entries_that_no_longer_fit_are_skipped_and_recorded(grid: Grid) -> None
 # ------------------------------------------------------------------------------------ restarts
 
 
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """A process kill: not an error a service's round survives (the run loop retries Exceptions)."""
 
 
 def test_restart_mid_stream_assigns_nothing_twice_and_forgets_nothing(grid: Grid) -> None:

@@ -257,6 +257,39 @@ class Executor(ABC):
 # --- helpers shared by the implementations -------------------------------------------------
 
 
+def deepsquare_env(work: Path, cache: Path, uid: int) -> dict[str, str]:
+    """The storage variables a DeepSquare job expects, the same way in every executor.
+
+    ``$STORAGE_PATH`` is the job's own folder ``work/deepsquare`` (input,
+    output, env file, per-job tmp below it); the shared temporary folders live
+    under the executor's ``cache`` and outlive the job: ``user-<uid>`` for one
+    user's jobs, ``world`` for everyone's. ``DSQ_PYTHON`` is the worker's
+    interpreter, which runs the container and storage tools.
+    """
+    import sys
+
+    storage = work / "deepsquare"
+    user, world = cache / "tmp" / f"user-{uid}", cache / "tmp" / "world"
+    disk_user, disk_world = cache / "disk" / f"user-{uid}", cache / "disk" / "world"
+    for folder, mode in ((world, 0o1777), (disk_world, 0o1777), (user, 0o700), (disk_user, 0o700)):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(mode)
+        if uid != os.getuid() and mode == 0o700:
+            os.chown(folder, uid, -1)
+    return {
+        "DSQ_PYTHON": sys.executable,
+        "STORAGE_PATH": str(storage),
+        "DEEPSQUARE_INPUT": str(storage / "input"),
+        "DEEPSQUARE_OUTPUT": str(storage / "output"),
+        "DEEPSQUARE_ENV": str(storage / "env"),
+        "DEEPSQUARE_TMP": str(user),
+        "DEEPSQUARE_SHARED_TMP": str(user),
+        "DEEPSQUARE_SHARED_WORLD_TMP": str(world),
+        "DEEPSQUARE_DISK_TMP": str(disk_user),
+        "DEEPSQUARE_DISK_WORLD_TMP": str(disk_world),
+    }
+
+
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A minimal environment for jobs: :data:`INHERITED_ENV` from ours, then ``extra``."""
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}

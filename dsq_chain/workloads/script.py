@@ -92,7 +92,9 @@ _dsq_run() { # _dsq_run TASKS CPUS_PER_TASK MEM_PER_CPU GPUS MPI NO_CPU_BIND -- 
     return
   fi
   if [ "$_mpi" != - ] && [ "$_mpi" != none ] && command -v mpirun >/dev/null 2>&1; then
-    mpirun --allow-run-as-root --oversubscribe -np "$_tasks" "$@"
+    mpirun --allow-run-as-root --oversubscribe -np "$_tasks" bash -c \
+      'export SLURM_PROCID=${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-0}} SLURM_NTASKS=$0; SLURM_LOCALID=$SLURM_PROCID exec "$@"' \
+      "$_tasks" "$@"
     return
   fi
   for ((_i = 0; _i < _tasks; _i++)); do
@@ -384,7 +386,7 @@ class _Renderer:
             if var == "DEEPSQUARE_ENV":
                 env.append(f'--env "DEEPSQUARE_ENV={CONTAINER_ROOT}/${{DEEPSQUARE_ENV#"$STORAGE_PATH"/}}"')
                 continue
-            if var not in seen:
+            if var not in seen and var != "DEEPSQUARE_TMP":  # the same folder as DEEPSQUARE_SHARED_TMP
                 args.append(f'--mount "${var}:{CONTAINER_ROOT}/{sub}"')
             env.append(f"--env {var}={CONTAINER_ROOT}/{sub}")
         for mount in c.mounts:

@@ -21,6 +21,7 @@ from dsq_chain.workloads.document import (
     MAX_RESOURCE,
     Ctx,
     Node,
+    WorkflowError,
     boolean_of,
     child,
     describe,
@@ -95,7 +96,7 @@ REFUSED_CONTAINER = {
     "mountHome": "providers do not expose their users' home directories to jobs; use $DEEPSQUARE_TMP",
     "readOnlyRootFS": "the container runtime here gives each step its own writable copy of the image only",
 }
-_REFUSED_NETWORK = "only network: host (the default); slirp4netns and pasta user-mode networks are not run here"
+_REFUSED_NETWORK = "network: host (the default): refused, slirp4netns and pasta user-mode networks are not run here"
 
 
 # --------------------------------------------------------------------------- the model
@@ -550,7 +551,7 @@ def _depends_on(ctx: Ctx, node: Node, path: str) -> tuple[str, ...]:
 
 def _run(ctx: Ctx, sctx: StepsContext, node: Node, path: str) -> Step:
     found = fields_of(ctx, node, path, RUN_FIELDS, ("command",), REFUSED_RUN)
-    command = _nonblank(ctx, found["command"], f"{path}.command", "a command line (text)")
+    command = ctx.guard(lambda: _nonblank(ctx, found["command"], f"{path}.command", "a command line (text)"))
     shell = DEFAULT_SHELL
     if "shell" in found:
         shell_node = found["shell"]
@@ -581,6 +582,8 @@ def _run(ctx: Ctx, sctx: StepsContext, node: Node, path: str) -> Step:
     if "resources" in found:
         resources = ctx.guard(lambda: _step_resources(ctx, sctx.limits, found["resources"], f"{path}.resources"))
     container = ctx.guard(lambda: _container(ctx, found["container"], f"{path}.container")) if "container" in found else None
+    if command is None:
+        raise WorkflowError.of(ctx.errors[-1:] if ctx.errors else [WorkflowError("a command", field=path)])
     return Step(
         None, command, shell, env or {}, (), workdir, ids.get("mapUid"), ids.get("mapGid"), mpi, resources, container,
         no_binding,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -621,5 +621,15 @@ def cost_preview(wf: Workflow, credits_units: int, prices: Prices) -> CostPrevie
     return CostPreview(rate, max_runtime_seconds(credits_units, rate), credits_units, resources)
 
 
-# Rendering needs the model above; imported last so that ``workflow.render_script`` keeps working.
-from dsq_chain.workloads.script import execution_order, render_script  # noqa: E402
+def render_script(wf: Workflow, job_id: int) -> str:
+    """The bash script that runs ``wf`` as job ``job_id``: see :func:`dsq_chain.workloads.script.render_script`."""
+    from dsq_chain.workloads import script  # the renderer imports this module
+
+    return script.render_script(wf, job_id)
+
+
+def execution_order(steps: Sequence[Step]) -> list[Step]:
+    """Steps in run order: see :func:`dsq_chain.workloads.script.execution_order`."""
+    from dsq_chain.workloads import script
+
+    return script.execution_order(steps)

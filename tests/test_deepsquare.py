@@ -178,6 +178,7 @@ steps:
         ({"command": "true", "container": {"image": "x", "deepsquareHosted": True}}, "deepsquareHosted",
          "DeepSquare-hosted"),
         ({"command": "true", "container": {"image": "x", "mountHome": True}}, "mountHome", "home directories"),
+        ({"command": "true", "container": {"image": "x", "x11": True}}, "x11", "X11"),
         ({"command": "true", "shell": "ENTRYPOINT"}, "shell", "ENTRYPOINT"),
         ({"command": "true", "container": {"image": "x", "mounts": [{"hostDir": "/etc", "containerDir": "/e"}]}},
          "hostDir", "no other host directory"),
@@ -237,12 +238,13 @@ CONTROL_FLOW = {
     "steps": [
         {"name": "background writer", "launch": {"handleName": "writer", "steps": [
             {"run": {"command": 'until [ -e "$STORAGE_PATH/go" ]; do sleep 0.05; done; echo written > "$STORAGE_PATH/bg"'}}]}},
-        {"name": "parallel loop", "for": {"parallel": True, "range": {"begin": 1, "end": 3}, "steps": [
-            {"run": {"command": 'touch "$STORAGE_PATH/it.$index"; n=0; while [ "$(ls "$STORAGE_PATH" | grep -c "^it\\.")" -lt 3 ]; '
-                                'do n=$((n+1)); [ $n -lt 400 ] || exit 9; sleep 0.05; done'}}]}},
+        {"name": "release", "run": {"command": 'touch "$STORAGE_PATH/go"'}},
+        # Each iteration waits until both have started: it finishes only if they run at the same time.
+        {"name": "parallel loop", "for": {"parallel": True, "range": {"begin": 1, "end": 2}, "steps": [
+            {"run": {"command": 'touch "$STORAGE_PATH/it.$index"; n=0; while [ "$(ls "$STORAGE_PATH" | grep -c "^it\\.")" -lt 2 ]; '
+                                'do n=$((n+1)); [ $n -lt 600 ] || exit 9; sleep 0.05; done'}}]}},
         {"name": "items", "for": {"parallel": False, "items": ["a", "b"], "steps": [
             {"run": {"command": 'echo "item $item" >> "$DEEPSQUARE_OUTPUT/log"'}}]}},
-        {"name": "release", "run": {"command": 'touch "$STORAGE_PATH/go"'}},
         {"name": "wait for writer", "dependsOn": ["writer"], "run": {"command": 'test "$(cat "$STORAGE_PATH/bg")" = written'}},
         {"name": "export", "run": {"command": 'echo "FROM_STEP=one two" >> "$DEEPSQUARE_ENV"'}},
         {"name": "read", "run": {"command": 'echo "got $FROM_STEP $WHERE" >> "$DEEPSQUARE_OUTPUT/log"'}},
@@ -337,10 +339,10 @@ def test_container_and_storage_steps_call_the_provider_tools() -> None:
     assert 'sync "$DEEPSQUARE_OUTPUT" s3://results/job --interval 5 </dev/null ) &' in script
     assert 'push "$DEEPSQUARE_OUTPUT" s3://results/job </dev/null' in script
     assert "export DSQ_REGISTRY_PASSWORD='p w'" in script
-    assert '_dsq_cargs=(--image library/busybox:1 --registry 127.0.0.1:5000 --mount "$STORAGE_PATH:/deepsquare" ' in script
-    assert '--mount "$DEEPSQUARE_TMP/m":/m:ro --workdir /work --map-uid 0)' in script
+    assert ('_dsq_cargs=(--image library/busybox:1 --registry 127.0.0.1:5000 --mount "$DEEPSQUARE_TMP/m":/m:ro '
+            "--workdir /work --map-uid 0)") in script
     assert ('_dsq_run 2 1 64 0 pmix_v4 0 -- "$DSQ_PYTHON" -m dsq_chain.executors.containers run '
-            '"${_dsq_cargs[@]}" "${_dsq_cenv[@]}" -- /bin/sh -c \'echo hi\' </dev/null') in script
+            '"${_dsq_cargs[@]}" -- /bin/sh -c \'echo hi\' </dev/null') in script
     assert "secret-key-value" not in script.split("# steps")[1].split("# output")[0]  # the S3 secret stays out of the steps
 
 

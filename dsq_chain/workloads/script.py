@@ -27,7 +27,7 @@ from dsq_chain.workloads.document import WorkflowError
 from dsq_chain.workloads.steps import Container, Step, kind_of
 from dsq_chain.workloads.workflow import Module, Transport, Workflow, from_canonical
 
-__all__ = ["CONTAINER_ROOT", "STORAGE_VARIABLES", "execution_order", "render_script"]
+__all__ = ["STORAGE_VARIABLES", "execution_order", "render_script"]
 
 #: The DeepSquare variables a job sees, each with where it points below ``$STORAGE_PATH`` by default.
 STORAGE_VARIABLES = {
@@ -40,8 +40,6 @@ STORAGE_VARIABLES = {
     "DEEPSQUARE_DISK_TMP": "disk/tmp",
     "DEEPSQUARE_DISK_WORLD_TMP": "disk/world-tmp",
 }
-#: Where the job's storage appears inside a container (as in DeepSquare).
-CONTAINER_ROOT = "/deepsquare"
 #: Seconds between two uploads of the output folder with ``continuousOutputSync``.
 SYNC_INTERVAL_S = 5
 
@@ -102,17 +100,6 @@ _dsq_run() { # _dsq_run TASKS CPUS_PER_TASK MEM_PER_CPU GPUS MPI NO_CPU_BIND -- 
     _pids+=($!)
   done
   _dsq_wait_all "${_pids[@]}"
-}
-_dsq_container_env() { # --env NAME=value for every exported variable a container should see
-  local _n
-  _dsq_cenv=()
-  for _n in $(compgen -e); do
-    case "$_n" in
-      PATH | HOME | PWD | OLDPWD | SHLVL | _ | LD_LIBRARY_PATH | DSQ_REGISTRY_* | DSQ_PYTHON | BASH_FUNC_*) ;;
-      STORAGE_PATH | DEEPSQUARE_*) ;;
-      *) _dsq_cenv+=(--env "$_n=${!_n}") ;;
-    esac
-  done
 }
 """.strip("\n")
 
@@ -226,12 +213,13 @@ class _Renderer:
             )
             env = {k: v for k, v in pairs if v}
         tool = '"$DSQ_PYTHON" -m dsq_chain.executors.storage'
+        delete = " --delete" if where.delete_sync else ""
         if verb == "fetch":
             call = f"{tool} fetch {_q(where.url)} {folder}"
         elif verb == "push":
-            call = f"{tool} push {folder} {_q(where.url)}"
+            call = f"{tool} push {folder} {_q(where.url)}{delete}"
         else:
-            call = f"{tool} sync {folder} {_q(where.url)} --interval {SYNC_INTERVAL_S}"
+            call = f"{tool} sync {folder} {_q(where.url)} --interval {SYNC_INTERVAL_S}{delete}"
         exports = " ".join(f"{k}={_q(v)}" for k, v in sorted(env.items()))
         body = f"( {'export ' + exports + '; ' if exports else ''}exec {call} </dev/null )"
         return [body + (" &" if background else "")]
@@ -356,7 +344,7 @@ class _Renderer:
         if step.container is not None:
             lines += self.container(step, step.container, inner)
             call = (f'{inner}_dsq_run {flags} "$DSQ_PYTHON" -m dsq_chain.executors.containers run '
-                    f'"${{_dsq_cargs[@]}}" "${{_dsq_cenv[@]}}" -- {" ".join(_q(c) for c in command)} </dev/null')
+                    f'"${{_dsq_cargs[@]}}" -- {" ".join(_q(c) for c in command)} </dev/null')
             return [*lines, call, f"{ind}) || exit $?"]
         if step.workdir is not None:
             wd = _q(step.workdir)
@@ -370,7 +358,7 @@ class _Renderer:
         return [*lines, f"{inner}_dsq_run {flags} {' '.join(_q(c) for c in command)} </dev/null", f"{ind}) || exit $?"]
 
     def container(self, step: Step, c: Container, ind: str) -> list[str]:
-        """Set ``_dsq_cargs`` (image, mounts, workdir, ids) and ``_dsq_cenv`` (the environment) for a container."""
+        """Set ``_dsq_cargs``: image, registry, mounts, workdir, ids (the tool binds the job's storage itself)."""
         lines = []
         if c.username is not None:
             lines.append(f"{ind}export DSQ_REGISTRY_USERNAME={_q(c.username)}")
@@ -379,16 +367,6 @@ class _Renderer:
         args = [f"--image {_q(c.image)}"]
         if c.registry is not None:
             args.append(f"--registry {_q(c.registry)}")
-        args.append(f'--mount "$STORAGE_PATH:{CONTAINER_ROOT}"')
-        seen = {"STORAGE_PATH", "DEEPSQUARE_INPUT", "DEEPSQUARE_OUTPUT", "DEEPSQUARE_ENV"}
-        env = [f"--env STORAGE_PATH={CONTAINER_ROOT}"]
-        for var, sub in STORAGE_VARIABLES.items():
-            if var == "DEEPSQUARE_ENV":
-                env.append(f'--env "DEEPSQUARE_ENV={CONTAINER_ROOT}/${{DEEPSQUARE_ENV#"$STORAGE_PATH"/}}"')
-                continue
-            if var not in seen and var != "DEEPSQUARE_TMP":  # the same folder as DEEPSQUARE_SHARED_TMP
-                args.append(f'--mount "${var}:{CONTAINER_ROOT}/{sub}"')
-            env.append(f"--env {var}={CONTAINER_ROOT}/{sub}")
         for mount in c.mounts:
             target = _q(f"{mount.container_dir}{':ro' if mount.read_only else ''}")
             args.append(f'--mount "{mount.host_dir}":{target}')
@@ -398,5 +376,6 @@ class _Renderer:
             args.append(f"--map-uid {step.map_uid}")
         if step.map_gid is not None:
             args.append(f"--map-gid {step.map_gid}")
-        lines += [f"{ind}_dsq_container_env", f"{ind}_dsq_cenv+=({' '.join(env)})", f"{ind}_dsq_cargs=({' '.join(args)})"]
-        return lines
+        if c.read_only:
+            args.append("--read-only")
+        return [*lines, f"{ind}_dsq_cargs=({' '.join(args)})"]

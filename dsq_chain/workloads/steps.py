@@ -94,7 +94,6 @@ REFUSED_CONTAINER = {
     "deepsquareHosted": "DeepSquare-hosted images live on DeepSquare's own software store; name an OCI image",
     "x11": "X11 needs a display server on the provider's host; providers run jobs without one",
     "mountHome": "providers do not expose their users' home directories to jobs; use $DEEPSQUARE_TMP",
-    "readOnlyRootFS": "the container runtime here gives each step its own writable copy of the image only",
 }
 _REFUSED_NETWORK = "network: host (the default): refused, slirp4netns and pasta user-mode networks are not run here"
 
@@ -141,6 +140,7 @@ class Container:
     password: str | None = None
     mounts: tuple[Mount, ...] = ()
     apptainer: bool = False
+    read_only: bool = False
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"image": self.image}
@@ -151,6 +151,8 @@ class Container:
             data["mounts"] = [m.to_data() for m in self.mounts]
         if self.apptainer:
             data["apptainer"] = True
+        if self.read_only:
+            data["readOnlyRootFS"] = True
         return data
 
 
@@ -642,15 +644,19 @@ def _container(ctx: Ctx, node: Node, path: str) -> Container:
     mounts: tuple[Mount, ...] = ()
     if "mounts" in found:
         mounts = ctx.guard(lambda: _mounts(ctx, found["mounts"], f"{path}.mounts")) or ()
-    apptainer = False
-    if "apptainer" in found:
-        apptainer = bool(ctx.guard(lambda: boolean_of(ctx, found["apptainer"], f"{path}.apptainer")))
+    flags = {}
+    for key in ("apptainer", "readOnlyRootFS"):
+        if key in found:
+            flags[key] = bool(ctx.guard(lambda k=key: boolean_of(ctx, found[k], f"{path}.{k}")))  # type: ignore[misc]
     for key, reason in REFUSED_CONTAINER.items():
         if key in found:
             value = ctx.guard(lambda k=key: boolean_of(ctx, found[k], f"{path}.{k}"))  # type: ignore[misc]
             if value:
                 ctx.note(found[key].line, f"{path}.{key}", f"false: refused, {reason}", got="true")
-    return Container(image, registry, creds.get("username"), creds.get("password"), mounts, apptainer)
+    return Container(
+        image, registry, creds.get("username"), creds.get("password"), mounts, flags.get("apptainer", False),
+        flags.get("readOnlyRootFS", False),
+    )
 
 
 def _mounts(ctx: Ctx, node: Node, path: str) -> tuple[Mount, ...]:

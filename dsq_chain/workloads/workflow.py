@@ -129,6 +129,8 @@ class Transport:
     endpoint: str | None = None
     access_key_id: str | None = None
     secret_access_key: str | None = None
+    delete_sync: bool = False
+    """S3 output: remove objects that have no file in the output folder any more."""
 
     @property
     def is_s3(self) -> bool:
@@ -146,6 +148,7 @@ class Transport:
                 "accessKeyId": self.access_key_id,
                 "secretAccessKey": self.secret_access_key,
                 "endpointUrl": self.endpoint,
+                **({"deleteSync": True} if self.delete_sync else {}),
             }
         }
 
@@ -171,13 +174,11 @@ def _transport(ctx: Ctx, node: Node, path: str) -> Transport:
         ctx.note(s3["path"].line, f"{spath}.path", "an absolute path in the bucket (starting with /)", got=quote(s3_path))
     if endpoint is not None and not _HTTP_URL_RE.fullmatch(endpoint):
         ctx.note(s3["endpointUrl"].line, f"{spath}.endpointUrl", "an http(s) URL", got=quote(endpoint))
-    if "deleteSync" in s3 and ctx.guard(lambda: boolean_of(ctx, s3["deleteSync"], f"{spath}.deleteSync")):
-        ctx.note(s3["deleteSync"].line, f"{spath}.deleteSync",
-                 "false: refused, the storage tool here uploads and replaces files but never deletes them", got="true")
+    delete_sync = "deleteSync" in s3 and bool(ctx.guard(lambda: boolean_of(ctx, s3["deleteSync"], f"{spath}.deleteSync")))
     if any(v is None for v in values.values()):
         ctx.fail(node.line, spath, "a valid S3 location")
     return Transport(
-        f"{bucket}{s3_path}", values["region"], endpoint, values["accessKeyId"], values["secretAccessKey"]
+        f"{bucket}{s3_path}", values["region"], endpoint, values["accessKeyId"], values["secretAccessKey"], delete_sync
     )
 
 

@@ -155,8 +155,11 @@ class SlurmCluster:
         assert slurmctld and slurmd
         node, node_line, cpus, mem = node_config(slurmd)
         d = Path(tempfile.mkdtemp(prefix="dsq-slurm-", dir="/tmp"))  # short: slurmstepd sockets live in spool/
-        for sub in ("state", "spool", "log"):
+        for sub in ("state", "spool", "log", "tmp"):
             (d / sub).mkdir()
+        # PMIx keeps per-step folders named after job and step ids (/tmp/spmix_appdir_<uid>_<job>.<step>);
+        # every test cluster counts jobs from 1, so clusters sharing /tmp would collide: give each its own.
+        (d / "mpi.conf").write_text(f"PMIxCliTmpDirBase={d}/tmp\n")
         cluster = cls(d, d / "slurm.conf", node, cpus, mem, free_port(), free_port())
         user = _username()
         cluster.conf.write_text(
@@ -171,6 +174,7 @@ AuthType=auth/none
 CredType=cred/none
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
+TmpFS={d}/tmp
 SlurmctldPidFile={d}/slurmctld.pid
 SlurmdPidFile={d}/slurmd.pid
 SlurmctldLogFile={d}/log/slurmctld.log

@@ -194,9 +194,7 @@ def _insecure(host: str) -> bool:
 
 def require_tool(name: str) -> str:
     """Absolute path of ``name`` (``skopeo``, ``umoci``, ``bwrap``) or a ``tool-missing`` error."""
-    found = shutil.which(name) or next(
-        (str(p) for p in (Path("/usr/bin") / name, Path("/usr/sbin") / name) if os.access(p, os.X_OK)), None
-    )
+    found = shutil.which(name)
     if not found:
         pkg = TOOLS.get(name, name)
         raise ContainerError(

@@ -14,7 +14,8 @@ Run from a job's script with the worker's Python::
   a bare ``.gz`` / ``.bz2`` / ``.xz`` is decompressed in place), recognised by content.
   Members that would land outside ``DIR`` are refused.
 * ``push DIR s3://bucket/prefix``: ``s5cmd sync`` semantics: a file is uploaded when the object
-  is missing, of another size, or older than the file; ``--delete`` removes objects with no file.
+  is missing, of another size, or older than the file (same second: unless the MD5 matches);
+  ``--delete`` removes objects with no file.
 * ``push DIR http(s)://URL``: one PUT (``curl --upload-file``): the only file of ``DIR`` as is,
   else ``DIR`` zipped as ``output.zip``; a URL ending in ``/`` gets the file name appended. The
   server's answer (a download link for transfer.sh-like services) is printed.
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import bz2
 import gzip
+import hashlib
 import lzma
 import os
 import shutil
@@ -169,6 +171,23 @@ def _files(src: Path) -> list[Path]:
     return sorted(p for p in src.rglob("*") if p.is_file())
 
 
+def _unchanged(path: Path, st: os.stat_result, obj: dict[str, Any]) -> bool:
+    """True when the object already holds the file: same size, and stored a whole second after the
+    file last changed (S3 dates have second resolution) or, within that second, the same MD5."""
+    if obj["Size"] != st.st_size:
+        return False
+    if obj["LastModified"].timestamp() >= int(st.st_mtime) + 1:
+        return True
+    etag = str(obj.get("ETag", "")).strip('"')
+    if not etag or "-" in etag:  # multipart uploads have no plain MD5 ETag
+        return False
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == etag
+
+
 def push_s3(src: Path, url: str, *, delete: bool = False, client: Any = None) -> list[str]:
     """Upload the files of ``src`` that changed (``s5cmd sync``); return the keys uploaded."""
     s3 = parse_s3_url(url)
@@ -181,7 +200,7 @@ def push_s3(src: Path, url: str, *, delete: bool = False, client: Any = None) ->
         for key, path in local.items():
             st = path.stat()
             obj = remote.get(key)
-            if obj is not None and obj["Size"] == st.st_size and obj["LastModified"].timestamp() >= st.st_mtime:
+            if obj is not None and _unchanged(path, st, obj):
                 continue
             client.upload_file(str(path), s3.bucket, key)
             uploaded.append(key)

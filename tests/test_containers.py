@@ -274,6 +274,48 @@ def test_map_uid_gid(oci_registry: Registry, image_cache: Path) -> None:
     assert (proc.returncode, proc.stdout) == (0, "1000 100\n"), proc.stderr
 
 
+def test_read_only_root(oci_registry: Registry, image_cache: Path) -> None:
+    proc = cli(
+        "run", "--read-only", "--image", oci_registry.images["busybox"], "--workdir", "/tmp/w", "--",
+        "/bin/sh", "-c", "echo t > /tmp/w/t && cat /tmp/w/t; touch /etc/new || exit 9",
+    )  # fmt: skip
+    assert proc.returncode == 9, proc.stderr
+    assert proc.stdout == "t\n"
+    assert "Read-only file system" in proc.stderr
+    missing = cli("run", "--read-only", "--image", oci_registry.images["busybox"], "--workdir", "/nope", "--", "true")
+    assert missing.returncode == EXIT_CONTAINER_ERROR
+    assert missing.stderr.startswith("dsq-container: bad-mount: work directory '/nope'"), missing.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a command as the user nobody")
+def test_runs_as_an_unprivileged_user(oci_registry: Registry) -> None:
+    """Not root (a local executor's --job-user): the overlay root is mounted in a user namespace."""
+    import pwd
+    import shutil
+
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("no /usr/bin/python3 for the user nobody (the project's venv is not readable by it)")
+    pwd.getpwnam("nobody")
+    shared = Path(tempfile.mkdtemp(prefix="dsq-nobody-"))
+    try:
+        shared.chmod(0o777)
+        package = Path(__file__).resolve().parents[1] / "dsq_chain"
+        shutil.copytree(package, shared / "src" / "dsq_chain", ignore=shutil.ignore_patterns("__pycache__"))
+        for p in [shared, *shared.rglob("*")]:
+            p.chmod(0o777 if p.is_dir() else 0o644)
+        env = {"PATH": os.environ["PATH"], "HOME": str(shared), "PYTHONPATH": str(shared / "src"),
+               "DSQ_IMAGE_CACHE": str(shared / "cache")}  # fmt: skip
+        proc = subprocess.run(
+            ["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-m", "dsq_chain.executors.containers", "run",
+             "--image", oci_registry.images["busybox"], "--", "/bin/sh", "-c", "id -u; echo x > /etc/x && cat /etc/x"],
+            capture_output=True, text=True, timeout=120, env=env, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines() == [str(pwd.getpwnam("nobody").pw_uid), "x"]
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
 def test_missing_bubblewrap_is_named(oci_registry: Registry, image_cache: Path, tmp_path: Path) -> None:
     env = dict(os.environ, PATH=str(tmp_path))  # no bwrap, skopeo, umoci on this PATH
     proc = cli("run", "--image", oci_registry.images["busybox"], "--", "/bin/true", env=env)

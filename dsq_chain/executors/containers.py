@@ -12,10 +12,11 @@ A DeepSquare ``run.container`` step becomes one call of this module, from the jo
   into ``<cache>/images/<hex>/`` (``rootfs/`` and the runtime ``config.json``); the folder
   appears by an atomic rename, so a half-pulled image is never used. Each real pull appends a
   line to ``<cache>/pulls.log``.
-* **Run** (:func:`run`): ``bwrap`` (bubblewrap) runs the command with that ``rootfs`` as ``/``.
-  As root, the root file system is an overlay whose upper layer is a tmpfs private to the run
-  (like Apptainer's ``--writable-tmpfs``): the command may write anywhere, the cache never
-  changes. Elsewhere (or with ``read_only``) the root is read-only with a tmpfs ``/tmp``.
+* **Run** (:func:`run`): ``bwrap`` (bubblewrap) runs the command with the image as ``/``: an
+  overlay of ``rootfs`` under a tmpfs private to the run (like Apptainer's ``--writable-tmpfs``),
+  mounted in a mount namespace of its own (plus a user namespace when not root): the command may
+  write anywhere, the cache never changes. ``read_only`` (DeepSquare's ``readOnlyRootFS``)
+  remounts ``/`` read-only; ``/tmp`` is always a fresh tmpfs.
   Like Apptainer, the container shares the host's network, PIDs, IPC and ``/dev/shm`` (MPI ranks
   of one ``srun`` reach each other) and sees ``/sys``, a fresh ``/proc``, a minimal ``/dev``.
 * **DeepSquare folders**: when ``STORAGE_PATH`` is set (the job's script exports it), it is
@@ -450,6 +451,10 @@ def deepsquare_mounts(host_env: Mapping[str, str]) -> list[Mount]:
     return mounts
 
 
+def _under(path: str, targets: Sequence[str]) -> bool:
+    return any(path == t or path.startswith(t.rstrip("/") + "/") for t in targets)
+
+
 def _in_image(rootfs: Path, path: str) -> bool:
     return os.path.lexists(rootfs / path.lstrip("/"))
 
@@ -457,10 +462,9 @@ def _in_image(rootfs: Path, path: str) -> bool:
 def find_command(rootfs: Path, command: str, path_var: str, mounts: Sequence[Mount]) -> bool:
     """True when ``command`` exists in the image (or under a mount, which is not checked)."""
     if "/" in command:
-        absolute = command if command.startswith("/") else None
-        if absolute is None or any(absolute.startswith(m.target.rstrip("/") + "/") for m in mounts):
+        if not command.startswith("/") or _under(command, [m.target for m in mounts]):
             return True
-        return _in_image(rootfs, absolute)
+        return _in_image(rootfs, command)
     return any(_in_image(rootfs, f"{d}/{command}") for d in path_var.split(":") if d.startswith("/"))
 
 
@@ -470,31 +474,36 @@ def bwrap_argv(
     *,
     mounts: Sequence[Mount] = (),
     workdir: str = "/",
-    writable_root: bool = True,
+    read_only: bool = False,
     map_uid: int | None = None,
     map_gid: int | None = None,
     bwrap: str = "bwrap",
 ) -> list[str]:
-    """The ``bwrap`` command line running ``command`` with ``root`` as ``/``."""
+    """The ``bwrap`` command line running ``command`` with ``root`` (the overlay) as ``/``.
+
+    Mount points missing from the image (``/proc``, mount targets) are created in ``root``, so
+    ``root`` must be a throw-away layer; ``read_only`` remounts ``/`` read-only once it is set up.
+    """
     argv = [bwrap, "--die-with-parent"]
     if map_uid is not None or map_gid is not None:
         argv += ["--unshare-user"]
         argv += ["--uid", str(map_uid if map_uid is not None else os.geteuid())]
         argv += ["--gid", str(map_gid if map_gid is not None else os.getegid())]
-    argv += ["--bind" if writable_root else "--ro-bind", str(root), "/"]
+    argv += ["--bind", str(root), "/"]
     argv += ["--proc", "/proc", "--dev", "/dev", "--ro-bind", "/sys", "/sys", "--tmpfs", "/tmp"]
     if os.path.isdir("/dev/shm"):
         argv += ["--bind", "/dev/shm", "/dev/shm"]
     for dev in sorted(Path("/dev").glob("nvidia*")):
         argv += ["--dev-bind", str(dev), str(dev)]
-    if writable_root:
-        for f in ("/etc/resolv.conf", "/etc/hosts"):
-            if os.path.isfile(f):
-                argv += ["--ro-bind", f, f]
+    for f in ("/etc/resolv.conf", "/etc/hosts"):
+        if os.path.isfile(f):
+            argv += ["--ro-bind", f, f]
     for m in mounts:
         argv += ["--ro-bind" if m.read_only else "--bind", m.source, m.target]
-    if workdir != "/" and writable_root:
+    if workdir != "/" and (not read_only or _under(workdir, [m.target for m in mounts if not m.read_only] + ["/tmp"])):
         argv += ["--dir", workdir]
+    if read_only:
+        argv += ["--remount-ro", "/"]
     argv += ["--chdir", workdir, "--", *command]
     return argv
 
@@ -508,14 +517,21 @@ def _mount_overlay(rootfs: Path, scratch: Path) -> None:
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc = _libc
-    clone_newns, ms_rec, ms_private = 0x00020000, 0x4000, 0x40000
+    clone_newns, clone_newuser, ms_rec, ms_private = 0x00020000, 0x10000000, 0x4000, 0x40000
 
     def check(rc: int, what: str) -> None:
         if rc != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"{what}: {os.strerror(err)}")
 
-    check(libc.unshare(clone_newns), "unshare(CLONE_NEWNS)")
+    if os.geteuid() == 0:
+        check(libc.unshare(clone_newns), "unshare(CLONE_NEWNS)")
+    else:  # a user namespace mapping only ourselves gives the right to mount tmpfs and overlay (Linux >= 5.11)
+        uid, gid = os.geteuid(), os.getegid()
+        check(libc.unshare(clone_newns | clone_newuser), "unshare(CLONE_NEWUSER | CLONE_NEWNS)")
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
     check(libc.mount(b"none", b"/", None, ms_rec | ms_private, None), "make / private")
     check(libc.mount(b"tmpfs", str(scratch).encode(), b"tmpfs", 0, b"mode=0755"), "mount tmpfs")
     for d in ("upper", "work", "merged"):
@@ -566,26 +582,29 @@ def run(
         print(f"dsq-container: command-not-found: {argv[0]!r} is not in the image {image}", file=sys.stderr)
         return EXIT_COMMAND_NOT_FOUND
     wd = workdir or str(process.get("cwd") or "/")
-    overlay = os.geteuid() == 0 and not read_only
     scratch_parent = image_cache_dir(cache) / "mnt"
     scratch_parent.mkdir(parents=True, exist_ok=True)
-    root = scratch_parent / "merged" if overlay else rootfs
     args = bwrap_argv(
-        root, argv, mounts=all_mounts, workdir=wd, writable_root=overlay, map_uid=map_uid, map_gid=map_gid, bwrap=bwrap
+        scratch_parent / "merged",
+        argv,
+        mounts=all_mounts,
+        workdir=wd,
+        read_only=read_only,
+        map_uid=map_uid,
+        map_gid=map_gid,
+        bwrap=bwrap,
     )
-    if (
-        not overlay
-        and workdir
-        and not _in_image(rootfs, workdir)
-        and not any(workdir == m.target or workdir.startswith(m.target.rstrip("/") + "/") for m in all_mounts)
-    ):
-        raise ContainerError("bad-mount", f"work directory {workdir!r} is not in the read-only image")
+    if read_only and not _in_image(rootfs, wd) and not _under(wd, [m.target for m in all_mounts] + ["/tmp"]):
+        raise ContainerError("bad-mount", f"work directory {wd!r} is not in the read-only image nor under a mount")
     # merged/ is only a mount point inside the child's namespace: prepare it there.
-    preexec = (lambda: _mount_overlay(rootfs, scratch_parent)) if overlay else None
     try:
-        proc = subprocess.Popen(args, env=inside, preexec_fn=preexec)
+        proc = subprocess.Popen(args, env=inside, preexec_fn=lambda: _mount_overlay(rootfs, scratch_parent))
     except subprocess.SubprocessError as exc:
-        raise ContainerError("run-failed", f"could not prepare the container's root file system: {exc}") from None
+        raise ContainerError(
+            "run-failed",
+            f"could not mount the container's overlay root ({exc}; without root this needs Linux >= 5.11 "
+            "with unprivileged user namespaces)",
+        ) from None
     except OSError as exc:
         raise ContainerError("run-failed", f"could not start bwrap: {exc}") from None
     forward = {s: signal.signal(s, lambda sig, _f: proc.send_signal(sig)) for s in (signal.SIGTERM, signal.SIGINT)}

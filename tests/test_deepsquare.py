@@ -177,7 +177,6 @@ steps:
          "WireGuard, bore"),
         ({"command": "true", "container": {"image": "x", "deepsquareHosted": True}}, "deepsquareHosted",
          "DeepSquare-hosted"),
-        ({"command": "true", "container": {"image": "x", "mountHome": True}}, "mountHome", "home directories"),
         ({"command": "true", "container": {"image": "x", "x11": True}}, "x11", "X11"),
         ({"command": "true", "shell": "ENTRYPOINT"}, "shell", "ENTRYPOINT"),
         ({"command": "true", "container": {"image": "x", "mounts": [{"hostDir": "/etc", "containerDir": "/e"}]}},

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -264,9 +265,10 @@ def deepsquare_env(work: Path, cache: Path, uid: int) -> dict[str, str]:
     output, env file, per-job tmp below it); the shared temporary folders live
     under the executor's ``cache`` and outlive the job: ``user-<uid>`` for one
     user's jobs, ``world`` for everyone's. ``DSQ_PYTHON`` is the worker's
-    interpreter, which runs the container and storage tools.
+    interpreter, which runs the container and storage tools; ``DSQ_IMAGE_CACHE``
+    (under ``cache``) is where those tools keep pulled images, once per digest,
+    for every job of this executor.
     """
-    import sys
 
     storage = work / "deepsquare"
     user, world = cache / "tmp" / f"user-{uid}", cache / "tmp" / "world"
@@ -278,6 +280,7 @@ def deepsquare_env(work: Path, cache: Path, uid: int) -> dict[str, str]:
             os.chown(folder, uid, -1)
     return {
         "DSQ_PYTHON": sys.executable,
+        "DSQ_IMAGE_CACHE": str(cache / "images"),
         "STORAGE_PATH": str(storage),
         "DEEPSQUARE_INPUT": str(storage / "input"),
         "DEEPSQUARE_OUTPUT": str(storage / "output"),

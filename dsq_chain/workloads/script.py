@@ -160,7 +160,9 @@ def render_script(wf: Workflow, job_id: int) -> str:
         lines.append("_dsq_rc=$?; [ $_dsq_rc -eq 0 ] || { echo \"dsq: input fetch failed ($_dsq_rc)\" >&2; exit $_dsq_rc; }")
     if wf.input_mode is not None:
         lines.append(f'chmod -R {wf.input_mode:o} "$DEEPSQUARE_INPUT"')
-    syncing = wf.output is not None and wf.continuous_output_sync
+    syncing = wf.output is not None and wf.continuous_output_sync and wf.output.is_s3
+    if wf.continuous_output_sync and not syncing:
+        lines.append('echo "dsq: continuousOutputSync needs S3 output; the http output is uploaded once, at the end" >&2')
     if syncing and wf.output is not None:
         lines += ["# continuousOutputSync: the output folder is uploaded every few seconds while the steps run"]
         lines += [*r.storage("sync", wf.output, '"$DEEPSQUARE_OUTPUT"', background=True), "_dsq_sync=$!"]
@@ -378,4 +380,6 @@ class _Renderer:
             args.append(f"--map-gid {step.map_gid}")
         if c.read_only:
             args.append("--read-only")
+        if c.mount_home:
+            args.append('--mount "$HOME:$HOME"')
         return [*lines, f"{ind}_dsq_cargs=({' '.join(args)})"]

@@ -93,7 +93,6 @@ REFUSED_RUN = {
 REFUSED_CONTAINER = {
     "deepsquareHosted": "DeepSquare-hosted images live on DeepSquare's own software store; name an OCI image",
     "x11": "X11 needs a display server on the provider's host; providers run jobs without one",
-    "mountHome": "providers do not expose their users' home directories to jobs; use $DEEPSQUARE_TMP",
 }
 _REFUSED_NETWORK = "network: host (the default): refused, slirp4netns and pasta user-mode networks are not run here"
 
@@ -141,6 +140,7 @@ class Container:
     mounts: tuple[Mount, ...] = ()
     apptainer: bool = False
     read_only: bool = False
+    mount_home: bool = False
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"image": self.image}
@@ -153,6 +153,8 @@ class Container:
             data["apptainer"] = True
         if self.read_only:
             data["readOnlyRootFS"] = True
+        if self.mount_home:
+            data["mountHome"] = True
         return data
 
 
@@ -645,7 +647,7 @@ def _container(ctx: Ctx, node: Node, path: str) -> Container:
     if "mounts" in found:
         mounts = ctx.guard(lambda: _mounts(ctx, found["mounts"], f"{path}.mounts")) or ()
     flags = {}
-    for key in ("apptainer", "readOnlyRootFS"):
+    for key in ("apptainer", "readOnlyRootFS", "mountHome"):
         if key in found:
             flags[key] = bool(ctx.guard(lambda k=key: boolean_of(ctx, found[k], f"{path}.{k}")))  # type: ignore[misc]
     for key, reason in REFUSED_CONTAINER.items():
@@ -655,7 +657,7 @@ def _container(ctx: Ctx, node: Node, path: str) -> Container:
                 ctx.note(found[key].line, f"{path}.{key}", f"false: refused, {reason}", got="true")
     return Container(
         image, registry, creds.get("username"), creds.get("password"), mounts, flags.get("apptainer", False),
-        flags.get("readOnlyRootFS", False),
+        flags.get("readOnlyRootFS", False), flags.get("mountHome", False),
     )
 
 

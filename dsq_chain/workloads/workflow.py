@@ -344,12 +344,10 @@ def _build(ctx: Ctx, root: Node, base: Path | None = None) -> Workflow:
         if key in found:
             transports[key] = ctx.guard(lambda k=key: _transport(ctx, found[k], k))  # type: ignore[misc]
     input_mode = ctx.guard(lambda: _input_mode(ctx, found["inputMode"])) if "inputMode" in found else None
-    if flags.get("continuousOutputSync") and "output" in found and transports.get("output") is not None:
-        out = transports["output"]
-        if out is not None and not out.is_s3:
-            ctx.note(found["continuousOutputSync"].line, "continuousOutputSync",
-                     "false with an http output: refused, an http upload cannot be synced continuously "
-                     "(DeepSquare falls back to one upload at the end; say so by leaving it out)", got="true")
+    out = transports.get("output")
+    if flags.get("continuousOutputSync") and out is not None and not out.is_s3:
+        ctx.warn(found["continuousOutputSync"].line, "continuousOutputSync",
+                 "an http output is uploaded once, after the last step (as DeepSquare does): only S3 syncs continuously")
     modules = (ctx.guard(lambda: _modules(ctx, limits, found["modules"])) or {}) if "modules" in found else {}
     sctx = StepsContext(limits, modules)
     if base is not None and "steps" in found:

@@ -374,3 +374,21 @@ def test_control_flow_on_slurm(slurm_cluster: SlurmCluster, tmp_path: Path) -> N
     _check_control_flow(job / "work" / "deepsquare")
     steps = slurm_cluster.command("sacct", "-c", "-P", "-n", "-o", "JobID", check=False).stdout
     assert steps is not None
+
+
+@pytest.mark.skipif(BASH is None, reason="bash is not installed")
+def test_control_flow_example_runs(tmp_path: Path) -> None:
+    wf = load(Path(__file__).parent.parent / "examples" / "control-flow.yaml")
+    result = _bash(render_script(wf, 1), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "warm\nrecovered from 3\nsquares: 1 4 9 16 \nhello grid\n"
+
+
+@pytest.mark.parametrize("name", ["container.yaml", "mpi-pmix.yaml", "storage.yaml"])
+def test_feature_examples_say_what_they_show(name: str) -> None:
+    wf = load(Path(__file__).parent.parent / "examples" / name)
+    step = wf.steps[0]
+    shown = {"container.yaml": step.container is not None and step.container.read_only,
+             "mpi-pmix.yaml": step.mpi == "pmix_v4" and step.resources is not None and step.resources.tasks == 2,
+             "storage.yaml": wf.input is not None and wf.output is not None and wf.output.is_s3}
+    assert shown[name]

@@ -56,6 +56,7 @@ def mpi4py() -> None:
 def full_workflow(registry: Registry, s3: S3Server, bucket: str) -> dict[str, Any]:
     return {
         "resources": {"tasks": 2, "cpusPerTask": 1, "memPerCpu": 128, "gpus": 0},
+        "labels": ["zone == eu"],  # the grid's cpu provider, the one with a worker here
         "enableLogging": True,
         "env": [{"key": "WHO", "value": "grid"}],
         "output": {"s3": {"region": "us-east-1", "bucketUrl": f"s3://{bucket}", "path": "/results",
@@ -82,7 +83,8 @@ def full_workflow(registry: Registry, s3: S3Server, bucket: str) -> dict[str, An
 
 
 def _small(step: dict[str, Any]) -> wfm.Workflow:
-    return wfm.loads(json.dumps({"resources": {"tasks": 1, "cpusPerTask": 1, "memPerCpu": 128}, "steps": [step]}))
+    doc = {"resources": {"tasks": 1, "cpusPerTask": 1, "memPerCpu": 128}, "labels": ["zone == eu"], "steps": [step]}
+    return wfm.loads(json.dumps(doc))
 
 
 FAILING_CATCH = {"run": {"command": "exit 4"}, "catch": [{"run": {"command": "exit 6"}}]}
@@ -113,15 +115,15 @@ def run_through_grid(grid: Grid, anvil: AnvilNode, keys: list[str], tmp_path: Pa
         ids += submit(grid.user, wfm.loads(json.dumps(full_workflow(registry, s3, bucket))), BIG)
         ids += submit(grid.user, _small(FAILING_CATCH), BIG)
         ids += submit(grid.user, _small(FAILING_FINALLY), BIG)
-        jobs = [grid.user.wait_for(job_id, timeout=240) for job_id in ids]
+        jobs = [grid.user.wait_for(job_id, timeout=180) for job_id in ids]
+        stderr = rig.worker.logs(ids[0])[1].read_text()
     finally:
         stop.set()
         for t in threads:
             t.join(10)
         rig.worker.close()
         cancel_all(new_executor(), ids)
-    logs = rig.worker.logs(ids[0])
-    assert jobs[0].status is JobStatus.FINISHED, logs[1].read_text()[-3000:]
+    assert jobs[0].status is JobStatus.FINISHED, stderr[-3000:]
     objects = s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])
     found = {o["Key"]: s3.client().get_object(Bucket=bucket, Key=o["Key"])["Body"].read().decode() for o in objects}
     assert found == EXPECTED

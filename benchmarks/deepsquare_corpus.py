@@ -64,8 +64,9 @@ def run(wf: Workflow, timeout: float) -> str | None:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "job.sh").write_text(render_script(wf, 1))
         try:
-            proc = subprocess.run(["bash", "job.sh"], cwd=tmp, capture_output=True, timeout=timeout, check=False,
-                                  start_new_session=True)
+            proc = subprocess.run(
+                ["bash", "job.sh"], cwd=tmp, capture_output=True, timeout=timeout, check=False, start_new_session=True
+            )
         except subprocess.TimeoutExpired:
             return f"still running after {timeout:g} s (a service)"
         return None if proc.returncode == 0 else f"exit {proc.returncode}"

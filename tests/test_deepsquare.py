@@ -70,7 +70,7 @@ def test_corpus_is_listed_with_its_sources() -> None:
     assert len(files) >= 80
     for line in (DATA / "SOURCES").read_text().splitlines():
         if line and line[0] != "#":
-            name, repo, path, commit, license_ = line.split("\t")
+            name, repo, _path, commit, license_ = line.split("\t")
             assert (DATA / name).is_file() and repo.startswith("deepsquare-io/") and len(commit) == 40 and license_
 
 
@@ -173,14 +173,23 @@ steps:
     ("run", "field", "reason"),
     [
         ({"command": "true", "network": "slirp4netns"}, "network", "slirp4netns and pasta"),
-        ({"command": "true", "customNetworkInterfaces": [{"wireguard": {"privateKey": "k"}}]}, "customNetworkInterfaces",
-         "WireGuard, bore"),
-        ({"command": "true", "container": {"image": "x", "deepsquareHosted": True}}, "deepsquareHosted",
-         "DeepSquare-hosted"),
+        (
+            {"command": "true", "customNetworkInterfaces": [{"wireguard": {"privateKey": "k"}}]},
+            "customNetworkInterfaces",
+            "WireGuard, bore",
+        ),
+        (
+            {"command": "true", "container": {"image": "x", "deepsquareHosted": True}},
+            "deepsquareHosted",
+            "DeepSquare-hosted",
+        ),
         ({"command": "true", "container": {"image": "x", "x11": True}}, "x11", "X11"),
         ({"command": "true", "shell": "ENTRYPOINT"}, "shell", "ENTRYPOINT"),
-        ({"command": "true", "container": {"image": "x", "mounts": [{"hostDir": "/etc", "containerDir": "/e"}]}},
-         "hostDir", "no other host directory"),
+        (
+            {"command": "true", "container": {"image": "x", "mounts": [{"hostDir": "/etc", "containerDir": "/e"}]}},
+            "hostDir",
+            "no other host directory",
+        ),
         ({"command": "true", "resources": {"tasks": 3}}, "resources", "a step cannot ask for more than the job"),
         ({"command": "true", "resources": {"gpus": 1}}, "resources", "a step cannot ask for more than the job"),
     ],
@@ -194,10 +203,14 @@ def test_what_cannot_be_honoured_is_refused_with_a_reason(run: dict[str, Any], f
 
 
 def test_retired_gpus_per_task_warns_with_the_hint() -> None:
-    wf = loads("resources: {tasks: 2, cpusPerTask: 1, memPerCpu: 1, gpusPerTask: 1}\nsteps: [{run: {command: 'true'}}]\n")
+    wf = loads(
+        "resources: {tasks: 2, cpusPerTask: 1, memPerCpu: 1, gpusPerTask: 1}\nsteps: [{run: {command: 'true'}}]\n"
+    )
     assert wf.gpus == 2
-    assert wf.warnings == ("<input>:1: resources.gpusPerTask: gpusPerTask is retired: write gpus: 2 "
-                           "(GPUs for the whole job = tasks x gpusPerTask)",)
+    assert wf.warnings == (
+        "<input>:1: resources.gpusPerTask: gpusPerTask is retired: write gpus: 2 "
+        "(GPUs for the whole job = tasks x gpusPerTask)",
+    )
     assert loads(wf.canonical()).warnings == ()  # the canonical form says gpus
 
 
@@ -235,27 +248,71 @@ CONTROL_FLOW = {
     "env": [{"key": "WHERE", "value": "here"}],
     "modules": {"hello": yaml.safe_load(MODULE)},
     "steps": [
-        {"name": "background writer", "launch": {"handleName": "writer", "steps": [
-            {"run": {"command": 'until [ -e "$STORAGE_PATH/go" ]; do sleep 0.05; done; echo written > "$STORAGE_PATH/bg"'}}]}},
+        {
+            "name": "background writer",
+            "launch": {
+                "handleName": "writer",
+                "steps": [
+                    {
+                        "run": {
+                            "command": 'until [ -e "$STORAGE_PATH/go" ]; do sleep 0.05; done; '
+                            'echo written > "$STORAGE_PATH/bg"'
+                        }
+                    }
+                ],
+            },
+        },
         {"name": "release", "run": {"command": 'touch "$STORAGE_PATH/go"'}},
         # Each iteration waits until both have started: it finishes only if they run at the same time.
-        {"name": "parallel loop", "for": {"parallel": True, "range": {"begin": 1, "end": 2}, "steps": [
-            {"run": {"command": 'touch "$STORAGE_PATH/it.$index"; n=0; while [ "$(ls "$STORAGE_PATH" | grep -c "^it\\.")" -lt 2 ]; '
-                                'do n=$((n+1)); [ $n -lt 600 ] || exit 9; sleep 0.05; done'}}]}},
-        {"name": "items", "for": {"parallel": False, "items": ["a", "b"], "steps": [
-            {"run": {"command": 'echo "item $item" >> "$DEEPSQUARE_OUTPUT/log"'}}]}},
-        {"name": "wait for writer", "dependsOn": ["writer"], "run": {"command": 'test "$(cat "$STORAGE_PATH/bg")" = written'}},
+        {
+            "name": "parallel loop",
+            "for": {
+                "parallel": True,
+                "range": {"begin": 1, "end": 2},
+                "steps": [
+                    {
+                        "run": {
+                            "command": 'touch "$STORAGE_PATH/it.$index"; n=0; '
+                            'while [ "$(ls "$STORAGE_PATH" | grep -c "^it\\.")" -lt 2 ]; '
+                            "do n=$((n+1)); [ $n -lt 600 ] || exit 9; sleep 0.05; done"
+                        }
+                    }
+                ],
+            },
+        },
+        {
+            "name": "items",
+            "for": {
+                "parallel": False,
+                "items": ["a", "b"],
+                "steps": [{"run": {"command": 'echo "item $item" >> "$DEEPSQUARE_OUTPUT/log"'}}],
+            },
+        },
+        {
+            "name": "wait for writer",
+            "dependsOn": ["writer"],
+            "run": {"command": 'test "$(cat "$STORAGE_PATH/bg")" = written'},
+        },
         {"name": "export", "run": {"command": 'echo "FROM_STEP=one two" >> "$DEEPSQUARE_ENV"'}},
         {"name": "read", "run": {"command": 'echo "got $FROM_STEP $WHERE" >> "$DEEPSQUARE_OUTPUT/log"'}},
         {"name": "skipped", "if": '"$WHERE" == elsewhere', "run": {"command": "exit 3"}},
         {"name": "taken", "if": '"$WHERE" == here', "run": {"command": 'echo taken >> "$DEEPSQUARE_OUTPUT/log"'}},
-        {"name": "caught", "run": {"command": "exit 7"},
-         "catch": [{"run": {"command": 'echo "caught $DEEPSQUARE_ERROR_CODE" >> "$DEEPSQUARE_OUTPUT/log"'}}],
-         "finally": [{"run": {"command": 'echo finally >> "$DEEPSQUARE_OUTPUT/log"'}}]},
+        {
+            "name": "caught",
+            "run": {"command": "exit 7"},
+            "catch": [{"run": {"command": 'echo "caught $DEEPSQUARE_ERROR_CODE" >> "$DEEPSQUARE_OUTPUT/log"'}}],
+            "finally": [{"run": {"command": 'echo finally >> "$DEEPSQUARE_OUTPUT/log"'}}],
+        },
         {"name": "module", "use": {"source": "hello", "args": [{"key": "WHO", "value": "me"}], "exportEnvAs": "HELLO"}},
         {"name": "module output", "run": {"command": 'echo "$HELLO_RESULT" >> "$DEEPSQUARE_OUTPUT/log"'}},
-        {"name": "tasks", "run": {"command": 'echo "task $SLURM_PROCID of $SLURM_NTASKS" >> "$DEEPSQUARE_OUTPUT/tasks.$SLURM_PROCID"',
-                                  "resources": {"tasks": 2}, "mpi": "pmi2"}},
+        {
+            "name": "tasks",
+            "run": {
+                "command": 'echo "task $SLURM_PROCID of $SLURM_NTASKS" >> "$DEEPSQUARE_OUTPUT/tasks.$SLURM_PROCID"',
+                "resources": {"tasks": 2},
+                "mpi": "pmi2",
+            },
+        },
     ],
 }
 EXPECTED_LOG = ["item a", "item b", "got one two here", "taken", "caught 7", "finally", "hello me warmly"]
@@ -292,11 +349,27 @@ def _one(step: dict[str, Any]) -> Workflow:
         ({"run": {"command": "exit 4"}, "catch": [{"run": {"command": "exit 6"}}]}, 6, ""),  # catch fails: its status
         ({"run": {"command": "exit 4"}, "finally": [{"run": {"command": "echo f >> log"}}]}, 4, "f\n"),
         ({"run": {"command": "true"}, "finally": [{"run": {"command": "exit 5"}}]}, 5, ""),  # finally fails
-        ({"run": {"command": "exit 4"}, "catch": [{"run": {"command": "true"}}],
-          "finally": [{"run": {"command": "exit 8"}}]}, 8, ""),
+        (
+            {
+                "run": {"command": "exit 4"},
+                "catch": [{"run": {"command": "true"}}],
+                "finally": [{"run": {"command": "exit 8"}}],
+            },
+            8,
+            "",
+        ),
         ({"for": {"parallel": True, "items": ["1", "2", "3"], "steps": [{"run": {"command": 'exit "$item"'}}]}}, 1, ""),
-        ({"launch": {"handleName": "h", "signalOnParentStepExit": 0, "steps": [
-            {"run": {"command": "sleep 0.2; echo late >> log"}}]}}, 0, "late\n"),
+        (
+            {
+                "launch": {
+                    "handleName": "h",
+                    "signalOnParentStepExit": 0,
+                    "steps": [{"run": {"command": "sleep 0.2; echo late >> log"}}],
+                }
+            },
+            0,
+            "late\n",
+        ),
     ],
 )
 def test_documented_statuses(tmp_path: Path, step: dict[str, Any], code: int, log: str) -> None:
@@ -310,8 +383,14 @@ def test_documented_statuses(tmp_path: Path, step: dict[str, Any], code: int, lo
 
 @pytest.mark.skipif(BASH is None, reason="bash is not installed")
 def test_launched_group_is_stopped_when_its_scope_ends(tmp_path: Path) -> None:
-    wf = _one({"steps": [{"launch": {"steps": [{"run": {"command": "sleep 5; echo never >> log"}}]}},
-                         {"run": {"command": "true"}}]})
+    wf = _one(
+        {
+            "steps": [
+                {"launch": {"steps": [{"run": {"command": "sleep 5; echo never >> log"}}]}},
+                {"run": {"command": "true"}},
+            ]
+        }
+    )
     assert _bash(render_script(wf, 1), tmp_path).returncode == 0
     subprocess.run(["sleep", "0.3"], check=True)
     assert not (tmp_path / "log").exists()
@@ -322,15 +401,38 @@ def test_container_and_storage_steps_call_the_provider_tools() -> None:
     doc = {
         "resources": {"tasks": 2, "cpusPerTask": 1, "memPerCpu": 64},
         "input": {"http": {"url": "http://127.0.0.1:9/in.tar"}},
-        "output": {"s3": {"region": "us-east-1", "bucketUrl": "s3://results", "path": "/job", "accessKeyId": "AK",
-                          "secretAccessKey": "secret-key-value", "endpointUrl": "http://127.0.0.1:9000"}},
+        "output": {
+            "s3": {
+                "region": "us-east-1",
+                "bucketUrl": "s3://results",
+                "path": "/job",
+                "accessKeyId": "AK",
+                "secretAccessKey": "secret-key-value",
+                "endpointUrl": "http://127.0.0.1:9000",
+            }
+        },
         "continuousOutputSync": True,
-        "steps": [{"name": "in a box", "run": {
-            "command": "echo hi", "shell": "/bin/sh", "workDir": "/work", "mapUid": 0,
-            "env": [{"key": "A", "value": "1"}], "resources": {"tasks": 2}, "mpi": "pmix_v4",
-            "container": {"image": "library/busybox:1", "registry": "127.0.0.1:5000", "username": "u",
-                          "password": "p w", "mounts": [{"hostDir": "$DEEPSQUARE_TMP/m", "containerDir": "/m",
-                                                         "options": "ro"}]}}}],
+        "steps": [
+            {
+                "name": "in a box",
+                "run": {
+                    "command": "echo hi",
+                    "shell": "/bin/sh",
+                    "workDir": "/work",
+                    "mapUid": 0,
+                    "env": [{"key": "A", "value": "1"}],
+                    "resources": {"tasks": 2},
+                    "mpi": "pmix_v4",
+                    "container": {
+                        "image": "library/busybox:1",
+                        "registry": "127.0.0.1:5000",
+                        "username": "u",
+                        "password": "p w",
+                        "mounts": [{"hostDir": "$DEEPSQUARE_TMP/m", "containerDir": "/m", "options": "ro"}],
+                    },
+                },
+            }
+        ],
     }
     script = render_script(loads(json.dumps(doc)), 3)
     assert '"$DSQ_PYTHON" -m dsq_chain.executors.storage fetch http://127.0.0.1:9/in.tar "$DEEPSQUARE_INPUT"' in script
@@ -338,19 +440,32 @@ def test_container_and_storage_steps_call_the_provider_tools() -> None:
     assert 'sync "$DEEPSQUARE_OUTPUT" s3://results/job --interval 5 </dev/null ) &' in script
     assert 'push "$DEEPSQUARE_OUTPUT" s3://results/job </dev/null' in script
     assert "export DSQ_REGISTRY_PASSWORD='p w'" in script
-    assert ('_dsq_cargs=(--image library/busybox:1 --registry 127.0.0.1:5000 --mount "$DEEPSQUARE_TMP/m":/m:ro '
-            "--workdir /work --map-uid 0)") in script
-    assert ('_dsq_run 2 1 64 0 pmix_v4 0 -- "$DSQ_PYTHON" -m dsq_chain.executors.containers run '
-            '"${_dsq_cargs[@]}" -- /bin/sh -c \'echo hi\' </dev/null') in script
-    assert "secret-key-value" not in script.split("# steps")[1].split("# output")[0]  # the S3 secret stays out of the steps
+    assert (
+        '_dsq_cargs=(--image library/busybox:1 --registry 127.0.0.1:5000 --mount "$DEEPSQUARE_TMP/m":/m:ro '
+        "--workdir /work --map-uid 0)"
+    ) in script
+    assert (
+        '_dsq_run 2 1 64 0 pmix_v4 0 -- "$DSQ_PYTHON" -m dsq_chain.executors.containers run '
+        "\"${_dsq_cargs[@]}\" -- /bin/sh -c 'echo hi' </dev/null"
+    ) in script
+    assert (
+        "secret-key-value" not in script.split("# steps")[1].split("# output")[0]
+    )  # the S3 secret stays out of the steps
 
 
 # --------------------------------------------------------------------------- through the executors
 
 
 def _spec(wf: Workflow, job_id: int) -> ExecSpec:
-    return ExecSpec(job_id=job_id, script=render_script(wf, job_id), tasks=wf.tasks, cpus_per_task=wf.cpus_per_task,
-                    mem_per_cpu_mb=wf.mem_per_cpu, gpus=wf.gpus, time_limit_s=120)
+    return ExecSpec(
+        job_id=job_id,
+        script=render_script(wf, job_id),
+        tasks=wf.tasks,
+        cpus_per_task=wf.cpus_per_task,
+        mem_per_cpu_mb=wf.mem_per_cpu,
+        gpus=wf.gpus,
+        time_limit_s=120,
+    )
 
 
 def test_control_flow_on_the_local_executor(tmp_path: Path) -> None:
@@ -388,7 +503,9 @@ def test_control_flow_example_runs(tmp_path: Path) -> None:
 def test_feature_examples_say_what_they_show(name: str) -> None:
     wf = load(Path(__file__).parent.parent / "examples" / name)
     step = wf.steps[0]
-    shown = {"container.yaml": step.container is not None and step.container.read_only,
-             "mpi-pmix.yaml": step.mpi == "pmix_v4" and step.resources is not None and step.resources.tasks == 2,
-             "storage.yaml": wf.input is not None and wf.output is not None and wf.output.is_s3}
+    shown = {
+        "container.yaml": step.container is not None and step.container.read_only,
+        "mpi-pmix.yaml": step.mpi == "pmix_v4" and step.resources is not None and step.resources.tasks == 2,
+        "storage.yaml": wf.input is not None and wf.output is not None and wf.output.is_s3,
+    }
     assert shown[name]

@@ -59,25 +59,57 @@ def full_workflow(registry: Registry, s3: S3Server, bucket: str) -> dict[str, An
         "labels": ["zone == eu"],  # the grid's cpu provider, the one with a worker here
         "enableLogging": True,
         "env": [{"key": "WHO", "value": "grid"}],
-        "output": {"s3": {"region": "us-east-1", "bucketUrl": f"s3://{bucket}", "path": "/results",
-                          "accessKeyId": S3_ENV["AWS_ACCESS_KEY_ID"], "secretAccessKey": S3_ENV["AWS_SECRET_ACCESS_KEY"],
-                          "endpointUrl": s3.endpoint}},
+        "output": {
+            "s3": {
+                "region": "us-east-1",
+                "bucketUrl": f"s3://{bucket}",
+                "path": "/results",
+                "accessKeyId": S3_ENV["AWS_ACCESS_KEY_ID"],
+                "secretAccessKey": S3_ENV["AWS_SECRET_ACCESS_KEY"],
+                "endpointUrl": s3.endpoint,
+            }
+        },
         "steps": [
-            {"name": "background", "launch": {"handleName": "bg", "steps": [
-                {"run": {"command": 'sleep 1; echo done > "$DEEPSQUARE_OUTPUT/bg.txt"'}}]}},
-            {"name": "in a container", "run": {
-                "command": 'if [ -e /etc/debian_version ]; then w=host; else w=container; fi; '
-                           'echo "hello $WHO from the $w" > "$DEEPSQUARE_OUTPUT/container.txt"',
-                "container": {"image": "test/busybox:1", "registry": registry.host}}},
-            {"name": "loop", "for": {"parallel": True, "range": {"begin": 1, "end": 3}, "steps": [
-                {"run": {"command": 'echo "$index" > "$DEEPSQUARE_OUTPUT/it.$index"'}}]}},
-            {"name": "wait for the background", "dependsOn": ["bg"],
-             "run": {"command": 'test -s "$DEEPSQUARE_OUTPUT/bg.txt"'}},
-            {"name": "mpi", "run": {"command": f'{SYSTEM_PYTHON} -c "{MPI_HELLO}"', "resources": {"tasks": 2},
-                                    "mpi": "pmix_v4"}},
-            {"name": "guarded", "run": {"command": "exit 3"},
-             "catch": [{"run": {"command": 'echo "caught $DEEPSQUARE_ERROR_CODE" > "$DEEPSQUARE_OUTPUT/catch.txt"'}}],
-             "finally": [{"run": {"command": 'echo finally > "$DEEPSQUARE_OUTPUT/finally.txt"'}}]},
+            {
+                "name": "background",
+                "launch": {
+                    "handleName": "bg",
+                    "steps": [{"run": {"command": 'sleep 1; echo done > "$DEEPSQUARE_OUTPUT/bg.txt"'}}],
+                },
+            },
+            {
+                "name": "in a container",
+                "run": {
+                    "command": "if [ -e /etc/debian_version ]; then w=host; else w=container; fi; "
+                    'echo "hello $WHO from the $w" > "$DEEPSQUARE_OUTPUT/container.txt"',
+                    "container": {"image": "test/busybox:1", "registry": registry.host},
+                },
+            },
+            {
+                "name": "loop",
+                "for": {
+                    "parallel": True,
+                    "range": {"begin": 1, "end": 3},
+                    "steps": [{"run": {"command": 'echo "$index" > "$DEEPSQUARE_OUTPUT/it.$index"'}}],
+                },
+            },
+            {
+                "name": "wait for the background",
+                "dependsOn": ["bg"],
+                "run": {"command": 'test -s "$DEEPSQUARE_OUTPUT/bg.txt"'},
+            },
+            {
+                "name": "mpi",
+                "run": {"command": f'{SYSTEM_PYTHON} -c "{MPI_HELLO}"', "resources": {"tasks": 2}, "mpi": "pmix_v4"},
+            },
+            {
+                "name": "guarded",
+                "run": {"command": "exit 3"},
+                "catch": [
+                    {"run": {"command": 'echo "caught $DEEPSQUARE_ERROR_CODE" > "$DEEPSQUARE_OUTPUT/catch.txt"'}}
+                ],
+                "finally": [{"run": {"command": 'echo finally > "$DEEPSQUARE_OUTPUT/finally.txt"'}}],
+            },
         ],
     }
 
@@ -91,23 +123,35 @@ FAILING_CATCH = {"run": {"command": "exit 4"}, "catch": [{"run": {"command": "ex
 FAILING_FINALLY = {"run": {"command": "true"}, "finally": [{"run": {"command": "exit 5"}}]}
 EXPECTED = {
     "results/container.txt": "hello grid from the container\n",
-    "results/it.1": "1\n", "results/it.2": "2\n", "results/it.3": "3\n",
+    "results/it.1": "1\n",
+    "results/it.2": "2\n",
+    "results/it.3": "3\n",
     "results/bg.txt": "done\n",
-    "results/mpi.0": "0 of 2 sum 3", "results/mpi.1": "1 of 2 sum 3",
+    "results/mpi.0": "0 of 2 sum 3",
+    "results/mpi.1": "1 of 2 sum 3",
     "results/catch.txt": "caught 3\n",
     "results/finally.txt": "finally\n",
 }
 
 
-def run_through_grid(grid: Grid, anvil: AnvilNode, keys: list[str], tmp_path: Path, new_executor: Callable[[], Executor],
-                     registry: Registry, s3: S3Server) -> None:
+def run_through_grid(
+    grid: Grid,
+    anvil: AnvilNode,
+    keys: list[str],
+    tmp_path: Path,
+    new_executor: Callable[[], Executor],
+    registry: Registry,
+    s3: S3Server,
+) -> None:
     bucket = "dsq-grid-results"
     s3.client().create_bucket(Bucket=bucket)
     rig: Rig = new_rig(anvil.rpc_url, keys[CPU_KEY], grid.deployment, grid.user, new_executor, tmp_path / "worker")
     sched = MetaScheduler(Chain(anvil.rpc_url).wallet(keys[1]), grid.deployment, poll_interval=0.05)
     stop = threading.Event()
-    threads = [threading.Thread(target=sched.run, args=(stop,), daemon=True),
-               threading.Thread(target=rig.worker.run, args=(stop,), daemon=True)]
+    threads = [
+        threading.Thread(target=sched.run, args=(stop,), daemon=True),
+        threading.Thread(target=rig.worker.run, args=(stop,), daemon=True),
+    ]
     for t in threads:
         t.start()
     ids: list[int] = []
@@ -133,21 +177,40 @@ def run_through_grid(grid: Grid, anvil: AnvilNode, keys: list[str], tmp_path: Pa
     ]
 
 
-def test_deepsquare_workflow_through_the_grid_locally(grid: Grid, anvil: AnvilNode, keys: list[str], tmp_path: Path,
-                                                      oci_registry: Registry, s3_server: S3Server,  # noqa: F811
-                                                      mpi4py: None) -> None:
+def test_deepsquare_workflow_through_the_grid_locally(
+    grid: Grid,
+    anvil: AnvilNode,
+    keys: list[str],
+    tmp_path: Path,
+    oci_registry: Registry,  # noqa: F811
+    s3_server: S3Server,  # noqa: F811
+    mpi4py: None,
+) -> None:
     root = tmp_path / "exec"
-    run_through_grid(grid, anvil, keys, tmp_path, lambda: LocalExecutor(root, kill_grace_s=1.0), oci_registry,
-                     s3_server)
+    run_through_grid(
+        grid, anvil, keys, tmp_path, lambda: LocalExecutor(root, kill_grace_s=1.0), oci_registry, s3_server
+    )
 
 
 @pytest.mark.slurm
 @pytest.mark.xdist_group("slurm")
-def test_deepsquare_workflow_through_the_grid_on_slurm(grid: Grid, anvil: AnvilNode, keys: list[str], tmp_path: Path,
-                                                       oci_registry: Registry, s3_server: S3Server,  # noqa: F811
-                                                       slurm_cluster: SlurmCluster, mpi4py: None) -> None:  # noqa: F811
+def test_deepsquare_workflow_through_the_grid_on_slurm(
+    grid: Grid,
+    anvil: AnvilNode,
+    keys: list[str],
+    tmp_path: Path,
+    oci_registry: Registry,  # noqa: F811
+    s3_server: S3Server,  # noqa: F811
+    slurm_cluster: SlurmCluster,  # noqa: F811
+    mpi4py: None,
+) -> None:
     root = tmp_path / "slurm"
-    run_through_grid(grid, anvil, keys, tmp_path,
-                     lambda: SlurmExecutor(root, slurm_conf=slurm_cluster.conf, command_timeout_s=10), oci_registry,
-                     s3_server)
-
+    run_through_grid(
+        grid,
+        anvil,
+        keys,
+        tmp_path,
+        lambda: SlurmExecutor(root, slurm_conf=slurm_cluster.conf, command_timeout_s=10),
+        oci_registry,
+        s3_server,
+    )

@@ -107,7 +107,8 @@ class LocalExecutor(Executor):
             (tmp / sv.WORK).mkdir(parents=True)
             env = base_env(spec.job_env())
             env["DSQ_EXEC_ID"] = exec_id
-            env.update(deepsquare_env(final / sv.WORK, self.root / "cache", self.job_user[1] if self.job_user else os.getuid()))
+            uid = self.job_user[1] if self.job_user else os.getuid()
+            env.update(deepsquare_env(final / sv.WORK, self.root / "cache", uid))
             if self.job_user:
                 name, uid, gid = self.job_user
                 env.update(HOME=str(final / sv.WORK), USER=name, LOGNAME=name)

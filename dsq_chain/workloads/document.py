@@ -420,7 +420,9 @@ def fields_of(
         if entry.key in refused:
             ctx.note(entry.line, child(path, entry.key), f"no {entry.key}: refused, {refused[entry.key]}")
         elif entry.key not in known:
-            ctx.note(entry.line, child(path, entry.key), f"one of {', '.join(known)}", got=unknown_field(entry.key, known))
+            ctx.note(
+                entry.line, child(path, entry.key), f"one of {', '.join(known)}", got=unknown_field(entry.key, known)
+            )
         else:
             found[entry.key] = entry.node
     for name in required:
@@ -472,5 +474,3 @@ def items_of(ctx: Ctx, node: Node, path: str, expected: str) -> tuple[Node, ...]
     if node.kind != "seq":
         ctx.fail(node.line, path, expected, got=describe(node))
     return node.items
-
-

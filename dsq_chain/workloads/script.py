@@ -91,8 +91,8 @@ _dsq_run() { # _dsq_run TASKS CPUS_PER_TASK MEM_PER_CPU GPUS MPI NO_CPU_BIND -- 
   fi
   if [ "$_mpi" != - ] && [ "$_mpi" != none ] && command -v mpirun >/dev/null 2>&1; then
     mpirun --allow-run-as-root --oversubscribe -np "$_tasks" bash -c \
-      'export SLURM_PROCID=${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-0}} SLURM_NTASKS=$0; SLURM_LOCALID=$SLURM_PROCID exec "$@"' \
-      "$_tasks" "$@"
+      'export SLURM_PROCID=${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-0}} SLURM_NTASKS=$0
+       SLURM_LOCALID=$SLURM_PROCID exec "$@"' "$_tasks" "$@"
     return
   fi
   for ((_i = 0; _i < _tasks; _i++)); do
@@ -138,8 +138,8 @@ def render_script(wf: Workflow, job_id: int) -> str:
         "# Runs the steps in order and stops at the first failing step with its exit code.",
         f"export DSQ_JOB_ID={job_id}",
         ': "${DSQ_PYTHON:=python3}"',
-        'export DSQ_PYTHON',
-        '# The storage a DeepSquare job expects (the executor sets it; below $PWD when run by hand).',
+        "export DSQ_PYTHON",
+        "# The storage a DeepSquare job expects (the executor sets it; below $PWD when run by hand).",
         ': "${STORAGE_PATH:=$PWD/deepsquare}"',
         "export STORAGE_PATH",
     ]
@@ -157,12 +157,16 @@ def render_script(wf: Workflow, job_id: int) -> str:
     ]
     if wf.input is not None:
         lines += ["# input: fetched before the first step", *r.storage("fetch", wf.input, '"$DEEPSQUARE_INPUT"')]
-        lines.append("_dsq_rc=$?; [ $_dsq_rc -eq 0 ] || { echo \"dsq: input fetch failed ($_dsq_rc)\" >&2; exit $_dsq_rc; }")
+        lines.append(
+            '_dsq_rc=$?; [ $_dsq_rc -eq 0 ] || { echo "dsq: input fetch failed ($_dsq_rc)" >&2; exit $_dsq_rc; }'
+        )
     if wf.input_mode is not None:
         lines.append(f'chmod -R {wf.input_mode:o} "$DEEPSQUARE_INPUT"')
     syncing = wf.output is not None and wf.continuous_output_sync and wf.output.is_s3
     if wf.continuous_output_sync and not syncing:
-        lines.append('echo "dsq: continuousOutputSync needs S3 output; the http output is uploaded once, at the end" >&2')
+        lines.append(
+            'echo "dsq: continuousOutputSync needs S3 output; the http output is uploaded once, at the end" >&2'
+        )
     if syncing and wf.output is not None:
         lines += ["# continuousOutputSync: the output folder is uploaded every few seconds while the steps run"]
         lines += [*r.storage("sync", wf.output, '"$DEEPSQUARE_OUTPUT"', background=True), "_dsq_sync=$!"]
@@ -170,9 +174,11 @@ def render_script(wf: Workflow, job_id: int) -> str:
     if syncing:
         lines.append('kill "$_dsq_sync" 2>/dev/null; wait "$_dsq_sync" 2>/dev/null')
     if wf.output is not None:
-        lines += ["# output: uploaded after the last step (also after a failing one)",
-                  *r.storage("push", wf.output, '"$DEEPSQUARE_OUTPUT"'),
-                  '_dsq_out=$?; [ $_dsq_rc -ne 0 ] || _dsq_rc=$_dsq_out']
+        lines += [
+            "# output: uploaded after the last step (also after a failing one)",
+            *r.storage("push", wf.output, '"$DEEPSQUARE_OUTPUT"'),
+            "_dsq_out=$?; [ $_dsq_rc -ne 0 ] || _dsq_rc=$_dsq_out",
+        ]
     lines.append("exit $_dsq_rc")
     return "\n".join(lines) + "\n"
 
@@ -262,8 +268,11 @@ class _Renderer:
                 f"{ind}  fi",
             ]
         if step.finally_ is not None:
-            lines += [*self.scope(step.finally_, ind + "  "), f"{ind}  _dsq_f=$?",
-                      f"{ind}  [ $_dsq_f -eq 0 ] || exit $_dsq_f"]
+            lines += [
+                *self.scope(step.finally_, ind + "  "),
+                f"{ind}  _dsq_f=$?",
+                f"{ind}  [ $_dsq_f -eq 0 ] || exit $_dsq_f",
+            ]
         lines += [f"{ind}  exit $_dsq_rc", f"{ind}) || exit $?"]
         return lines
 
@@ -292,7 +301,7 @@ class _Renderer:
         values = " ".join(_q(v) for v in loop.values())
         n = self._next()
         inner = self.scope(loop.steps, ind + "  ")
-        inner[0] = f"{ind}  ( export {loop.variable}=\"$_dsq_v\""
+        inner[0] = f'{ind}  ( export {loop.variable}="$_dsq_v"'
         if loop.parallel:
             return [
                 f"{ind}_dsq_pids_{n}=()",
@@ -317,9 +326,11 @@ class _Renderer:
         prefix = use.export_env_as
         if prefix is not None:
             n = self._next()
-            lines += [f'{ind}  _dsq_parent_env="$DEEPSQUARE_ENV"',
-                      f'{ind}  export DEEPSQUARE_ENV="$STORAGE_PATH/env.module-{n}"',
-                      f'{ind}  : >"$DEEPSQUARE_ENV"']
+            lines += [
+                f'{ind}  _dsq_parent_env="$DEEPSQUARE_ENV"',
+                f'{ind}  export DEEPSQUARE_ENV="$STORAGE_PATH/env.module-{n}"',
+                f'{ind}  : >"$DEEPSQUARE_ENV"',
+            ]
         lines += [*self.scope(module.steps, ind + "  "), f"{ind}  _dsq_rc=$?"]
         if prefix is not None:
             for key, _ in module.outputs:
@@ -345,13 +356,16 @@ class _Renderer:
         command = [step.shell, "-c", step.command]
         if step.container is not None:
             lines += self.container(step, step.container, inner)
-            call = (f'{inner}_dsq_run {flags} "$DSQ_PYTHON" -m dsq_chain.executors.containers run '
-                    f'"${{_dsq_cargs[@]}}" -- {" ".join(_q(c) for c in command)} </dev/null')
+            call = (
+                f'{inner}_dsq_run {flags} "$DSQ_PYTHON" -m dsq_chain.executors.containers run '
+                f'"${{_dsq_cargs[@]}}" -- {" ".join(_q(c) for c in command)} </dev/null'
+            )
             return [*lines, call, f"{ind}) || exit $?"]
         if step.workdir is not None:
             wd = _q(step.workdir)
-            lines.append(f'{inner}mkdir -p {wd} && cd {wd} || {{ echo "dsq: cannot enter workDir {step.workdir}" >&2; '
-                         "exit 1; }")
+            lines.append(
+                f'{inner}mkdir -p {wd} && cd {wd} || {{ echo "dsq: cannot enter workDir {step.workdir}" >&2; exit 1; }}'
+            )
         if step.map_uid is not None or step.map_gid is not None:
             ids = [f"--map-user={step.map_uid if step.map_uid is not None else 0}"]
             if step.map_gid is not None:

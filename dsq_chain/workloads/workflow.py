@@ -49,15 +49,8 @@ from dsq_chain.workloads.document import (
     text_of,
 )
 from dsq_chain.workloads.labels import LabelExpressionError, parse_constraint
-from dsq_chain.workloads.steps import (
-    DEFAULT_SHELL,
-    JobLimits,
-    Step,
-    StepsContext,
-    env_of,
-    steps_of,
-    walk,
-)
+from dsq_chain.workloads.step_checks import JobLimits, StepsContext, env_of, steps_of
+from dsq_chain.workloads.steps import DEFAULT_SHELL, Step, walk
 
 __all__ = [
     "DEFAULT_SHELL",
@@ -169,12 +162,16 @@ def _transport(ctx: Ctx, node: Node, path: str) -> Transport:
     values = {k: ctx.guard(lambda k=k: text_of(ctx, s3[k], f"{spath}.{k}", "text")) for k in keys}  # type: ignore[misc]
     bucket, s3_path, endpoint = values["bucketUrl"], values["path"], values["endpointUrl"]
     if bucket is not None and not _S3_BUCKET_RE.fullmatch(bucket):
-        ctx.note(s3["bucketUrl"].line, f"{spath}.bucketUrl", "s3://bucket-name (not ending with /)", got=quote(bucket))
+        expected = "s3://bucket-name (not ending with /)"
+        ctx.note(s3["bucketUrl"].line, f"{spath}.bucketUrl", expected, got=quote(bucket))
     if s3_path is not None and not _S3_PATH_RE.fullmatch(s3_path):
-        ctx.note(s3["path"].line, f"{spath}.path", "an absolute path in the bucket (starting with /)", got=quote(s3_path))
+        expected = "an absolute path in the bucket (starting with /)"
+        ctx.note(s3["path"].line, f"{spath}.path", expected, got=quote(s3_path))
     if endpoint is not None and not _HTTP_URL_RE.fullmatch(endpoint):
         ctx.note(s3["endpointUrl"].line, f"{spath}.endpointUrl", "an http(s) URL", got=quote(endpoint))
-    delete_sync = "deleteSync" in s3 and bool(ctx.guard(lambda: boolean_of(ctx, s3["deleteSync"], f"{spath}.deleteSync")))
+    delete_sync = False
+    if "deleteSync" in s3:
+        delete_sync = bool(ctx.guard(lambda: boolean_of(ctx, s3["deleteSync"], f"{spath}.deleteSync")))
     if any(v is None for v in values.values()):
         ctx.fail(node.line, spath, "a valid S3 location")
     return Transport(
@@ -347,7 +344,8 @@ def _build(ctx: Ctx, root: Node, base: Path | None = None) -> Workflow:
     out = transports.get("output")
     if flags.get("continuousOutputSync") and out is not None and not out.is_s3:
         ctx.warn(found["continuousOutputSync"].line, "continuousOutputSync",
-                 "an http output is uploaded once, after the last step (as DeepSquare does): only S3 syncs continuously")
+                 "an http output is uploaded once, after the last step (as DeepSquare does): "
+                 "only S3 syncs continuously")
     modules = (ctx.guard(lambda: _modules(ctx, limits, found["modules"])) or {}) if "modules" in found else {}
     sctx = StepsContext(limits, modules)
     if base is not None and "steps" in found:

@@ -177,7 +177,13 @@ def run_through_grid(
     ]
 
 
-def test_deepsquare_workflow_through_the_grid_locally(
+@pytest.mark.parametrize(
+    "engine",
+    ["local", pytest.param("slurm", marks=[pytest.mark.slurm, pytest.mark.xdist_group("slurm")])],
+)
+def test_deepsquare_workflow_through_the_grid(
+    engine: str,
+    request: pytest.FixtureRequest,
     grid: Grid,
     anvil: AnvilNode,
     keys: list[str],
@@ -186,31 +192,13 @@ def test_deepsquare_workflow_through_the_grid_locally(
     s3_server: S3Server,  # noqa: F811
     mpi4py: None,
 ) -> None:
-    root = tmp_path / "exec"
-    run_through_grid(
-        grid, anvil, keys, tmp_path, lambda: LocalExecutor(root, kill_grace_s=1.0), oci_registry, s3_server
-    )
-
-
-@pytest.mark.slurm
-@pytest.mark.xdist_group("slurm")
-def test_deepsquare_workflow_through_the_grid_on_slurm(
-    grid: Grid,
-    anvil: AnvilNode,
-    keys: list[str],
-    tmp_path: Path,
-    oci_registry: Registry,  # noqa: F811
-    s3_server: S3Server,  # noqa: F811
-    slurm_cluster: SlurmCluster,  # noqa: F811
-    mpi4py: None,
-) -> None:
-    root = tmp_path / "slurm"
-    run_through_grid(
-        grid,
-        anvil,
-        keys,
-        tmp_path,
-        lambda: SlurmExecutor(root, slurm_conf=slurm_cluster.conf, command_timeout_s=10),
-        oci_registry,
-        s3_server,
-    )
+    """The same workflow and statuses on local processes and on a real one-node Slurm."""
+    new_executor: Callable[[], Executor]
+    if engine == "slurm":
+        cluster: SlurmCluster = request.getfixturevalue("slurm_cluster")
+        root = tmp_path / "slurm"
+        new_executor = lambda: SlurmExecutor(root, slurm_conf=cluster.conf, command_timeout_s=10)  # noqa: E731
+    else:
+        root = tmp_path / "exec"
+        new_executor = lambda: LocalExecutor(root, kill_grace_s=1.0)  # noqa: E731
+    run_through_grid(grid, anvil, keys, tmp_path, new_executor, oci_registry, s3_server)

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from dsq_chain.workloads.script import render_script
 from dsq_chain.workloads.workflow import Workflow, WorkflowError, json_schema, load, loads
 from tests.executor_contract import wait_final
 from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (the fixture)
+from tests.storage_fixtures import HttpServer, S3Server, http_server, s3_server  # noqa: F401  (fixtures)
 
 DATA = Path(__file__).parent / "data" / "deepsquare"
 SCHEMA = jsonschema.Draft202012Validator(json_schema())
@@ -509,3 +511,58 @@ def test_feature_examples_say_what_they_show(name: str) -> None:
         "storage.yaml": wf.input is not None and wf.output is not None and wf.output.is_s3,
     }
     assert shown[name]
+
+
+def test_storage_over_http_and_s3_on_the_local_executor(
+    tmp_path: Path,
+    http_server: HttpServer,  # noqa: F811
+    s3_server: S3Server,  # noqa: F811
+) -> None:
+    """http input (an archive, unpacked) and output (PUT); S3 input, and S3 output synced while the steps run."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"1\n2\n3\n"
+        info = tarfile.TarInfo("numbers.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    (http_server.root / "in.tar.gz").write_bytes(buf.getvalue())
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket="dsq-in")
+    s3.create_bucket(Bucket="dsq-out")
+    s3.put_object(Bucket="dsq-in", Key="data/more.txt", Body=b"10\n")
+    creds = {"region": "us-east-1", "accessKeyId": "testing", "secretAccessKey": "testing",
+             "endpointUrl": s3_server.endpoint}  # fmt: skip
+    sum_step = {"run": {"command": 'cat "$DEEPSQUARE_INPUT"/*.txt | awk \'{s+=$1} END {print s}\' '
+                                   '> "$DEEPSQUARE_OUTPUT/sum.txt"'}}  # fmt: skip
+    http_job = {
+        "resources": {"tasks": 1, "cpusPerTask": 1, "memPerCpu": 64},
+        "input": {"http": {"url": f"{http_server.url}/in.tar.gz"}},
+        "inputMode": 0o500,
+        "output": {"http": {"url": f"{http_server.url}/out/"}},
+        "steps": [sum_step],
+    }
+    s3_job = {
+        "resources": {"tasks": 1, "cpusPerTask": 1, "memPerCpu": 64},
+        "input": {"s3": {**creds, "bucketUrl": "s3://dsq-in", "path": "/data/"}},
+        "output": {"s3": {**creds, "bucketUrl": "s3://dsq-out", "path": "/run/"}},
+        "continuousOutputSync": True,
+        "steps": [
+            sum_step,
+            # while the job still runs, the sync has already uploaded sum.txt
+            {"run": {"command": f"{sys.executable} -c \"import boto3,time,sys; c=boto3.client('s3',"
+                                f"endpoint_url='{s3_server.endpoint}',region_name='us-east-1',aws_access_key_id='testing',"
+                                "aws_secret_access_key='testing'); [time.sleep(0.2) for _ in range(100) if "
+                                "c.list_objects_v2(Bucket='dsq-out').get('KeyCount',0)==0]; "
+                                "sys.exit(0 if c.list_objects_v2(Bucket='dsq-out').get('KeyCount',0) else 1)\""}},
+        ],
+    }  # fmt: skip
+    ex = LocalExecutor(tmp_path / "local", kill_grace_s=1)
+    ids = [ex.submit(_spec(loads(json.dumps(job)), n)) for n, job in ((21, http_job), (22, s3_job))]
+    for exec_id in ids:
+        st = wait_final(ex, exec_id, 90)
+        assert st.state is ExecState.COMPLETED, (tmp_path / "local" / "jobs" / exec_id / "stderr").read_text()
+    assert (http_server.root / "out" / "sum.txt").read_text() == "6\n"
+    assert s3.get_object(Bucket="dsq-out", Key="run/sum.txt")["Body"].read() == b"10\n"

@@ -349,7 +349,11 @@ def _one(step: dict[str, Any]) -> Workflow:
     ("step", "code", "log"),
     [
         ({"run": {"command": "exit 4"}, "catch": [{"run": {"command": "exit 6"}}]}, 6, ""),  # catch fails: its status
-        ({"run": {"command": "exit 4"}, "finally": [{"run": {"command": "echo f >> log"}}]}, 4, "f\n"),
+        (
+            {"run": {"command": "exit 4"}, "finally": [{"run": {"command": "echo f $DEEPSQUARE_ERROR_CODE >> log"}}]},
+            4,
+            "f 4\n",
+        ),
         ({"run": {"command": "true"}, "finally": [{"run": {"command": "exit 5"}}]}, 5, ""),  # finally fails
         (
             {

@@ -262,25 +262,29 @@ def deepsquare_env(work: Path, cache: Path, uid: int) -> dict[str, str]:
     """The storage variables a DeepSquare job expects, the same way in every executor.
 
     ``$STORAGE_PATH`` is the job's own folder ``work/deepsquare`` (input,
-    output, env file, per-job tmp below it); the shared temporary folders live
+    output, the env file); the temporary folders live
     under the executor's ``cache`` and outlive the job: ``user-<uid>`` for one
     user's jobs, ``world`` for everyone's. ``DSQ_PYTHON`` is the worker's
     interpreter, which runs the container and storage tools; ``DSQ_IMAGE_CACHE``
-    (under ``cache``) is where those tools keep pulled images, once per digest,
-    for every job of this executor.
+    (``cache/images/user-<uid>``) is where the container tool keeps pulled images,
+    once per digest, for every job of that user on this executor.
     """
 
     storage = work / "deepsquare"
     user, world = cache / "tmp" / f"user-{uid}", cache / "tmp" / "world"
     disk_user, disk_world = cache / "disk" / f"user-{uid}", cache / "disk" / "world"
-    for folder, mode in ((world, 0o1777), (disk_world, 0o1777), (user, 0o700), (disk_user, 0o700)):
+    images = cache / "images" / f"user-{uid}"  # per user: no job can plant an image for another user's pull
+    for folder in (cache, cache / "tmp", cache / "disk", cache / "images"):
         folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o711)  # a job user may pass through to its own folders, not list them
+    for folder, mode in ((world, 0o1777), (disk_world, 0o1777), (user, 0o700), (disk_user, 0o700), (images, 0o700)):
+        folder.mkdir(exist_ok=True)
         folder.chmod(mode)
         if uid != os.getuid() and mode == 0o700:
             os.chown(folder, uid, -1)
     return {
         "DSQ_PYTHON": sys.executable,
-        "DSQ_IMAGE_CACHE": str(cache / "images"),
+        "DSQ_IMAGE_CACHE": str(images),
         "STORAGE_PATH": str(storage),
         "DEEPSQUARE_INPUT": str(storage / "input"),
         "DEEPSQUARE_OUTPUT": str(storage / "output"),

@@ -259,10 +259,10 @@ class _Renderer:
         lines = [f"{ind}(", f"{ind}  (", f"{ind}    _dsq_launched=()"]
         lines += [f"  {line}" for line in body]
         lines += [f"{ind}    _dsq_end_scope", f"{ind}  )", f"{ind}  _dsq_rc=$?"]
+        lines.append(f"{ind}  [ $_dsq_rc -eq 0 ] || export DEEPSQUARE_ERROR_CODE=$_dsq_rc")
         if step.catch is not None:
             lines += [
                 f"{ind}  if [ $_dsq_rc -ne 0 ]; then",
-                f"{ind}    export DEEPSQUARE_ERROR_CODE=$_dsq_rc",
                 *self.scope(step.catch, ind + "    "),
                 f"{ind}    _dsq_rc=$?",
                 f"{ind}  fi",

@@ -30,6 +30,7 @@ from typing import Any
 
 from eth_utils.crypto import keccak
 
+from dsq_chain import artifacts
 from dsq_chain.types import CREDIT_UNIT, LabelConstraint, Prices, Resources
 from dsq_chain.workloads.document import (
     MAX_RESOURCE,
@@ -76,7 +77,7 @@ __all__ = [
 ]
 
 #: Largest canonical encoding a job may carry (mirror of the contract's limit).
-MAX_WORKFLOW_BYTES = 16384
+MAX_WORKFLOW_BYTES = artifacts.constant("MAX_WORKFLOW_BYTES")
 #: Largest workflow document accepted as input (comments and layout included).
 MAX_SOURCE_BYTES = 65536
 

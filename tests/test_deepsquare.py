@@ -570,3 +570,11 @@ def test_storage_over_http_and_s3_on_the_local_executor(
         assert st.state is ExecState.COMPLETED, (tmp_path / "local" / "jobs" / exec_id / "stderr").read_text()
     assert (http_server.root / "out" / "sum.txt").read_text() == "6\n"
     assert s3.get_object(Bucket="dsq-out", Key="run/sum.txt")["Body"].read() == b"10\n"
+
+
+def test_a_broken_module_is_reported_once_not_at_each_use() -> None:
+    doc = yaml.safe_load((Path(__file__).parent.parent / "examples" / "control-flow.yaml").read_text())
+    doc["modules"]["greeter"]["inputs"][0]["key"] = "bad-key"
+    with pytest.raises(WorkflowError) as info:
+        loads(yaml.safe_dump(doc, sort_keys=False), source="job.yaml")
+    assert [e.field for e in info.value.errors] == ["modules.greeter.inputs[0].key"]

@@ -195,7 +195,8 @@ class StepsContext:
     limits: JobLimits
     modules: Mapping[str, Any]
     """source -> validated module (anything with ``min_resources`` and ``inputs``/``outputs``)."""
-    used_sources: list[tuple[str, int | None, str]] = field(default_factory=list)
+    broken: set[str] = field(default_factory=set)
+    """Sources of modules whose own errors are already recorded (a use of them adds none)."""
 
 
 def steps_of(ctx: Ctx, sctx: StepsContext, node: Node, path: str, *, allow_empty: bool = False) -> tuple[Step, ...]:
@@ -585,8 +586,9 @@ def _use(ctx: Ctx, sctx: StepsContext, node: Node, path: str) -> Use:
             lambda: _matching(ctx, found["exportEnvAs"], f"{path}.exportEnvAs", ENV_NAME_RE, "a variable name prefix")
         )
     module = sctx.modules.get(source)
+    if module is None and source in sctx.broken:
+        return Use(source, args or {}, export)  # the module's errors say what is wrong
     if module is None:
-        sctx.used_sources.append((source, source_node.line, f"{path}.source"))
         ctx.fail(
             source_node.line,
             f"{path}.source",

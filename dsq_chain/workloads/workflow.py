@@ -50,7 +50,7 @@ from dsq_chain.workloads.document import (
     text_of,
 )
 from dsq_chain.workloads.labels import LabelExpressionError, parse_constraint
-from dsq_chain.workloads.step_checks import JobLimits, StepsContext, env_of, steps_of
+from dsq_chain.workloads.step_checks import ENV_NAME_RE, JobLimits, StepsContext, env_of, steps_of
 from dsq_chain.workloads.steps import DEFAULT_SHELL, Step, walk
 
 __all__ = [
@@ -234,7 +234,9 @@ def _module(ctx: Ctx, limits: JobLimits, node: Node, path: str) -> Module:
             ipath = f"{path}.inputs[{index}]"
             entry = fields_of(ctx, item, ipath, ("key", "description", "default"), ("key", "description"))
             key = text_of(ctx, entry["key"], f"{ipath}.key", "a variable name")
-            env_of(ctx, Node("map", entry["key"].line, entries=()), ipath)  # shape only
+            if not ENV_NAME_RE.fullmatch(key) or key.startswith("DSQ_"):
+                expected = "a variable name [A-Za-z_][A-Za-z0-9_]* not starting with DSQ_"
+                ctx.fail(entry["key"].line, f"{ipath}.key", expected, got=quote(key))
             default = text_of(ctx, entry["default"], f"{ipath}.default", "text") if "default" in entry else None
             inputs.append(ModuleInput(key, text_of(ctx, entry["description"], f"{ipath}.description", "text"), default))
     outputs: list[tuple[str, str]] = []
@@ -249,7 +251,8 @@ def _module(ctx: Ctx, limits: JobLimits, node: Node, path: str) -> Module:
     return Module(name, description, JobLimits(*mins), tuple(inputs), tuple(outputs), steps)
 
 
-def _modules(ctx: Ctx, limits: JobLimits, node: Node) -> dict[str, Module]:
+def _modules(ctx: Ctx, limits: JobLimits, node: Node, broken: set[str]) -> dict[str, Module]:
+    """The vendored modules that are valid; the sources of the others go to ``broken``."""
     if node.kind != "map":
         ctx.fail(node.line, "modules", "a mapping of module source: module")
     modules: dict[str, Module] = {}
@@ -257,6 +260,8 @@ def _modules(ctx: Ctx, limits: JobLimits, node: Node) -> dict[str, Module]:
         module = ctx.guard(lambda e=entry: _module(ctx, limits, e.node, child("modules", e.key)))  # type: ignore[misc]
         if module is not None:
             modules[entry.key] = module
+        else:
+            broken.add(entry.key)
     return modules
 
 
@@ -347,10 +352,11 @@ def _build(ctx: Ctx, root: Node, base: Path | None = None) -> Workflow:
         ctx.warn(found["continuousOutputSync"].line, "continuousOutputSync",
                  "an http output is uploaded once, after the last step (as DeepSquare does): "
                  "only S3 syncs continuously")
-    modules = (ctx.guard(lambda: _modules(ctx, limits, found["modules"])) or {}) if "modules" in found else {}
-    sctx = StepsContext(limits, modules)
+    broken: set[str] = set()
+    modules = (ctx.guard(lambda: _modules(ctx, limits, found["modules"], broken)) or {}) if "modules" in found else {}
+    sctx = StepsContext(limits, modules, broken)
     if base is not None and "steps" in found:
-        _vendor_local_modules(ctx, limits, found["steps"], base, modules)
+        _vendor_local_modules(ctx, limits, found["steps"], base, modules, broken)
     steps = ctx.guard(lambda: steps_of(ctx, sctx, found["steps"], "steps"))
     ctx.raise_errors()
     assert resources is not None and steps is not None
@@ -370,7 +376,9 @@ def _build(ctx: Ctx, root: Node, base: Path | None = None) -> Workflow:
     return workflow
 
 
-def _vendor_local_modules(ctx: Ctx, limits: JobLimits, node: Node, base: Path, modules: dict[str, Module]) -> None:
+def _vendor_local_modules(
+    ctx: Ctx, limits: JobLimits, node: Node, base: Path, modules: dict[str, Module], broken: set[str]
+) -> None:
     """Read every ``use.source`` that is a local path (``./x``, ``../x``, ``/x``) into ``modules``."""
     for source, line, path in _use_sources(node, "steps"):
         if source in modules or not _LOCAL_SOURCE_RE.fullmatch(source):
@@ -380,6 +388,7 @@ def _vendor_local_modules(ctx: Ctx, limits: JobLimits, node: Node, base: Path, m
         except OSError as err:
             ctx.note(line, path, "a readable local module (a file, or a folder with module.yaml)",
                      got=f"{quote(source)}: {err.strerror or err}")
+            broken.add(source)
             continue
         sub = Ctx(f"{source}")
         try:
@@ -388,9 +397,11 @@ def _vendor_local_modules(ctx: Ctx, limits: JobLimits, node: Node, base: Path, m
             sub.raise_errors()
         except UnicodeDecodeError:
             ctx.note(line, path, "a UTF-8 module file", got=quote(source))
+            broken.add(source)
             continue
         except WorkflowError as err:
             ctx.errors.extend(err.errors)
+            broken.add(source)
             continue
         modules[source] = module
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -258,6 +259,23 @@ def test_deepsquare_folders_appear_as_in_deepsquare(oci_registry: Registry, imag
 def test_exit_code_is_the_commands(oci_registry: Registry, image_cache: Path, code: int) -> None:
     proc = cli("run", "--image", oci_registry.images["busybox"], "--", "/bin/sh", "-c", f"exit {code}")
     assert proc.returncode == code, proc.stderr
+
+
+def test_sigterm_reaches_the_command(oci_registry: Registry, image_cache: Path) -> None:
+    script = 'trap "echo got TERM; exit 7" TERM; echo ready; sleep 20 >/dev/null 2>&1 & wait'
+    proc = subprocess.Popen(
+        [*MODULE, "run", "--image", oci_registry.images["busybox"], "--", "/bin/sh", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out) == (7, "got TERM\n"), err
 
 
 def test_command_not_in_image_is_127(oci_registry: Registry, image_cache: Path) -> None:

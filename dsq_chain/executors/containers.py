@@ -345,6 +345,8 @@ def pull(
             return bundle
         umoci = require_tool("umoci")
         tls = _insecure(ref.registry) if insecure is None else insecure
+        for stale in (root / "tmp").glob(f"{hexd}-*"):  # a pull of this digest that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         work = root / "tmp" / f"{hexd}-{secrets.token_hex(4)}"
         work.mkdir(parents=True)
         try:
@@ -540,6 +542,17 @@ def _mount_overlay(rootfs: Path, scratch: Path) -> None:
     check(libc.mount(b"overlay", str(scratch / "merged").encode(), b"overlay", 0, opts), "mount overlay")
 
 
+def _forward_signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Deliver ``sig`` to the command: bwrap's child (bwrap itself would just die and SIGKILL it)."""
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for pid in children or [str(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), sig)
+
+
 def run(
     image: str | ImageRef,
     command: Sequence[str] = (),
@@ -607,9 +620,11 @@ def run(
         ) from None
     except OSError as exc:
         raise ContainerError("run-failed", f"could not start bwrap: {exc}") from None
-    forward = {s: signal.signal(s, lambda sig, _f: proc.send_signal(sig)) for s in (signal.SIGTERM, signal.SIGINT)}
+    handlers = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+    forward = {s: signal.signal(s, lambda sig, _f: _forward_signal(proc, sig)) for s in handlers}
     try:
-        return proc.wait()
+        code = proc.wait()
+        return 128 - code if code < 0 else code  # killed by a signal: as a shell reports it
     finally:
         for s, h in forward.items():
             signal.signal(s, h)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dsq_chain.executors import ExecState, LocalExecutor, SlurmExecutor
+from dsq_chain.executors import ExecState, Executor, LocalExecutor, SlurmExecutor
 from dsq_chain.executors.containers import (
     EXIT_COMMAND_NOT_FOUND,
     EXIT_CONTAINER_ERROR,
@@ -365,23 +365,24 @@ cat result.txt
 """
 
 
-def test_container_step_under_the_local_executor(oci_registry: Registry, image_cache: Path, tmp_path: Path) -> None:
-    ex = LocalExecutor(tmp_path / "local")
-    env = {"DSQ_PYTHON": sys.executable, "IMAGE": oci_registry.images["busybox"], "DSQ_IMAGE_CACHE": str(image_cache)}
-    exec_id = ex.submit(spec(STEP, env=env))
-    st = wait_final(ex, exec_id, 120)
+def _run_step(ex: Executor, script: str, registry: Registry, cache: Path) -> None:
+    """Submit ``script`` with the image and cache in its environment; it must end COMPLETED with STEP's output."""
+    env = {"DSQ_PYTHON": sys.executable, "IMAGE": registry.images["busybox"], "DSQ_IMAGE_CACHE": str(cache)}
+    exec_id = ex.submit(spec(script, env=env))
+    st = wait_final(ex, exec_id, 180)
     stdout, stderr = ex.logs(exec_id)
-    assert st.state is ExecState.COMPLETED, stderr.read_text()
-    assert stdout.read_text().splitlines() == ["dsq-chain test image", "step one in /work", "exit 5"]
+    assert st.state is ExecState.COMPLETED, stderr.read_text() if stderr.exists() else st
+    lines = [ln for ln in stdout.read_text().splitlines() if ln]
+    assert lines == ["dsq-chain test image", "step one in /work", "exit 5"]
+
+
+def test_container_step_under_the_local_executor(oci_registry: Registry, image_cache: Path, tmp_path: Path) -> None:
+    _run_step(LocalExecutor(tmp_path / "local"), STEP, oci_registry, image_cache)
 
 
 @pytest.mark.slurm
 @pytest.mark.xdist_group("slurm")
-def test_container_step_with_srun(
-    oci_registry: Registry,
-    image_cache: Path,
-    slurm_cluster: SlurmCluster,  # noqa: F811
-) -> None:
+def test_container_step_with_srun(oci_registry: Registry, image_cache: Path, slurm_cluster: SlurmCluster) -> None:  # noqa: F811
     proc = slurm_cluster.command(
         "srun", "-n", "1", *MODULE, "run", "--image", oci_registry.images["busybox"], "--",
         "/bin/sh", "-c", 'echo "task $SLURM_PROCID of $SLURM_NTASKS"; exit 3',
@@ -399,15 +400,5 @@ def test_container_step_in_a_slurm_batch_job(
     slurm_cluster: SlurmCluster,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    ex = SlurmExecutor(tmp_path / "slurm", slurm_conf=slurm_cluster.conf)
     script = STEP.replace('"$DSQ_PYTHON" -m', 'srun -n 1 "$DSQ_PYTHON" -m')
-    env = {"DSQ_PYTHON": sys.executable, "IMAGE": oci_registry.images["busybox"], "DSQ_IMAGE_CACHE": str(image_cache)}
-    exec_id = ex.submit(spec(script, env=env))
-    st = wait_final(ex, exec_id, 180)
-    stdout, stderr = ex.logs(exec_id)
-    assert st.state is ExecState.COMPLETED, stderr.read_text() if stderr.exists() else st
-    assert [ln for ln in stdout.read_text().splitlines() if ln] == [
-        "dsq-chain test image",
-        "step one in /work",
-        "exit 5",
-    ]
+    _run_step(SlurmExecutor(tmp_path / "slurm", slurm_conf=slurm_cluster.conf), script, oci_registry, image_cache)

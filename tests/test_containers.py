@@ -28,6 +28,7 @@ from dsq_chain.executors.containers import (
     pull,
     require_tool,
     run,
+    run_args,
 )
 from tests.executor_contract import spec, wait_final
 from tests.oci_fixtures import PASSWORD, USERNAME, Registry
@@ -92,6 +93,28 @@ def test_mount_parsing() -> None:
     for bad in ("/a", "/a:b", "/a:/b:rx", ":/b"):
         with pytest.raises(ContainerError, match="bad-mount"):
             Mount.parse(bad)
+
+
+def test_run_args_round_trip_through_the_cli_parser() -> None:
+    from dsq_chain.executors.containers import _parser
+
+    args = run_args(
+        "lib/app:1", ["/bin/sh", "-c", "echo $A"], registry="r.example", insecure=True,
+        mounts=["/h:/c:ro", Mount("/x", "/y")], env={"A": "b=c"}, workdir="/c", map_uid=0, map_gid=5, read_only=True,
+    )  # fmt: skip
+    assert args[:2] == ["-m", "dsq_chain.executors.containers"]
+    ns = _parser().parse_args(args[2:])
+    assert (ns.image, ns.registry, ns.insecure, ns.mount, ns.env) == (
+        "lib/app:1",
+        "r.example",
+        True,
+        ["/h:/c:ro", "/x:/y"],
+        ["A=b=c"],
+    )
+    assert (ns.workdir, ns.map_uid, ns.map_gid, ns.read_only) == ("/c", 0, 5, True)
+    assert ns.command == ["--", "/bin/sh", "-c", "echo $A"]
+    with pytest.raises(ContainerError, match="bad-mount"):
+        run_args("app", mounts=["/a:relative"])
 
 
 def test_missing_tool_names_the_debian_package() -> None:

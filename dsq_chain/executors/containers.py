@@ -633,6 +633,47 @@ def run(
 # --- command line ----------------------------------------------------------------------------------
 
 
+def run_args(
+    image: str,
+    command: Sequence[str] = (),
+    *,
+    registry: str | None = None,
+    insecure: bool = False,
+    mounts: Sequence[Mount | str] = (),
+    env: Mapping[str, str] | None = None,
+    workdir: str | None = None,
+    map_uid: int | None = None,
+    map_gid: int | None = None,
+    read_only: bool = False,
+) -> list[str]:
+    """Arguments after the interpreter that make this module run ``command`` in ``image``.
+
+    For a job script renderer: ``'"$DSQ_PYTHON" ' + shlex.join(run_args(...))``. Mounts are
+    checked (:meth:`Mount.parse`) and env names validated here, before the job is sent.
+    """
+    args = ["-m", __name__ if __name__ != "__main__" else "dsq_chain.executors.containers", "run", "--image", image]
+    if registry:
+        args += ["--registry", registry]
+    if insecure:
+        args.append("--insecure")
+    for m in mounts:
+        mount = m if isinstance(m, Mount) else Mount.parse(m)
+        args += ["--mount", f"{mount.source}:{mount.target}" + (":ro" if mount.read_only else "")]
+    for k, v in (env or {}).items():
+        if not _ENV_NAME_RE.match(k):
+            raise ContainerError("bad-reference", f"env {k!r} is not a variable name")
+        args += ["--env", f"{k}={v}"]
+    if workdir:
+        args += ["--workdir", workdir]
+    if map_uid is not None:
+        args += ["--map-uid", str(map_uid)]
+    if map_gid is not None:
+        args += ["--map-gid", str(map_gid)]
+    if read_only:
+        args.append("--read-only")
+    return [*args, "--", *command]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dsq_chain.executors.containers", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="action", required=True)

@@ -357,6 +357,15 @@ def test_runs_as_an_unprivileged_user(oci_registry: Registry) -> None:
         shutil.rmtree(shared, ignore_errors=True)
 
 
+def test_unusable_cache_is_named(oci_registry: Registry, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    env = dict(os.environ, DSQ_IMAGE_CACHE=str(tmp_path / "file" / "cache"))
+    proc = cli("run", "--image", oci_registry.images["busybox"], "--", "/bin/true", env=env)
+    assert proc.returncode == EXIT_CONTAINER_ERROR
+    assert proc.stderr.startswith("dsq-container: cache-error: image cache "), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+
+
 def test_missing_bubblewrap_is_named(oci_registry: Registry, image_cache: Path, tmp_path: Path) -> None:
     env = dict(os.environ, PATH=str(tmp_path))  # no bwrap, skopeo, umoci on this PATH
     proc = cli("run", "--image", oci_registry.images["busybox"], "--", "/bin/true", env=env)

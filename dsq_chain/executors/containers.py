@@ -94,8 +94,8 @@ class ContainerError(Exception):
     """The container could not be started; ``reason`` names why in one word.
 
     Reasons: ``tool-missing``, ``bad-reference``, ``bad-mount``, ``image-not-found``,
-    ``registry-auth``, ``registry-unreachable``, ``registry-error``, ``unpack-failed``,
-    ``run-failed``. ``image-not-found``, ``registry-auth``, ``bad-reference`` and ``bad-mount``
+    ``registry-auth``, ``registry-unreachable``, ``registry-error``, ``cache-error``,
+    ``unpack-failed``, ``run-failed``. ``image-not-found``, ``registry-auth``, ``bad-reference`` and ``bad-mount``
     are the job's fault; the others the provider's (or the registry's).
     """
 
@@ -335,6 +335,11 @@ def pull(
     ref = image if isinstance(image, ImageRef) else parse_image_ref(image, registry)
     creds = credentials if credentials is not None else Credentials.from_env()
     root = image_cache_dir(cache)
+    try:
+        for sub in ("images", "locks", "tmp", "mnt"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ContainerError("cache-error", f"image cache {root} unusable (set DSQ_IMAGE_CACHE): {exc}") from None
     if ref.digest and (hit := cached_image(ref.digest, root)):
         return hit
     digest = resolve_digest(ref, insecure=insecure, credentials=creds, timeout=min(timeout, 120))
@@ -371,6 +376,10 @@ def pull(
             os.rename(work / "bundle", bundle)
             with open(root / "pulls.log", "a") as log:
                 log.write(json.dumps(record) + "\n")
+        except subprocess.TimeoutExpired:
+            raise ContainerError("unpack-failed", f"umoci did not unpack {ref} within {timeout:g} s") from None
+        except OSError as exc:
+            raise ContainerError("unpack-failed", f"could not store {ref} in the cache {root}: {exc}") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return bundle
@@ -716,6 +725,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
     except ContainerError as exc:
         print(f"dsq-container: {exc}", file=sys.stderr)
+        return EXIT_CONTAINER_ERROR
+    except OSError as exc:  # anything else of the machine's (disk full, permissions): still one named line
+        print(f"dsq-container: run-failed: {exc}", file=sys.stderr)
         return EXIT_CONTAINER_ERROR
 
 

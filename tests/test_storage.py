@@ -186,6 +186,14 @@ def test_http_errors_have_exit_codes(http_server: HttpServer, tmp_path: Path) ->
     assert not list(tmp_path.glob("in/.*.part")), "a failed download left a partial file"
 
 
+def test_unwritable_destination_is_one_line(http_server: HttpServer, tmp_path: Path) -> None:
+    (http_server.root / "d.txt").write_text("d")
+    (tmp_path / "file").write_text("not a folder")
+    proc = cli("fetch", f"{http_server.url}/d.txt", str(tmp_path / "file" / "in"))
+    assert proc.returncode == storage.EXIT_FAILED
+    assert proc.stderr.startswith("dsq-storage: fetch: ") and proc.stderr.count("\n") == 1, proc.stderr
+
+
 def test_http_push_one_file_or_a_zip(http_server: HttpServer, tmp_path: Path) -> None:
     out = tmp_path / "output"
     out.mkdir()

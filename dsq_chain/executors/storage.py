@@ -390,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as exc:
         print(f"dsq-storage: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the local side: permissions, disk full
+        print(f"dsq-storage: {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

@@ -1,6 +1,6 @@
 """Real OCI registries and a test image, with no download: fixtures for the container tests.
 
-Import the fixtures into a test module (``from tests.oci_fixtures import oci_registry, ...``).
+``tests/conftest.py`` imports the fixtures, so every test module can use them.
 
 * ``container_tools`` installs Debian's ``skopeo``, ``umoci``, ``bubblewrap``,
   ``docker-registry``, ``busybox-static`` and ``apache2-utils`` (``htpasswd``) with apt-get when

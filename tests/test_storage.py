@@ -98,6 +98,16 @@ def test_s3_errors_have_exit_codes(s3_server: S3Server, s3_bucket: str, tmp_path
     assert unreachable.stderr.count("\n") == 1 and "127.0.0.1:9" in unreachable.stderr
 
 
+def test_s3_refused_credentials_exit_4(s3_auth_server: S3Server, tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("a")
+    env = {**os.environ, **s3_auth_server.env(), "AWS_ACCESS_KEY_ID": "wrong", "AWS_SECRET_ACCESS_KEY": "wrong"}
+    for args in (["push", str(tmp_path), "s3://b/x"], ["fetch", "s3://b/x", str(tmp_path / "in")]):
+        proc = cli(*args, env=env)
+        assert proc.returncode == storage.EXIT_DENIED, proc.stderr
+        assert "credentials refused (InvalidAccessKeyId" in proc.stderr and proc.stderr.count("\n") == 1
+        assert "wrong" not in proc.stderr
+
+
 def test_sync_pushes_periodically_and_once_more_on_sigterm(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

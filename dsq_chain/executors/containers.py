@@ -18,7 +18,8 @@ A DeepSquare ``run.container`` step becomes one call of this module, from the jo
   write anywhere, the cache never changes. ``read_only`` (DeepSquare's ``readOnlyRootFS``)
   remounts ``/`` read-only; ``/tmp`` is always a fresh tmpfs.
   Like Apptainer, the container shares the host's network, PIDs, IPC and ``/dev/shm`` (MPI ranks
-  of one ``srun`` reach each other) and sees ``/sys``, a fresh ``/proc``, a minimal ``/dev``.
+  of one ``srun`` reach each other; ``PMIX_SERVER_TMPDIR`` is bound at its own path) and sees
+  ``/sys``, a fresh ``/proc``, a minimal ``/dev``.
 * **DeepSquare folders**: when ``STORAGE_PATH`` is set (the job's script exports it), it is
   bound at ``/deepsquare`` and ``STORAGE_PATH``, ``DEEPSQUARE_INPUT``, ``DEEPSQUARE_OUTPUT``,
   ``DEEPSQUARE_ENV`` and the ``DEEPSQUARE_*TMP`` folders are rewritten to their paths inside,
@@ -462,6 +463,20 @@ def deepsquare_mounts(host_env: Mapping[str, str]) -> list[Mount]:
     return mounts
 
 
+def launcher_mounts(host_env: Mapping[str, str]) -> list[Mount]:
+    """Folders the MPI launcher shares with its ranks, bound at the same path (srun --mpi=pmix*).
+
+    PMIx clients find the server's shared-memory store under ``PMIX_SERVER_TMPDIR``; a rank in
+    a container must see it there too.
+    """
+    mounts = []
+    for var in ("PMIX_SERVER_TMPDIR",):
+        path = host_env.get(var, "").rstrip("/")
+        if path and path not in ("/tmp", "/") and os.path.isdir(path):
+            mounts.append(Mount(path, path))
+    return mounts
+
+
 def _under(path: str, targets: Sequence[str]) -> bool:
     return any(path == t or path.startswith(t.rstrip("/") + "/") for t in targets)
 
@@ -599,7 +614,7 @@ def run(
     argv = list(command) or [str(a) for a in process.get("args") or []]
     if not argv:
         raise ContainerError("bad-reference", f"{image}: no command given and the image defines none")
-    all_mounts = deepsquare_mounts(henv) + user_mounts
+    all_mounts = launcher_mounts(henv) + deepsquare_mounts(henv) + user_mounts
     if not find_command(rootfs, argv[0], inside["PATH"], all_mounts):
         print(f"dsq-container: command-not-found: {argv[0]!r} is not in the image {image}", file=sys.stderr)
         return EXIT_COMMAND_NOT_FOUND

@@ -25,6 +25,7 @@ from dsq_chain.executors.containers import (
     ImageRef,
     Mount,
     parse_image_ref,
+    prune,
     pull,
     require_tool,
     run,
@@ -153,6 +154,32 @@ def test_pull_once_per_digest(oci_registry: Registry, image_cache: Path) -> None
     assert len((image_cache / "pulls.log").read_text().splitlines()) == 1
     # pinned by digest: served from the cache without asking the registry for anything
     assert pull(f"{image.split(':1')[0]}@{record['digest']}") == bundles[0]
+
+
+def test_prune_removes_unused_images_only(oci_registry: Registry, image_cache: Path) -> None:
+    image = oci_registry.images["busybox"]
+    assert cli("run", "--image", image, "--", "/bin/true").returncode == 0
+    assert prune(3600) == [], "an image used a moment ago was pruned"
+    running = subprocess.Popen(
+        [*MODULE, "run", "--image", image, "--", "/bin/sh", "-c", "echo ready; read line"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert running.stdout is not None and running.stdout.readline() == "ready\n"
+        assert prune(0) == [], "an image in use was pruned"
+        running.communicate("done\n", timeout=30)
+    finally:
+        running.kill()
+    assert running.returncode == 0
+    (bundle,) = (image_cache / "images").iterdir()
+    proc = cli("prune", "--unused-days", "0")
+    assert (proc.returncode, proc.stdout) == (0, f"sha256:{bundle.name}\n"), proc.stderr
+    assert not list((image_cache / "images").iterdir())
+    assert not list((image_cache / "tmp").iterdir())
+    assert cli("run", "--image", image, "--", "/bin/true").returncode == 0  # pulled again
+    assert len((image_cache / "pulls.log").read_text().splitlines()) == 2
 
 
 def test_concurrent_pulls_of_one_image_pull_once(oci_registry: Registry, image_cache: Path) -> None:

@@ -11,7 +11,8 @@ A DeepSquare ``run.container`` step becomes one call of this module, from the jo
   by digest with ``skopeo copy`` into an OCI layout and unpacked with ``umoci unpack --rootless``
   into ``<cache>/images/<hex>/`` (``rootfs/`` and the runtime ``config.json``); the folder
   appears by an atomic rename, so a half-pulled image is never used. Each real pull appends a
-  line to ``<cache>/pulls.log``.
+  line to ``<cache>/pulls.log``. A run holds a shared lock on its image; :func:`prune` removes
+  images unused for a while and never one in use.
 * **Run** (:func:`run`): ``bwrap`` (bubblewrap) runs the command with the image as ``/``: an
   overlay of ``rootfs`` under a tmpfs private to the run (like Apptainer's ``--writable-tmpfs``),
   mounted in a mount namespace of its own (plus a user namespace when not root): the command may
@@ -60,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,48 @@ def cached_image(digest: str, cache: Path | str | None = None) -> Path | None:
     return bundle if (bundle / "image.json").is_file() else None
 
 
+@contextlib.contextmanager
+def _in_use(get: Callable[[], Path]) -> Iterator[Path]:
+    """Hold the bundle ``get()`` returns under a shared lock (so :func:`prune` leaves it) and mark it used."""
+    for _ in range(3):
+        bundle = get()
+        with open(bundle.parent.parent / "locks" / f"{bundle.name}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            if (bundle / "image.json").is_file():  # not pruned between the pull and the lock
+                with contextlib.suppress(OSError):
+                    os.utime(bundle / "image.json")
+                yield bundle
+                return
+    raise ContainerError("cache-error", f"{bundle.name} keeps disappearing from the cache (a prune running?)")
+
+
+def prune(unused_for_s: float, cache: Path | str | None = None) -> list[str]:
+    """Remove cached images no container uses now and none used for ``unused_for_s`` seconds.
+
+    Returns the digests removed. An image being pulled or run is never touched.
+    """
+    root = image_cache_dir(cache)
+    removed: list[str] = []
+    for bundle in sorted((root / "images").glob("*")):
+        trash = None
+        with open(root / "locks" / f"{bundle.name}.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # in use
+            try:
+                last_used = (bundle / "image.json").stat().st_mtime
+            except FileNotFoundError:
+                last_used = 0.0
+            if time.time() - last_used >= unused_for_s:
+                trash = root / "tmp" / f"{bundle.name}-prune-{secrets.token_hex(4)}"
+                os.rename(bundle, trash)
+                removed.append(f"sha256:{bundle.name}")
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    return removed
+
+
 def pull(
     image: str | ImageRef,
     *,
@@ -344,6 +387,8 @@ def pull(
     if ref.digest and (hit := cached_image(ref.digest, root)):
         return hit
     digest = resolve_digest(ref, insecure=insecure, credentials=creds, timeout=min(timeout, 120))
+    if hit := cached_image(digest, root):  # bundles appear by an atomic rename: no lock needed to see one
+        return hit
     hexd = digest.removeprefix("sha256:")
     bundle = root / "images" / hexd
     with _locked(root / "locks" / f"{hexd}.lock"):
@@ -606,52 +651,56 @@ def run(
     for m in user_mounts:
         if not os.path.exists(m.source):
             raise ContainerError("bad-mount", f"mount source {m.source!r} (for {m.target}) does not exist")
-    bundle = pull(image, registry=registry, insecure=insecure, credentials=credentials, cache=cache)
-    rootfs = bundle / "rootfs"
-    henv = dict(os.environ if host_env is None else host_env)
-    inside = container_env(bundle, henv, env)
-    process = image_config(bundle)
-    argv = list(command) or [str(a) for a in process.get("args") or []]
-    if not argv:
-        raise ContainerError("bad-reference", f"{image}: no command given and the image defines none")
-    all_mounts = launcher_mounts(henv) + deepsquare_mounts(henv) + user_mounts
-    if not find_command(rootfs, argv[0], inside["PATH"], all_mounts):
-        print(f"dsq-container: command-not-found: {argv[0]!r} is not in the image {image}", file=sys.stderr)
-        return EXIT_COMMAND_NOT_FOUND
-    wd = workdir or str(process.get("cwd") or "/")
-    scratch_parent = image_cache_dir(cache) / "mnt"
-    scratch_parent.mkdir(parents=True, exist_ok=True)
-    args = bwrap_argv(
-        scratch_parent / "merged",
-        argv,
-        mounts=all_mounts,
-        workdir=wd,
-        read_only=read_only,
-        map_uid=map_uid,
-        map_gid=map_gid,
-        bwrap=bwrap,
-    )
-    if read_only and not _in_image(rootfs, wd) and not _under(wd, [m.target for m in all_mounts] + ["/tmp"]):
-        raise ContainerError("bad-mount", f"work directory {wd!r} is not in the read-only image nor under a mount")
-    # merged/ is only a mount point inside the child's namespace: prepare it there.
-    try:
-        proc = subprocess.Popen(args, env=inside, preexec_fn=lambda: _mount_overlay(rootfs, scratch_parent))
-    except subprocess.SubprocessError as exc:
-        raise ContainerError(
-            "run-failed",
-            f"could not mount the container's overlay root ({exc}; without root this needs Linux >= 5.11 "
-            "with unprivileged user namespaces)",
-        ) from None
-    except OSError as exc:
-        raise ContainerError("run-failed", f"could not start bwrap: {exc}") from None
-    handlers = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-    forward = {s: signal.signal(s, lambda sig, _f: _forward_signal(proc, sig)) for s in handlers}
-    try:
-        code = proc.wait()
-        return 128 - code if code < 0 else code  # killed by a signal: as a shell reports it
-    finally:
-        for s, h in forward.items():
-            signal.signal(s, h)
+
+    def pulled() -> Path:
+        return pull(image, registry=registry, insecure=insecure, credentials=credentials, cache=cache)
+
+    with _in_use(pulled) as bundle:  # shared lock: prune() leaves an image alone while it runs
+        rootfs = bundle / "rootfs"
+        henv = dict(os.environ if host_env is None else host_env)
+        inside = container_env(bundle, henv, env)
+        process = image_config(bundle)
+        argv = list(command) or [str(a) for a in process.get("args") or []]
+        if not argv:
+            raise ContainerError("bad-reference", f"{image}: no command given and the image defines none")
+        all_mounts = launcher_mounts(henv) + deepsquare_mounts(henv) + user_mounts
+        if not find_command(rootfs, argv[0], inside["PATH"], all_mounts):
+            print(f"dsq-container: command-not-found: {argv[0]!r} is not in the image {image}", file=sys.stderr)
+            return EXIT_COMMAND_NOT_FOUND
+        wd = workdir or str(process.get("cwd") or "/")
+        scratch_parent = image_cache_dir(cache) / "mnt"
+        scratch_parent.mkdir(parents=True, exist_ok=True)
+        args = bwrap_argv(
+            scratch_parent / "merged",
+            argv,
+            mounts=all_mounts,
+            workdir=wd,
+            read_only=read_only,
+            map_uid=map_uid,
+            map_gid=map_gid,
+            bwrap=bwrap,
+        )
+        if read_only and not _in_image(rootfs, wd) and not _under(wd, [m.target for m in all_mounts] + ["/tmp"]):
+            raise ContainerError("bad-mount", f"work directory {wd!r} is not in the read-only image nor under a mount")
+        # merged/ is only a mount point inside the child's namespace: prepare it there.
+        try:
+            proc = subprocess.Popen(args, env=inside, preexec_fn=lambda: _mount_overlay(rootfs, scratch_parent))
+        except subprocess.SubprocessError as exc:
+            raise ContainerError(
+                "run-failed",
+                f"could not mount the container's overlay root ({exc}; without root this needs Linux >= 5.11 "
+                "with unprivileged user namespaces)",
+            ) from None
+        except OSError as exc:
+            raise ContainerError("run-failed", f"could not start bwrap: {exc}") from None
+        handlers = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+        forward = {s: signal.signal(s, lambda sig, _f: _forward_signal(proc, sig)) for s in handlers}
+        try:
+            code = proc.wait()
+            return 128 - code if code < 0 else code  # killed by a signal: as a shell reports it
+        finally:
+            for s, h in forward.items():
+                signal.signal(s, h)
 
 
 # --- command line ----------------------------------------------------------------------------------
@@ -712,6 +761,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--map-gid", type=int)
     r.add_argument("--read-only", action="store_true", help="read-only root file system (readOnlyRootFS)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS... (default: the image's)")
+    pr = sub.add_parser("prune", help="remove cached images unused for some days (never one in use)")
+    pr.add_argument("--unused-days", type=float, required=True, metavar="D")
     pl = sub.add_parser("pull", help="pull an image into the cache and print its bundle folder")
     pl.add_argument("--image", required=True)
     pl.add_argument("--registry")
@@ -722,6 +773,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.action == "prune":
+            for digest in prune(args.unused_days * 86400):
+                print(digest)
+            return 0
         if args.action == "pull":
             print(pull(args.image, registry=args.registry, insecure=args.insecure))
             return 0

@@ -200,6 +200,40 @@ def test_concurrent_pulls_of_one_image_pull_once(oci_registry: Registry, image_c
     assert not list((image_cache / "tmp").iterdir()), "a pull left its work folder behind"
 
 
+def test_concurrent_first_runs_that_wait_for_each_other(
+    oci_registry: Registry, image_cache: Path, tmp_path: Path
+) -> None:
+    """Two ranks of one step on a fresh cache: one pulls, the other waits for that pull, and each
+    container then waits for the other (as MPI ranks do). A run must not hold the pull lock."""
+    script = 'touch /s/"$ME"; i=0; while [ ! -f /s/"$OTHER" ]; do i=$((i+1)); [ $i -gt 300 ] && exit 9; sleep 0.1; done'
+    procs = [
+        subprocess.Popen(
+            [
+                *MODULE,
+                "run",
+                "--image",
+                oci_registry.images["busybox"],
+                "--mount",
+                f"{tmp_path}:/s",
+                "--env",
+                f"ME={me}",
+                "--env",
+                f"OTHER={other}",
+                "--",
+                "/bin/sh",
+                "-c",
+                script,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for me, other in (("a", "b"), ("b", "a"))
+    ]
+    errs = [p.communicate(timeout=90)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert len((image_cache / "pulls.log").read_text().splitlines()) == 1
+
+
 def test_missing_image_is_125_with_a_reason(oci_registry: Registry, image_cache: Path) -> None:
     proc = cli("run", "--image", f"{oci_registry.host}/test/nope:1", "--", "/bin/true")
     assert proc.returncode == EXIT_CONTAINER_ERROR

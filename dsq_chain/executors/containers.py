@@ -321,10 +321,14 @@ def cached_image(digest: str, cache: Path | str | None = None) -> Path | None:
 
 @contextlib.contextmanager
 def _in_use(get: Callable[[], Path]) -> Iterator[Path]:
-    """Hold the bundle ``get()`` returns under a shared lock (so :func:`prune` leaves it) and mark it used."""
+    """Hold the bundle ``get()`` returns under a shared lock (so :func:`prune` leaves it) and mark it used.
+
+    Not the pull lock: a run holding that would keep a concurrent pull of the same image (the
+    other rank of an MPI step, which this run waits for) from ever seeing the finished image.
+    """
     for _ in range(3):
         bundle = get()
-        with open(bundle.parent.parent / "locks" / f"{bundle.name}.lock", "a") as f:
+        with open(bundle.parent.parent / "locks" / f"{bundle.name}.use", "a") as f:
             fcntl.flock(f, fcntl.LOCK_SH)
             if (bundle / "image.json").is_file():  # not pruned between the pull and the lock
                 with contextlib.suppress(OSError):
@@ -343,7 +347,7 @@ def prune(unused_for_s: float, cache: Path | str | None = None) -> list[str]:
     removed: list[str] = []
     for bundle in sorted((root / "images").glob("*")):
         trash = None
-        with open(root / "locks" / f"{bundle.name}.lock", "a") as f:
+        with open(root / "locks" / f"{bundle.name}.use", "a") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

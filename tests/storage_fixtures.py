@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from tests.processes import stop_process
 from tests.slurm_cluster import free_port
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -45,12 +46,7 @@ class S3Server:
         return {**S3_ENV, "AWS_ENDPOINT_URL": self.endpoint}
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
     def client(self) -> Any:
         import boto3

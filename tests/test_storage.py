@@ -175,6 +175,15 @@ def test_http_fetch_unpacks_archives_like_deepsquare(http_server: HttpServer, tm
     assert tree(tmp_path / "g") == {"notes.txt": "notes"}  # gunzip -df replaces the .gz
 
 
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [("http://h/a/data.csv", "data.csv"), ("http://h/d/", "d"), ("http://h/", "index.html"),
+     ("http://h/x/%2e%2e", "index.html"), ("http://h/..%2F..%2Fetc%2Fpasswd", ".._.._etc_passwd")],
+)  # fmt: skip
+def test_downloaded_file_names_stay_in_the_folder(url: str, name: str) -> None:
+    assert storage._file_name(url) == name
+
+
 def test_http_fetch_refuses_members_outside_the_folder(http_server: HttpServer, tmp_path: Path) -> None:
     (http_server.root / "evil.tar.gz").write_bytes(_tar_gz({"../escaped.txt": "x"}))
     proc = cli("fetch", f"{http_server.url}/evil.tar.gz", str(tmp_path / "in"))

@@ -226,6 +226,7 @@ def _http_error(exc: Exception, what: str) -> StorageError:
 
 def _file_name(url: str) -> str:
     name = urllib.parse.unquote(urllib.parse.urlparse(url).path.rstrip("/").rsplit("/", 1)[-1])
+    name = name.replace("/", "_").replace("\0", "_")  # an encoded %2F must not make a path
     return name if name not in ("", ".", "..") else "index.html"
 
 

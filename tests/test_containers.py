@@ -242,6 +242,23 @@ def test_missing_image_is_125_with_a_reason(oci_registry: Registry, image_cache:
     assert f"{oci_registry.host}/test/nope:1" in lines[0]
 
 
+def test_faults_are_recorded_for_the_worker(oci_registry: Registry, image_cache: Path, tmp_path: Path) -> None:
+    faults = tmp_path / "faults.jsonl"
+    env = dict(os.environ, DSQ_CONTAINER_FAULTS=str(faults))
+    assert cli("run", "--image", f"{oci_registry.host}/test/nope:1", "--", "true", env=env).returncode == 125
+    assert (
+        cli("run", "--image", oci_registry.images["busybox"], "--", "true", env=dict(env, PATH="/nowhere")).returncode
+        == 125
+    )
+    assert (
+        cli("run", "--image", oci_registry.images["busybox"], "--", "/bin/sh", "-c", "exit 125", env=env).returncode
+        == 125
+    )
+    records = [json.loads(line) for line in faults.read_text().splitlines()]
+    assert [(r["reason"], r["user_fault"]) for r in records] == [("image-not-found", True), ("tool-missing", False)]
+    assert records[0]["image"] == f"{oci_registry.host}/test/nope:1"
+
+
 def test_unreachable_registry_is_125_with_a_reason(image_cache: Path, container_tools: None) -> None:
     from tests.slurm_cluster import free_port
 

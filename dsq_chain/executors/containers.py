@@ -751,6 +751,20 @@ def run_args(
     return [*args, "--", *command]
 
 
+def record_fault(exc: ContainerError, image: str | None, env: Mapping[str, str] | None = None) -> None:
+    """Append ``exc`` as one JSON line to the file ``$DSQ_CONTAINER_FAULTS`` names (if any).
+
+    A worker reads it to tell a job's mistake (``FAILED``) from the provider's (``PANICKED``):
+    the exit status (125) is the same for both.
+    """
+    path = (os.environ if env is None else env).get("DSQ_CONTAINER_FAULTS")
+    if not path:
+        return
+    line = {"reason": exc.reason, "user_fault": exc.user_fault, "image": image, "message": exc.message}
+    with contextlib.suppress(OSError), open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dsq_chain.executors.containers", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="action", required=True)
@@ -799,6 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
     except ContainerError as exc:
         print(f"dsq-container: {exc}", file=sys.stderr)
+        record_fault(exc, getattr(args, "image", None))
         return EXIT_CONTAINER_ERROR
     except OSError as exc:  # anything else of the machine's (disk full, permissions): still one named line
         print(f"dsq-container: run-failed: {exc}", file=sys.stderr)

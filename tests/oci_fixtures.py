@@ -1,6 +1,6 @@
 """Real OCI registries and a test image, with no download: fixtures for the container tests.
 
-Import the fixtures into a test module (``from tests.oci_fixtures import oci_registry, ...``).
+``tests/conftest.py`` imports the fixtures, so every test module can use them.
 
 * ``container_tools`` installs Debian's ``skopeo``, ``umoci``, ``bubblewrap``,
   ``docker-registry``, ``busybox-static`` and ``apache2-utils`` (``htpasswd``) with apt-get when
@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.apt import AptUnavailable, ensure_packages
+from tests.processes import stop_process
 from tests.slurm_cluster import free_port
 
 APT_PACKAGES = ("skopeo", "umoci", "bubblewrap", "docker-registry", "busybox-static", "apache2-utils")
@@ -116,13 +117,7 @@ class Registry:
         return len(re.findall(r'"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]+ HTTP/[0-9.]+" (?:200|307)', text))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -1,10 +1,11 @@
 """Real storage servers on loopback for the transfer tests: an S3-protocol server and an HTTP server.
 
-Import the fixtures into a test module (``from tests.storage_fixtures import s3_server, ...``).
+``tests/conftest.py`` imports the fixtures, so every test module can use them.
 
 * ``s3_server``: ``moto_server`` (``moto[server]`` from the dev extra) on ``127.0.0.1`` with a
-  free port, once per session. ``s3_env`` points ``AWS_ENDPOINT_URL`` and test credentials at it
-  for one test; ``s3_bucket`` makes a fresh bucket.
+  free port, once per session; ``s3_auth_server``: one that checks credentials and refuses all.
+  ``s3_env`` points ``AWS_ENDPOINT_URL`` and test credentials at ``s3_server`` for one test;
+  ``s3_bucket`` makes a fresh bucket.
 * ``http_server``: a small threaded HTTP server over a temp folder: GET serves files, PUT stores
   the body and answers the file's URL (as transfer.sh does), any path under ``/forbidden/``
   answers 403.
@@ -12,12 +13,14 @@ Import the fixtures into a test module (``from tests.storage_fixtures import s3_
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from tests.processes import stop_process
 from tests.slurm_cluster import free_port
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -40,6 +44,9 @@ class S3Server:
     def env(self) -> dict[str, str]:
         """Variables that point boto3 (and :mod:`dsq_chain.executors.storage`) at this server."""
         return {**S3_ENV, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def stop(self) -> None:
+        stop_process(self.proc)
 
     def client(self) -> Any:
         import boto3
@@ -58,36 +65,50 @@ def _moto_server() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+def start_moto(log: Path, *, enforce_auth: bool = False) -> S3Server:
+    """Start ``moto_server`` on a free loopback port; ``enforce_auth``: every request must be signed by a
+    key moto's IAM knows (none: any key is refused with InvalidAccessKeyId)."""
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0") if enforce_auth else None
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [_moto_server(), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
         )  # fmt: skip
     server = S3Server(f"http://127.0.0.1:{port}", proc)
     deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(server.endpoint + "/", timeout=2).close()
+            return server
+        except urllib.error.HTTPError:
+            return server  # answering, if only to refuse
+        except OSError:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"moto_server did not answer on {server.endpoint}") from None
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(server.endpoint + "/", timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not answer on {server.endpoint}") from None
-                time.sleep(0.1)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3 server that checks credentials (and knows none: every key is refused)."""
+    server = start_moto(tmp_path_factory.mktemp("moto-auth") / "moto.log", enforce_auth=True)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dsq_chain.executors import ExecState, LocalExecutor, SlurmExecutor
+from dsq_chain.executors import ExecState, Executor, LocalExecutor, SlurmExecutor
 from dsq_chain.executors.containers import (
     EXIT_COMMAND_NOT_FOUND,
     EXIT_CONTAINER_ERROR,
@@ -24,9 +25,11 @@ from dsq_chain.executors.containers import (
     ImageRef,
     Mount,
     parse_image_ref,
+    prune,
     pull,
     require_tool,
     run,
+    run_args,
 )
 from tests.executor_contract import spec, wait_final
 from tests.oci_fixtures import PASSWORD, USERNAME, Registry
@@ -93,6 +96,28 @@ def test_mount_parsing() -> None:
             Mount.parse(bad)
 
 
+def test_run_args_round_trip_through_the_cli_parser() -> None:
+    from dsq_chain.executors.containers import _parser
+
+    args = run_args(
+        "lib/app:1", ["/bin/sh", "-c", "echo $A"], registry="r.example", insecure=True,
+        mounts=["/h:/c:ro", Mount("/x", "/y")], env={"A": "b=c"}, workdir="/c", map_uid=0, map_gid=5, read_only=True,
+    )  # fmt: skip
+    assert args[:2] == ["-m", "dsq_chain.executors.containers"]
+    ns = _parser().parse_args(args[2:])
+    assert (ns.image, ns.registry, ns.insecure, ns.mount, ns.env) == (
+        "lib/app:1",
+        "r.example",
+        True,
+        ["/h:/c:ro", "/x:/y"],
+        ["A=b=c"],
+    )
+    assert (ns.workdir, ns.map_uid, ns.map_gid, ns.read_only) == ("/c", 0, 5, True)
+    assert ns.command == ["--", "/bin/sh", "-c", "echo $A"]
+    with pytest.raises(ContainerError, match="bad-mount"):
+        run_args("app", mounts=["/a:relative"])
+
+
 def test_missing_tool_names_the_debian_package() -> None:
     with pytest.raises(ContainerError) as info:
         require_tool("dsq-no-such-tool")
@@ -131,6 +156,32 @@ def test_pull_once_per_digest(oci_registry: Registry, image_cache: Path) -> None
     assert pull(f"{image.split(':1')[0]}@{record['digest']}") == bundles[0]
 
 
+def test_prune_removes_unused_images_only(oci_registry: Registry, image_cache: Path) -> None:
+    image = oci_registry.images["busybox"]
+    assert cli("run", "--image", image, "--", "/bin/true").returncode == 0
+    assert prune(3600) == [], "an image used a moment ago was pruned"
+    running = subprocess.Popen(
+        [*MODULE, "run", "--image", image, "--", "/bin/sh", "-c", "echo ready; read line"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert running.stdout is not None and running.stdout.readline() == "ready\n"
+        assert prune(0) == [], "an image in use was pruned"
+        running.communicate("done\n", timeout=30)
+    finally:
+        running.kill()
+    assert running.returncode == 0
+    (bundle,) = (image_cache / "images").iterdir()
+    proc = cli("prune", "--unused-days", "0")
+    assert (proc.returncode, proc.stdout) == (0, f"sha256:{bundle.name}\n"), proc.stderr
+    assert not list((image_cache / "images").iterdir())
+    assert not list((image_cache / "tmp").iterdir())
+    assert cli("run", "--image", image, "--", "/bin/true").returncode == 0  # pulled again
+    assert len((image_cache / "pulls.log").read_text().splitlines()) == 2
+
+
 def test_concurrent_pulls_of_one_image_pull_once(oci_registry: Registry, image_cache: Path) -> None:
     procs = [
         subprocess.Popen(
@@ -149,12 +200,63 @@ def test_concurrent_pulls_of_one_image_pull_once(oci_registry: Registry, image_c
     assert not list((image_cache / "tmp").iterdir()), "a pull left its work folder behind"
 
 
+def test_concurrent_first_runs_that_wait_for_each_other(
+    oci_registry: Registry, image_cache: Path, tmp_path: Path
+) -> None:
+    """Two ranks of one step on a fresh cache: one pulls, the other waits for that pull, and each
+    container then waits for the other (as MPI ranks do). A run must not hold the pull lock."""
+    script = 'touch /s/"$ME"; i=0; while [ ! -f /s/"$OTHER" ]; do i=$((i+1)); [ $i -gt 300 ] && exit 9; sleep 0.1; done'
+    procs = [
+        subprocess.Popen(
+            [
+                *MODULE,
+                "run",
+                "--image",
+                oci_registry.images["busybox"],
+                "--mount",
+                f"{tmp_path}:/s",
+                "--env",
+                f"ME={me}",
+                "--env",
+                f"OTHER={other}",
+                "--",
+                "/bin/sh",
+                "-c",
+                script,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for me, other in (("a", "b"), ("b", "a"))
+    ]
+    errs = [p.communicate(timeout=90)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert len((image_cache / "pulls.log").read_text().splitlines()) == 1
+
+
 def test_missing_image_is_125_with_a_reason(oci_registry: Registry, image_cache: Path) -> None:
     proc = cli("run", "--image", f"{oci_registry.host}/test/nope:1", "--", "/bin/true")
     assert proc.returncode == EXIT_CONTAINER_ERROR
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dsq-container: image-not-found: "), proc.stderr
     assert f"{oci_registry.host}/test/nope:1" in lines[0]
+
+
+def test_faults_are_recorded_for_the_worker(oci_registry: Registry, image_cache: Path, tmp_path: Path) -> None:
+    faults = tmp_path / "faults.jsonl"
+    env = dict(os.environ, DSQ_CONTAINER_FAULTS=str(faults))
+    assert cli("run", "--image", f"{oci_registry.host}/test/nope:1", "--", "true", env=env).returncode == 125
+    assert (
+        cli("run", "--image", oci_registry.images["busybox"], "--", "true", env=dict(env, PATH="/nowhere")).returncode
+        == 125
+    )
+    assert (
+        cli("run", "--image", oci_registry.images["busybox"], "--", "/bin/sh", "-c", "exit 125", env=env).returncode
+        == 125
+    )
+    records = [json.loads(line) for line in faults.read_text().splitlines()]
+    assert [(r["reason"], r["user_fault"]) for r in records] == [("image-not-found", True), ("tool-missing", False)]
+    assert records[0]["image"] == f"{oci_registry.host}/test/nope:1"
 
 
 def test_unreachable_registry_is_125_with_a_reason(image_cache: Path, container_tools: None) -> None:
@@ -260,6 +362,23 @@ def test_exit_code_is_the_commands(oci_registry: Registry, image_cache: Path, co
     assert proc.returncode == code, proc.stderr
 
 
+def test_sigterm_reaches_the_command(oci_registry: Registry, image_cache: Path) -> None:
+    script = 'trap "echo got TERM; exit 7" TERM; echo ready; sleep 20 >/dev/null 2>&1 & wait'
+    proc = subprocess.Popen(
+        [*MODULE, "run", "--image", oci_registry.images["busybox"], "--", "/bin/sh", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out) == (7, "got TERM\n"), err
+
+
 def test_command_not_in_image_is_127(oci_registry: Registry, image_cache: Path) -> None:
     proc = cli("run", "--image", oci_registry.images["busybox"], "--", "python3", "-V")
     assert proc.returncode == EXIT_COMMAND_NOT_FOUND
@@ -316,6 +435,15 @@ def test_runs_as_an_unprivileged_user(oci_registry: Registry) -> None:
         shutil.rmtree(shared, ignore_errors=True)
 
 
+def test_unusable_cache_is_named(oci_registry: Registry, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    env = dict(os.environ, DSQ_IMAGE_CACHE=str(tmp_path / "file" / "cache"))
+    proc = cli("run", "--image", oci_registry.images["busybox"], "--", "/bin/true", env=env)
+    assert proc.returncode == EXIT_CONTAINER_ERROR
+    assert proc.stderr.startswith("dsq-container: cache-error: image cache "), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+
+
 def test_missing_bubblewrap_is_named(oci_registry: Registry, image_cache: Path, tmp_path: Path) -> None:
     env = dict(os.environ, PATH=str(tmp_path))  # no bwrap, skopeo, umoci on this PATH
     proc = cli("run", "--image", oci_registry.images["busybox"], "--", "/bin/true", env=env)
@@ -347,23 +475,24 @@ cat result.txt
 """
 
 
-def test_container_step_under_the_local_executor(oci_registry: Registry, image_cache: Path, tmp_path: Path) -> None:
-    ex = LocalExecutor(tmp_path / "local")
-    env = {"DSQ_PYTHON": sys.executable, "IMAGE": oci_registry.images["busybox"], "DSQ_IMAGE_CACHE": str(image_cache)}
-    exec_id = ex.submit(spec(STEP, env=env))
-    st = wait_final(ex, exec_id, 120)
+def _run_step(ex: Executor, script: str, registry: Registry, cache: Path) -> None:
+    """Submit ``script`` with the image and cache in its environment; it must end COMPLETED with STEP's output."""
+    env = {"DSQ_PYTHON": sys.executable, "IMAGE": registry.images["busybox"], "DSQ_IMAGE_CACHE": str(cache)}
+    exec_id = ex.submit(spec(script, env=env))
+    st = wait_final(ex, exec_id, 180)
     stdout, stderr = ex.logs(exec_id)
-    assert st.state is ExecState.COMPLETED, stderr.read_text()
-    assert stdout.read_text().splitlines() == ["dsq-chain test image", "step one in /work", "exit 5"]
+    assert st.state is ExecState.COMPLETED, stderr.read_text() if stderr.exists() else st
+    lines = [ln for ln in stdout.read_text().splitlines() if ln]
+    assert lines == ["dsq-chain test image", "step one in /work", "exit 5"]
+
+
+def test_container_step_under_the_local_executor(oci_registry: Registry, image_cache: Path, tmp_path: Path) -> None:
+    _run_step(LocalExecutor(tmp_path / "local"), STEP, oci_registry, image_cache)
 
 
 @pytest.mark.slurm
 @pytest.mark.xdist_group("slurm")
-def test_container_step_with_srun(
-    oci_registry: Registry,
-    image_cache: Path,
-    slurm_cluster: SlurmCluster,  # noqa: F811
-) -> None:
+def test_container_step_with_srun(oci_registry: Registry, image_cache: Path, slurm_cluster: SlurmCluster) -> None:  # noqa: F811
     proc = slurm_cluster.command(
         "srun", "-n", "1", *MODULE, "run", "--image", oci_registry.images["busybox"], "--",
         "/bin/sh", "-c", 'echo "task $SLURM_PROCID of $SLURM_NTASKS"; exit 3',
@@ -381,15 +510,5 @@ def test_container_step_in_a_slurm_batch_job(
     slurm_cluster: SlurmCluster,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    ex = SlurmExecutor(tmp_path / "slurm", slurm_conf=slurm_cluster.conf)
     script = STEP.replace('"$DSQ_PYTHON" -m', 'srun -n 1 "$DSQ_PYTHON" -m')
-    env = {"DSQ_PYTHON": sys.executable, "IMAGE": oci_registry.images["busybox"], "DSQ_IMAGE_CACHE": str(image_cache)}
-    exec_id = ex.submit(spec(script, env=env))
-    st = wait_final(ex, exec_id, 180)
-    stdout, stderr = ex.logs(exec_id)
-    assert st.state is ExecState.COMPLETED, stderr.read_text() if stderr.exists() else st
-    assert [ln for ln in stdout.read_text().splitlines() if ln] == [
-        "dsq-chain test image",
-        "step one in /work",
-        "exit 5",
-    ]
+    _run_step(SlurmExecutor(tmp_path / "slurm", slurm_conf=slurm_cluster.conf), script, oci_registry, image_cache)

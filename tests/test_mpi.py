@@ -6,11 +6,15 @@ library); this module installs Debian's ``python3-mpi4py`` (Open MPI) for a 2-ra
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from tests.apt import AptUnavailable, ensure_packages
+from tests.oci_fixtures import Registry
 from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (the fixture)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -48,3 +52,25 @@ def test_two_rank_mpi_hello(slurm_cluster: SlurmCluster, mpi4py: None, mpi: str)
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(proc.stdout.splitlines()) == ["rank 0 of 2 sum 3", "rank 1 of 2 sum 3"]
+
+
+def test_two_rank_mpi_hello_in_containers(
+    slurm_cluster: SlurmCluster,  # noqa: F811
+    mpi4py: None,
+    oci_registry: Registry,
+    image_cache: Path,
+) -> None:
+    """Each rank in its own container (the busybox image with the host's MPI mounted read-only): PMIx
+    reaches every rank, and they talk to each other (allreduce) across container boundaries."""
+    mounts = [
+        f"{d}:{d}:ro" for d in ("/usr", "/lib", "/lib64", "/etc/alternatives", "/etc/openmpi") if os.path.exists(d)
+    ]
+    proc = slurm_cluster.command(
+        "srun", "--mpi=pmix_v4", "-n", "2", sys.executable, "-m", "dsq_chain.executors.containers", "run",
+        "--image", oci_registry.images["busybox"], *[a for m in mounts for a in ("--mount", m)],
+        "--", SYSTEM_PYTHON, "-c", HELLO,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(proc.stdout.splitlines()) == ["rank 0 of 2 sum 3", "rank 1 of 2 sum 3"]
+    assert "PMIX ERROR" not in proc.stderr, proc.stderr

@@ -98,6 +98,16 @@ def test_s3_errors_have_exit_codes(s3_server: S3Server, s3_bucket: str, tmp_path
     assert unreachable.stderr.count("\n") == 1 and "127.0.0.1:9" in unreachable.stderr
 
 
+def test_s3_refused_credentials_exit_4(s3_auth_server: S3Server, tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("a")
+    env = {**os.environ, **s3_auth_server.env(), "AWS_ACCESS_KEY_ID": "wrong", "AWS_SECRET_ACCESS_KEY": "wrong"}
+    for args in (["push", str(tmp_path), "s3://b/x"], ["fetch", "s3://b/x", str(tmp_path / "in")]):
+        proc = cli(*args, env=env)
+        assert proc.returncode == storage.EXIT_DENIED, proc.stderr
+        assert "credentials refused (InvalidAccessKeyId" in proc.stderr and proc.stderr.count("\n") == 1
+        assert "wrong" not in proc.stderr
+
+
 def test_sync_pushes_periodically_and_once_more_on_sigterm(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -165,6 +175,15 @@ def test_http_fetch_unpacks_archives_like_deepsquare(http_server: HttpServer, tm
     assert tree(tmp_path / "g") == {"notes.txt": "notes"}  # gunzip -df replaces the .gz
 
 
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [("http://h/a/data.csv", "data.csv"), ("http://h/d/", "d"), ("http://h/", "index.html"),
+     ("http://h/x/%2e%2e", "index.html"), ("http://h/..%2F..%2Fetc%2Fpasswd", ".._.._etc_passwd")],
+)  # fmt: skip
+def test_downloaded_file_names_stay_in_the_folder(url: str, name: str) -> None:
+    assert storage._file_name(url) == name
+
+
 def test_http_fetch_refuses_members_outside_the_folder(http_server: HttpServer, tmp_path: Path) -> None:
     (http_server.root / "evil.tar.gz").write_bytes(_tar_gz({"../escaped.txt": "x"}))
     proc = cli("fetch", f"{http_server.url}/evil.tar.gz", str(tmp_path / "in"))
@@ -184,6 +203,14 @@ def test_http_errors_have_exit_codes(http_server: HttpServer, tmp_path: Path) ->
     denied_push = cli("push", str(tmp_path / "out"), f"{http_server.url}/forbidden/")
     assert denied_push.returncode == storage.EXIT_DENIED
     assert not list(tmp_path.glob("in/.*.part")), "a failed download left a partial file"
+
+
+def test_unwritable_destination_is_one_line(http_server: HttpServer, tmp_path: Path) -> None:
+    (http_server.root / "d.txt").write_text("d")
+    (tmp_path / "file").write_text("not a folder")
+    proc = cli("fetch", f"{http_server.url}/d.txt", str(tmp_path / "file" / "in"))
+    assert proc.returncode == storage.EXIT_FAILED
+    assert proc.stderr.startswith("dsq-storage: fetch: ") and proc.stderr.count("\n") == 1, proc.stderr
 
 
 def test_http_push_one_file_or_a_zip(http_server: HttpServer, tmp_path: Path) -> None:

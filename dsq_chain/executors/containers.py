@@ -11,14 +11,16 @@ A DeepSquare ``run.container`` step becomes one call of this module, from the jo
   by digest with ``skopeo copy`` into an OCI layout and unpacked with ``umoci unpack --rootless``
   into ``<cache>/images/<hex>/`` (``rootfs/`` and the runtime ``config.json``); the folder
   appears by an atomic rename, so a half-pulled image is never used. Each real pull appends a
-  line to ``<cache>/pulls.log``.
+  line to ``<cache>/pulls.log``. A run holds a shared lock on its image; :func:`prune` removes
+  images unused for a while and never one in use.
 * **Run** (:func:`run`): ``bwrap`` (bubblewrap) runs the command with the image as ``/``: an
   overlay of ``rootfs`` under a tmpfs private to the run (like Apptainer's ``--writable-tmpfs``),
   mounted in a mount namespace of its own (plus a user namespace when not root): the command may
   write anywhere, the cache never changes. ``read_only`` (DeepSquare's ``readOnlyRootFS``)
   remounts ``/`` read-only; ``/tmp`` is always a fresh tmpfs.
   Like Apptainer, the container shares the host's network, PIDs, IPC and ``/dev/shm`` (MPI ranks
-  of one ``srun`` reach each other) and sees ``/sys``, a fresh ``/proc``, a minimal ``/dev``.
+  of one ``srun`` reach each other; ``PMIX_SERVER_TMPDIR`` is bound at its own path) and sees
+  ``/sys``, a fresh ``/proc``, a minimal ``/dev``.
 * **DeepSquare folders**: when ``STORAGE_PATH`` is set (the job's script exports it), it is
   bound at ``/deepsquare`` and ``STORAGE_PATH``, ``DEEPSQUARE_INPUT``, ``DEEPSQUARE_OUTPUT``,
   ``DEEPSQUARE_ENV`` and the ``DEEPSQUARE_*TMP`` folders are rewritten to their paths inside,
@@ -59,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,8 +96,8 @@ class ContainerError(Exception):
     """The container could not be started; ``reason`` names why in one word.
 
     Reasons: ``tool-missing``, ``bad-reference``, ``bad-mount``, ``image-not-found``,
-    ``registry-auth``, ``registry-unreachable``, ``registry-error``, ``unpack-failed``,
-    ``run-failed``. ``image-not-found``, ``registry-auth``, ``bad-reference`` and ``bad-mount``
+    ``registry-auth``, ``registry-unreachable``, ``registry-error``, ``cache-error``,
+    ``unpack-failed``, ``run-failed``. ``image-not-found``, ``registry-auth``, ``bad-reference`` and ``bad-mount``
     are the job's fault; the others the provider's (or the registry's).
     """
 
@@ -317,6 +319,52 @@ def cached_image(digest: str, cache: Path | str | None = None) -> Path | None:
     return bundle if (bundle / "image.json").is_file() else None
 
 
+@contextlib.contextmanager
+def _in_use(get: Callable[[], Path]) -> Iterator[Path]:
+    """Hold the bundle ``get()`` returns under a shared lock (so :func:`prune` leaves it) and mark it used.
+
+    Not the pull lock: a run holding that would keep a concurrent pull of the same image (the
+    other rank of an MPI step, which this run waits for) from ever seeing the finished image.
+    """
+    for _ in range(3):
+        bundle = get()
+        with open(bundle.parent.parent / "locks" / f"{bundle.name}.use", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            if (bundle / "image.json").is_file():  # not pruned between the pull and the lock
+                with contextlib.suppress(OSError):
+                    os.utime(bundle / "image.json")
+                yield bundle
+                return
+    raise ContainerError("cache-error", f"{bundle.name} keeps disappearing from the cache (a prune running?)")
+
+
+def prune(unused_for_s: float, cache: Path | str | None = None) -> list[str]:
+    """Remove cached images no container uses now and none used for ``unused_for_s`` seconds.
+
+    Returns the digests removed. An image being pulled or run is never touched.
+    """
+    root = image_cache_dir(cache)
+    removed: list[str] = []
+    for bundle in sorted((root / "images").glob("*")):
+        trash = None
+        with open(root / "locks" / f"{bundle.name}.use", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # in use
+            try:
+                last_used = (bundle / "image.json").stat().st_mtime
+            except FileNotFoundError:
+                last_used = 0.0
+            if time.time() - last_used >= unused_for_s:
+                trash = root / "tmp" / f"{bundle.name}-prune-{secrets.token_hex(4)}"
+                os.rename(bundle, trash)
+                removed.append(f"sha256:{bundle.name}")
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    return removed
+
+
 def pull(
     image: str | ImageRef,
     *,
@@ -335,9 +383,16 @@ def pull(
     ref = image if isinstance(image, ImageRef) else parse_image_ref(image, registry)
     creds = credentials if credentials is not None else Credentials.from_env()
     root = image_cache_dir(cache)
+    try:
+        for sub in ("images", "locks", "tmp", "mnt"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ContainerError("cache-error", f"image cache {root} unusable (set DSQ_IMAGE_CACHE): {exc}") from None
     if ref.digest and (hit := cached_image(ref.digest, root)):
         return hit
     digest = resolve_digest(ref, insecure=insecure, credentials=creds, timeout=min(timeout, 120))
+    if hit := cached_image(digest, root):  # bundles appear by an atomic rename: no lock needed to see one
+        return hit
     hexd = digest.removeprefix("sha256:")
     bundle = root / "images" / hexd
     with _locked(root / "locks" / f"{hexd}.lock"):
@@ -345,6 +400,8 @@ def pull(
             return bundle
         umoci = require_tool("umoci")
         tls = _insecure(ref.registry) if insecure is None else insecure
+        for stale in (root / "tmp").glob(f"{hexd}-*"):  # a pull of this digest that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         work = root / "tmp" / f"{hexd}-{secrets.token_hex(4)}"
         work.mkdir(parents=True)
         try:
@@ -369,6 +426,10 @@ def pull(
             os.rename(work / "bundle", bundle)
             with open(root / "pulls.log", "a") as log:
                 log.write(json.dumps(record) + "\n")
+        except subprocess.TimeoutExpired:
+            raise ContainerError("unpack-failed", f"umoci did not unpack {ref} within {timeout:g} s") from None
+        except OSError as exc:
+            raise ContainerError("unpack-failed", f"could not store {ref} in the cache {root}: {exc}") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return bundle
@@ -448,6 +509,20 @@ def deepsquare_mounts(host_env: Mapping[str, str]) -> list[Mount]:
         src = host_env.get(var) or (host_env.get("DEEPSQUARE_TMP") if var == "DEEPSQUARE_SHARED_TMP" else None)
         if src and os.path.isdir(src):
             mounts.append(Mount(src, target))
+    return mounts
+
+
+def launcher_mounts(host_env: Mapping[str, str]) -> list[Mount]:
+    """Folders the MPI launcher shares with its ranks, bound at the same path (srun --mpi=pmix*).
+
+    PMIx clients find the server's shared-memory store under ``PMIX_SERVER_TMPDIR``; a rank in
+    a container must see it there too.
+    """
+    mounts = []
+    for var in ("PMIX_SERVER_TMPDIR",):
+        path = host_env.get(var, "").rstrip("/")
+        if path and path not in ("/tmp", "/") and os.path.isdir(path):
+            mounts.append(Mount(path, path))
     return mounts
 
 
@@ -540,6 +615,17 @@ def _mount_overlay(rootfs: Path, scratch: Path) -> None:
     check(libc.mount(b"overlay", str(scratch / "merged").encode(), b"overlay", 0, opts), "mount overlay")
 
 
+def _forward_signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Deliver ``sig`` to the command: bwrap's child (bwrap itself would just die and SIGKILL it)."""
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for pid in children or [str(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), sig)
+
+
 def run(
     image: str | ImageRef,
     command: Sequence[str] = (),
@@ -569,53 +655,114 @@ def run(
     for m in user_mounts:
         if not os.path.exists(m.source):
             raise ContainerError("bad-mount", f"mount source {m.source!r} (for {m.target}) does not exist")
-    bundle = pull(image, registry=registry, insecure=insecure, credentials=credentials, cache=cache)
-    rootfs = bundle / "rootfs"
-    henv = dict(os.environ if host_env is None else host_env)
-    inside = container_env(bundle, henv, env)
-    process = image_config(bundle)
-    argv = list(command) or [str(a) for a in process.get("args") or []]
-    if not argv:
-        raise ContainerError("bad-reference", f"{image}: no command given and the image defines none")
-    all_mounts = deepsquare_mounts(henv) + user_mounts
-    if not find_command(rootfs, argv[0], inside["PATH"], all_mounts):
-        print(f"dsq-container: command-not-found: {argv[0]!r} is not in the image {image}", file=sys.stderr)
-        return EXIT_COMMAND_NOT_FOUND
-    wd = workdir or str(process.get("cwd") or "/")
-    scratch_parent = image_cache_dir(cache) / "mnt"
-    scratch_parent.mkdir(parents=True, exist_ok=True)
-    args = bwrap_argv(
-        scratch_parent / "merged",
-        argv,
-        mounts=all_mounts,
-        workdir=wd,
-        read_only=read_only,
-        map_uid=map_uid,
-        map_gid=map_gid,
-        bwrap=bwrap,
-    )
-    if read_only and not _in_image(rootfs, wd) and not _under(wd, [m.target for m in all_mounts] + ["/tmp"]):
-        raise ContainerError("bad-mount", f"work directory {wd!r} is not in the read-only image nor under a mount")
-    # merged/ is only a mount point inside the child's namespace: prepare it there.
-    try:
-        proc = subprocess.Popen(args, env=inside, preexec_fn=lambda: _mount_overlay(rootfs, scratch_parent))
-    except subprocess.SubprocessError as exc:
-        raise ContainerError(
-            "run-failed",
-            f"could not mount the container's overlay root ({exc}; without root this needs Linux >= 5.11 "
-            "with unprivileged user namespaces)",
-        ) from None
-    except OSError as exc:
-        raise ContainerError("run-failed", f"could not start bwrap: {exc}") from None
-    forward = {s: signal.signal(s, lambda sig, _f: proc.send_signal(sig)) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return proc.wait()
-    finally:
-        for s, h in forward.items():
-            signal.signal(s, h)
+
+    def pulled() -> Path:
+        return pull(image, registry=registry, insecure=insecure, credentials=credentials, cache=cache)
+
+    with _in_use(pulled) as bundle:  # shared lock: prune() leaves an image alone while it runs
+        rootfs = bundle / "rootfs"
+        henv = dict(os.environ if host_env is None else host_env)
+        inside = container_env(bundle, henv, env)
+        process = image_config(bundle)
+        argv = list(command) or [str(a) for a in process.get("args") or []]
+        if not argv:
+            raise ContainerError("bad-reference", f"{image}: no command given and the image defines none")
+        all_mounts = launcher_mounts(henv) + deepsquare_mounts(henv) + user_mounts
+        if not find_command(rootfs, argv[0], inside["PATH"], all_mounts):
+            print(f"dsq-container: command-not-found: {argv[0]!r} is not in the image {image}", file=sys.stderr)
+            return EXIT_COMMAND_NOT_FOUND
+        wd = workdir or str(process.get("cwd") or "/")
+        scratch_parent = image_cache_dir(cache) / "mnt"
+        scratch_parent.mkdir(parents=True, exist_ok=True)
+        args = bwrap_argv(
+            scratch_parent / "merged",
+            argv,
+            mounts=all_mounts,
+            workdir=wd,
+            read_only=read_only,
+            map_uid=map_uid,
+            map_gid=map_gid,
+            bwrap=bwrap,
+        )
+        if read_only and not _in_image(rootfs, wd) and not _under(wd, [m.target for m in all_mounts] + ["/tmp"]):
+            raise ContainerError("bad-mount", f"work directory {wd!r} is not in the read-only image nor under a mount")
+        # merged/ is only a mount point inside the child's namespace: prepare it there.
+        try:
+            proc = subprocess.Popen(args, env=inside, preexec_fn=lambda: _mount_overlay(rootfs, scratch_parent))
+        except subprocess.SubprocessError as exc:
+            raise ContainerError(
+                "run-failed",
+                f"could not mount the container's overlay root ({exc}; without root this needs Linux >= 5.11 "
+                "with unprivileged user namespaces)",
+            ) from None
+        except OSError as exc:
+            raise ContainerError("run-failed", f"could not start bwrap: {exc}") from None
+        handlers = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+        forward = {s: signal.signal(s, lambda sig, _f: _forward_signal(proc, sig)) for s in handlers}
+        try:
+            code = proc.wait()
+            return 128 - code if code < 0 else code  # killed by a signal: as a shell reports it
+        finally:
+            for s, h in forward.items():
+                signal.signal(s, h)
 
 
 # --- command line ----------------------------------------------------------------------------------
+
+
+def run_args(
+    image: str,
+    command: Sequence[str] = (),
+    *,
+    registry: str | None = None,
+    insecure: bool = False,
+    mounts: Sequence[Mount | str] = (),
+    env: Mapping[str, str] | None = None,
+    workdir: str | None = None,
+    map_uid: int | None = None,
+    map_gid: int | None = None,
+    read_only: bool = False,
+) -> list[str]:
+    """Arguments after the interpreter that make this module run ``command`` in ``image``.
+
+    For a job script renderer: ``'"$DSQ_PYTHON" ' + shlex.join(run_args(...))``. Mounts are
+    checked (:meth:`Mount.parse`) and env names validated here, before the job is sent.
+    """
+    args = ["-m", __name__ if __name__ != "__main__" else "dsq_chain.executors.containers", "run", "--image", image]
+    if registry:
+        args += ["--registry", registry]
+    if insecure:
+        args.append("--insecure")
+    for m in mounts:
+        mount = m if isinstance(m, Mount) else Mount.parse(m)
+        args += ["--mount", f"{mount.source}:{mount.target}" + (":ro" if mount.read_only else "")]
+    for k, v in (env or {}).items():
+        if not _ENV_NAME_RE.match(k):
+            raise ContainerError("bad-reference", f"env {k!r} is not a variable name")
+        args += ["--env", f"{k}={v}"]
+    if workdir:
+        args += ["--workdir", workdir]
+    if map_uid is not None:
+        args += ["--map-uid", str(map_uid)]
+    if map_gid is not None:
+        args += ["--map-gid", str(map_gid)]
+    if read_only:
+        args.append("--read-only")
+    return [*args, "--", *command]
+
+
+def record_fault(exc: ContainerError, image: str | None, env: Mapping[str, str] | None = None) -> None:
+    """Append ``exc`` as one JSON line to the file ``$DSQ_CONTAINER_FAULTS`` names (if any).
+
+    A worker reads it to tell a job's mistake (``FAILED``) from the provider's (``PANICKED``):
+    the exit status (125) is the same for both.
+    """
+    path = (os.environ if env is None else env).get("DSQ_CONTAINER_FAULTS")
+    if not path:
+        return
+    line = {"reason": exc.reason, "user_fault": exc.user_fault, "image": image, "message": exc.message}
+    with contextlib.suppress(OSError), open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -632,6 +779,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--map-gid", type=int)
     r.add_argument("--read-only", action="store_true", help="read-only root file system (readOnlyRootFS)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS... (default: the image's)")
+    pr = sub.add_parser("prune", help="remove cached images unused for some days (never one in use)")
+    pr.add_argument("--unused-days", type=float, required=True, metavar="D")
     pl = sub.add_parser("pull", help="pull an image into the cache and print its bundle folder")
     pl.add_argument("--image", required=True)
     pl.add_argument("--registry")
@@ -642,6 +791,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.action == "prune":
+            for digest in prune(args.unused_days * 86400):
+                print(digest)
+            return 0
         if args.action == "pull":
             print(pull(args.image, registry=args.registry, insecure=args.insecure))
             return 0
@@ -660,6 +813,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
     except ContainerError as exc:
         print(f"dsq-container: {exc}", file=sys.stderr)
+        record_fault(exc, getattr(args, "image", None))
+        return EXIT_CONTAINER_ERROR
+    except OSError as exc:  # anything else of the machine's (disk full, permissions): still one named line
+        print(f"dsq-container: run-failed: {exc}", file=sys.stderr)
         return EXIT_CONTAINER_ERROR
 
 

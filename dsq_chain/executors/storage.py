@@ -226,6 +226,7 @@ def _http_error(exc: Exception, what: str) -> StorageError:
 
 def _file_name(url: str) -> str:
     name = urllib.parse.unquote(urllib.parse.urlparse(url).path.rstrip("/").rsplit("/", 1)[-1])
+    name = name.replace("/", "_").replace("\0", "_")  # an encoded %2F must not make a path
     return name if name not in ("", ".", "..") else "index.html"
 
 
@@ -390,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as exc:
         print(f"dsq-storage: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the local side: permissions, disk full
+        print(f"dsq-storage: {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

@@ -37,7 +37,10 @@ S = JobStatus
 # Phases at equal times (see the module docstring).
 END, USER, HOUSEKEEPING, ROUND, CLAIM, SAMPLE = range(6)
 # Event kinds.
-_ARRIVE, _CANCEL, _TOPUP, _LOW, _TIMEOUT, _ROUND, _CLAIM, _CHECK, _PANIC, _PRICE, _LEAVE, _JOIN, _SAMPLE = range(13)
+(_ARRIVE, _CANCEL, _TOPUP, _LOW, _TIMEOUT, _ROUND, _CLAIM, _CHECK, _PANIC, _PRICE, _LEAVE, _JOIN, _SAMPLE,
+ _AUDIT) = range(14)
+#: Seconds between the checks of providers' earnings (``churn.min_earnings_per_cpu_day``).
+DAY = 86_400
 #: Reasons a job never reached the chain (an owner without credits, or priced out).
 REJECTIONS = ("no_credits", "priced_out")
 
@@ -53,6 +56,7 @@ class SimProvider:
     joined: int
     left: int | None = None
     revenue: int = 0
+    revenue_mark: int = 0
     jobs: int = 0
     rng: random.Random = field(default_factory=random.Random)
 
@@ -149,7 +153,6 @@ class Simulation:
         self.balances: dict[str, int] = {}  # owner -> credits not locked in escrow
         self.spend: dict[str, int] = {}
         self.refunds: dict[str, int] = {}
-        self.used = [0, 0]  # cpus, gpus reserved on providers (META_SCHEDULED .. RUNNING)
         self._heap: list[tuple[int, int, int, int, Any]] = []
         self._seq = 0
         self._next_id = 1
@@ -169,14 +172,20 @@ class Simulation:
         for pop in self.scenario["providers"]:
             for _ in range(pop["count"]):
                 self._add_provider(pop, 0)
+
+    def _start_dynamics(self) -> None:
+        """Churn and price-controller events, from the first arrival on."""
+        for pop in self.scenario["providers"]:
             churn = pop.get("churn", {})
             if churn.get("join_per_day", 0) > 0:
                 self._push(self._exp(churn["join_per_day"]), HOUSEKEEPING, _JOIN, pop)
+            if churn.get("min_earnings_per_cpu_day") is not None:
+                self._push(self.now + DAY, HOUSEKEEPING, _AUDIT, pop)
             if churn.get("leave_per_day", 0) > 0:
                 self._push(self._exp(churn["leave_per_day"] * pop["count"]), HOUSEKEEPING, _LEAVE, pop)
             if pop["pricing"]["strategy"] == "target_utilisation":
                 every = int(pop["pricing"].get("every_s", 3600))
-                self._push(every, HOUSEKEEPING, _PRICE, (pop, every))
+                self._push(self.now + every, HOUSEKEEPING, _PRICE, (pop, every))
 
     def _exp(self, per_day: float) -> int:
         return self.now + max(1, round(self.rng.expovariate(per_day / 86400.0)))
@@ -221,11 +230,18 @@ class Simulation:
     def run(self, progress: Callable[[int], None] | None = None) -> Counters:
         """Runs until every job is final (or ``max_time_s``); ``progress(jobs settled)`` is called as it goes."""
         self._pull_arrival()
-        self._push(0, SAMPLE, _SAMPLE, None)
+        if self._heap:  # simulated time starts with the first arrival
+            self.now = self._heap[0][0]
+            for p in self.providers.values():
+                p.joined = self.now
+        self.max_time += self.now
+        self._start_dynamics()
+        self._push(self.now, SAMPLE, _SAMPLE, None)
         handlers: dict[int, Callable[[Any], None]] = {
             _ARRIVE: self._arrive, _CANCEL: self._cancel, _TOPUP: self._top_up, _LOW: self._top_up_low,
             _TIMEOUT: self._timeout, _ROUND: self._round, _CLAIM: self._claim, _CHECK: self._check,
             _PANIC: self._panic, _PRICE: self._price, _LEAVE: self._leave, _JOIN: self._join, _SAMPLE: self._sample,
+            _AUDIT: self._audit,
         }
         done = 0
         heap = self._heap
@@ -353,8 +369,6 @@ class Simulation:
     def _reserve(self, prov: SimProvider, job: SimJob, sign: int) -> None:
         s, r = prov.state, job.pending.resources
         s.free = Resources(s.free.cpus + sign * r.cpus, s.free.gpus + sign * r.gpus, s.free.mem_mb + sign * r.mem_mb)
-        self.used[0] -= sign * r.cpus
-        self.used[1] -= sign * r.gpus
 
     def _release(self, job: SimJob, stat: str | None) -> SimProvider:
         assert job.provider is not None
@@ -459,12 +473,11 @@ class Simulation:
 
     # ------------------------------------------------------------------ population dynamics
     def utilisation(self, providers: list[SimProvider] | None = None) -> float:
-        """CPUs reserved over CPUs offered by active providers (of ``providers``, default all)."""
-        if providers is None:
-            total = sum(p.state.total.cpus for p in self.providers.values() if p.state.active)
-            return self.used[0] / total if total else 0.0
-        total = sum(p.state.total.cpus for p in providers)
-        used = sum(p.state.total.cpus - p.state.free.cpus for p in providers)
+        """CPUs reserved over CPUs offered (by ``providers``, default all that are active or still hold jobs)."""
+        chosen = providers if providers is not None else [
+            p for p in self.providers.values() if p.state.active or p.state.free.cpus < p.state.total.cpus]
+        total = sum(p.state.total.cpus for p in chosen)
+        used = sum(p.state.total.cpus - p.state.free.cpus for p in chosen)
         return used / total if total else 0.0
 
     def _price(self, arg: tuple[dict[str, Any], int]) -> None:
@@ -488,6 +501,20 @@ class Simulation:
         if not (self.finished_arrivals and not self.jobs):
             rate = pop["churn"]["leave_per_day"] * max(1, len(active) - 1)
             self._push(self._exp(rate), HOUSEKEEPING, _LEAVE, pop)
+
+    def _audit(self, pop: dict[str, Any]) -> None:
+        """Providers that earned less than ``min_earnings_per_cpu_day`` over the last day leave (after a day)."""
+        floor = pop["churn"]["min_earnings_per_cpu_day"] * 1_000_000
+        for prov in self.providers.values():
+            if prov.population is pop and prov.state.active and self.now - prov.joined >= DAY:
+                earned = prov.revenue - prov.revenue_mark
+                if earned < floor * prov.state.total.cpus:
+                    prov.state.active = False
+                    prov.left = self.now
+                    self.counters.leaves += 1
+            prov.revenue_mark = prov.revenue
+        if not (self.finished_arrivals and not self.jobs):
+            self._push(self.now + DAY, HOUSEKEEPING, _AUDIT, pop)
 
     def _join(self, pop: dict[str, Any]) -> None:
         self._add_provider(pop, self.now)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from dsq_chain.cli.common import errors, out
 
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
             folder = out_dir or Path("runs") / doc["name"]
             with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} jobs settled"),
                           TimeElapsedColumn(), disable=quiet, transient=True) as bar:
-                tasks: dict[str, int] = {}
+                tasks: dict[str, TaskID] = {}
 
                 def progress(label: str, settled: int) -> None:
                     if label not in tasks:

@@ -163,7 +163,7 @@ class Simulation:
         self._jobs_source = jobs if jobs is not None else generate(scenario)
         self._income = {p["name"]: p for p in scenario.get("users", [])}
         self._budget = scenario.get("budget", {})
-        self._next_spec: JobSpec | None = None
+        self._median: float | None = None
         self.finished_arrivals = False
         self._build_providers()
 
@@ -305,6 +305,12 @@ class Simulation:
         self._want_round()
 
     def _median_cpu_price(self) -> float:
+        """The median CPU-minute price of the active providers (cached until prices or providers change)."""
+        if self._median is None:
+            self._median = self._compute_median()
+        return self._median
+
+    def _compute_median(self) -> float:
         prices = sorted(p.state.prices.per_cpu_minute for p in self.providers.values() if p.state.active)
         return float(prices[len(prices) // 2]) if prices else 0.0
 
@@ -481,6 +487,7 @@ class Simulation:
         return used / total if total else 0.0
 
     def _price(self, arg: tuple[dict[str, Any], int]) -> None:
+        self._median = None
         pop, every = arg
         for prov in self.providers.values():
             if prov.population is pop and prov.state.active:
@@ -492,6 +499,7 @@ class Simulation:
             self._push(self.now + every, HOUSEKEEPING, _PRICE, arg)
 
     def _leave(self, pop: dict[str, Any]) -> None:
+        self._median = None
         active = [p for p in self.providers.values() if p.population is pop and p.state.active]
         if active:
             prov = active[self.rng.randrange(len(active))]
@@ -505,6 +513,7 @@ class Simulation:
     def _audit(self, pop: dict[str, Any]) -> None:
         """Providers that earned less than ``min_earnings_per_cpu_day`` over the last day leave (after a day)."""
         floor = pop["churn"]["min_earnings_per_cpu_day"] * 1_000_000
+        self._median = None
         for prov in self.providers.values():
             if prov.population is pop and prov.state.active and self.now - prov.joined >= DAY:
                 earned = prov.revenue - prov.revenue_mark
@@ -517,6 +526,7 @@ class Simulation:
             self._push(self.now + DAY, HOUSEKEEPING, _AUDIT, pop)
 
     def _join(self, pop: dict[str, Any]) -> None:
+        self._median = None
         self._add_provider(pop, self.now)
         self.counters.joins += 1
         self._want_round()

@@ -202,3 +202,13 @@ def test_rejections_when_owners_run_out_of_credits() -> None:
     assert sim.counters.no_credits > 0
     assert all(b >= 0 for b in sim.balances.values())
     assert JobStatus.FINISHED and CREDIT_UNIT  # the units the budget is minted in
+
+
+def test_refusals_exclude_the_provider_and_the_job_moves_on(tmp_path: Path) -> None:
+    doc = _doc()
+    doc["providers"][0]["refuse_above_cpus"] = 1  # the eu providers refuse 2-CPU jobs
+    summary = simulate(validate(doc), tmp_path / "run")
+    assert summary["refusals"] > 0 and summary["jobs"]["left_unsettled"] == 0
+    eu = {r["address"] for r in _rows(tmp_path / "run" / "providers.csv") if r["population"] == "eu"}
+    placed_two_cpus = [r for r in _rows(tmp_path / "run" / "jobs.csv") if r["cpus"] == "2" and r["provider"]]
+    assert placed_two_cpus and all(r["provider"] not in eu for r in placed_two_cpus if r["status"] == "FINISHED")

@@ -143,6 +143,8 @@ class Simulation:
         self.recorder = recorder or Recorder()
         self.rng = random.Random(scenario["seed"])
         self.now = 0
+        #: Simulated time of the first arrival (the run's start).
+        self.start = 0
         self.counters = Counters()
         self.providers: dict[str, SimProvider] = {}
         self.states: dict[str, ProviderState] = {}
@@ -231,7 +233,7 @@ class Simulation:
         """Runs until every job is final (or ``max_time_s``); ``progress(jobs settled)`` is called as it goes."""
         self._pull_arrival()
         if self._heap:  # simulated time starts with the first arrival
-            self.now = self._heap[0][0]
+            self.now = self.start = self._heap[0][0]
             for p in self.providers.values():
                 p.joined = self.now
         self.max_time += self.now

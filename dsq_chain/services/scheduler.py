@@ -215,7 +215,8 @@ class MetaScheduler:
         return released
 
     def run(self, stop: threading.Event) -> None:
-        """Runs rounds until ``stop`` is set; survives node outages and bad events."""
+        """Runs rounds until ``stop`` is set; survives node outages, bad events and a failing round (logged,
+        counted, retried with back-off: the state is rebuilt from events, so nothing is lost)."""
         backoff = self.poll_interval
         while not stop.is_set():
             try:
@@ -227,8 +228,11 @@ class MetaScheduler:
                     self.sweep_claim_timeouts()
                 backoff = self.poll_interval
                 stop.wait(self.poll_interval)
-            except SCHEDULER_RETRY as e:  # node gone mid-call: back off, go on
-                log.warning("scheduler: %s; retrying in %.1f s", e, backoff)
+            except Exception as e:  # node gone mid-call, or a bug with one round: back off, go on
+                if isinstance(e, SCHEDULER_RETRY):
+                    log.warning("scheduler: %s; retrying in %.1f s", e, backoff)
+                else:
+                    log.exception("scheduler round failed: %s; retrying in %.1f s", e, backoff)
                 if self.metrics:
                     self.metrics.errors.labels(kind=type(e).__name__).inc()
                 self.wallet.reset_nonce()

@@ -6,6 +6,11 @@ cycle. Each round commits every assignment it found in one ``assignBatch`` trans
 on chain (capacity taken, job cancelled meanwhile) is handled by re-reading events and matching
 again; entries that still fail alone are skipped with their reason, never crash the service.
 
+Rounds are incremental (:class:`~dsq_chain.matching.backlog.Backlog`): a round examines the jobs that
+are new or back in PENDING, and the parked jobs that a provider change may let fit; a job that fit
+nowhere is not examined again until then, so thousands of unplaceable jobs do not slow the round for a
+placeable one. At most ``per_owner`` jobs of each owner are examined per round.
+
 The state is rebuilt from events at each start (an in-memory follower replays from the deployment
 block), so a restart neither assigns a job twice (the chain says it is assigned) nor forgets one.
 """
@@ -20,7 +25,8 @@ from dataclasses import dataclass, field
 import requests
 
 from dsq_chain.errors import ContractError, DsqError
-from dsq_chain.matching import Assignment, Explanation, FairShare, Matcher, Weights
+from dsq_chain.matching import Assignment, Explanation, FairShare, Matcher, PendingJob, Weights
+from dsq_chain.matching.backlog import Backlog
 from dsq_chain.matching.matcher import DEFAULT_HALF_LIFE_S
 from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.client import SchedulerClient
@@ -58,6 +64,7 @@ class MetaScheduler:
         confirmations: int = 0,
         poll_interval: float = 0.1,
         timeout_sweep_s: float = 2.0,
+        per_owner: int | None = None,
         metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.wallet = wallet
@@ -76,6 +83,11 @@ class MetaScheduler:
             self.chain, deployment, ":memory:", name="scheduler", confirmations=confirmations, handlers=[self]
         )
         self.claim_timeout = int(self.client.market.functions.claimTimeout().call())
+        #: Jobs to examine and jobs parked until a provider change could let them fit.
+        self.backlog = Backlog(per_owner if per_owner is not None else batch_limit)
+        self._touched: set[str] = set()
+        #: Pending jobs that can never be placed (see JobRecord.problem): job id -> why.
+        self.never: dict[int, str] = {}
         self._dirty = True
         self._last_sweep = 0.0
         #: Jobs whose last on-chain attempt failed alone: job id -> reason (shown by explain).
@@ -85,10 +97,33 @@ class MetaScheduler:
     def on_event(self, event: ChainEvent) -> None:
         if self.state.apply(event):
             self._dirty = True
+        self._track(event)
         if event.name == "JobSubmitted" and self.metrics:
             self.metrics.submitted.inc(int(event.args["count"]))
         elif event.name == "ClaimTimeoutChanged":  # applies to every job from now on, not only new ones
             self.claim_timeout = int(event.args["claimTimeout"])
+
+    def _track(self, event: ChainEvent) -> None:
+        """Keeps the backlog in step: jobs (back) in PENDING are fresh, others leave; providers touched."""
+        args = event.args
+        provider = args.get("provider")
+        if isinstance(provider, str):
+            self._touched.add(provider)
+        if event.name == "JobSubmitted":
+            first = args.get("firstJobId")
+            ids = range(int(first), int(first) + int(args.get("count", 0))) if isinstance(first, int) else range(0)
+        else:
+            job_id = args.get("jobId")
+            ids = range(int(job_id), int(job_id) + 1) if isinstance(job_id, int) else range(0)
+        for job_id in ids:
+            job = self.state.pending.get(job_id)
+            if job is None:
+                self.backlog.remove(job_id)
+                self.never.pop(job_id, None)
+            elif job.problem is not None:
+                self.never[job_id] = job.problem
+            elif event.name != "JobToppedUp" or not self.backlog.is_parked(job_id):
+                self.backlog.add(job.as_pending())
 
     def on_reorg(self, block: int) -> None:
         """Events after ``block`` are gone: rebuild the whole state by replaying from the start."""
@@ -99,6 +134,9 @@ class MetaScheduler:
         self.follower.db.execute("DELETE FROM follower_checkpoint WHERE name=?", (self.follower.name,))
         self._block_times.clear()  # timestamps of blocks that are gone
         self.failures.clear()
+        self.backlog.clear()  # the replay adds every pending job again
+        self.never.clear()
+        self._touched.clear()
         # Our own transactions on the lost fork may be gone too: take the next nonce from the node again.
         self.wallet.reset_nonce()
         self._dirty = True
@@ -124,6 +162,8 @@ class MetaScheduler:
         n = self.follower.poll()
         if self.metrics:
             self.metrics.pending.set(len(self.state.pending))
+        if self.backlog.fresh or self._touched:
+            self._dirty = True
         return n
 
     def round(self, *, max_attempts: int = 3) -> RoundResult:
@@ -131,19 +171,21 @@ class MetaScheduler:
         started = time.monotonic()
         result = RoundResult()
         self._dirty = False
+        taken: list[PendingJob] = []
         for _attempt in range(max_attempts):
             self.sync()
-            candidates = [j for j in self.state.pending.values() if j.problem is None]
-            for j in self.state.pending.values():
-                if j.problem is not None:
-                    result.skipped[j.id] = j.problem
-            if not candidates:
+            self.backlog.restore(taken)
+            self._wake()
+            result.skipped.update(self.never)
+            taken = self._take()
+            if not taken:
                 break
-            assignments = self.matcher.match((j.as_pending() for j in candidates), self.state.providers, self._now(),
-                                             limit=self.batch_limit)
+            assignments = self.matcher.match(taken, self.state.providers, self._now(), limit=self.batch_limit)
             result.skipped.update(self.matcher.last_errors)
             result.unplaced = list(self.matcher.last_unplaced)
             if not assignments:
+                self.backlog.settle(taken, (), [*result.unplaced, *self.matcher.last_errors])
+                taken = []
                 break
             try:
                 self._commit(assignments)
@@ -153,16 +195,38 @@ class MetaScheduler:
                     self.metrics.errors.labels(kind=type(e).__name__).inc()
                 continue
             result.assigned = assignments
-            if len(assignments) >= self.batch_limit:
-                self._dirty = True  # more may be placeable: the next loop runs another round at once
+            self.backlog.settle(taken, (a.job_id for a in assignments),
+                                [*result.unplaced, *self.matcher.last_errors])
+            taken = []
+            if self.backlog.fresh:
+                self._dirty = True  # more to examine: the next loop runs another round at once
             break
         else:
+            self.backlog.restore(taken)
+            taken = []
             result.assigned = self._commit_one_by_one(result)
+        self.backlog.restore(taken)
         self.sync()
         result.seconds = time.monotonic() - started
         if result.assigned:
             log.info("assigned %d job(s) in %.3f s", len(result.assigned), result.seconds)
         return result
+
+    def _take(self) -> list[PendingJob]:
+        """The backlog's next jobs, as the grid state holds them now."""
+        jobs = self.state.pending
+        return [jobs[j.id].as_pending() for j in self.backlog.take() if j.id in jobs]
+
+    def _wake(self) -> None:
+        """Parked jobs that a touched provider could take now are examined again."""
+        if not self._touched:
+            return
+        providers = self.state.providers
+        for address in self._touched:
+            state = providers.get(address)
+            if state is not None:
+                self.backlog.touch(state)
+        self._touched.clear()
 
     def _commit(self, assignments: list[Assignment]) -> None:
         t0 = time.monotonic()
@@ -177,8 +241,9 @@ class MetaScheduler:
     def _commit_one_by_one(self, result: RoundResult) -> list[Assignment]:
         """Last resort after repeated lost races: each assignment alone; failures are recorded, not raised."""
         self.sync()
-        assignments = self.matcher.match((j.as_pending() for j in self.state.pending.values() if j.problem is None),
-                                         self.state.providers, self._now(), limit=self.batch_limit)
+        taken = self._take()
+        assignments = self.matcher.match(taken, self.state.providers, self._now(), limit=self.batch_limit)
+        self.backlog.restore(taken)  # examined again next round: the chain's events say what landed
         done: list[Assignment] = []
         for a in assignments:
             try:

@@ -21,6 +21,7 @@ from dsq_chain.sdk.anvil import AnvilError, dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import AdminClient
 from dsq_chain.sdk.deployment import Deployment, deploy
+from dsq_chain.services import preflight
 from dsq_chain.services.hardening import forbid_inspection
 from dsq_chain.services.journal import Journal
 from dsq_chain.services.metrics import SchedulerMetrics, WorkerMetrics
@@ -54,8 +55,11 @@ def scheduler_run(
     """Follows the chain and commits assignments until interrupted (SIGINT/SIGTERM)."""
     with errors():
         s, chain, dep = _service_setup(ctx, verbose)
+        wallet = s.wallet(chain)
+        preflight.check_contracts(chain, dep)
+        preflight.check_scheduler(wallet, dep)
         metrics = SchedulerMetrics()
-        sched = MetaScheduler(s.wallet(chain), dep, weights=_weights(weights), batch_limit=batch_limit,
+        sched = MetaScheduler(wallet, dep, weights=_weights(weights), batch_limit=batch_limit,
                               confirmations=confirmations, metrics=metrics)
         _serve_and_run(sched, metrics, metrics_port, "dsq.scheduler",
                        f"scheduler {sched.wallet.address} on {chain.rpc_url} (market {dep.market})")
@@ -78,12 +82,17 @@ def worker_run(
     """Runs this provider's jobs until interrupted; restart it any time, it resumes from its journal."""
     with errors():
         s, chain, dep = _service_setup(ctx, verbose)
+        wallet = s.wallet(chain)
+        preflight.check_contracts(chain, dep)
+        preflight.check_provider(wallet, dep)
+        if executor == "slurm":
+            slurm_conf = preflight.check_slurm(slurm_conf)
         metrics = WorkerMetrics()
         engine = build_executor(executor, state_dir, fake_gpus, slurm_conf, job_user)
         if executor == "local" and job_user is None and os.geteuid() == 0:
             logging.getLogger("dsq.worker").warning(
                 "jobs run as root, like this worker: they could reach it and its key. Pass --job-user")
-        worker = ProviderWorker(s.wallet(chain), dep, engine,
+        worker = ProviderWorker(wallet, dep, engine,
                                 state_dir, poll_interval=poll, metrics=metrics)
         _serve_and_run(worker, metrics, metrics_port, "dsq.worker",
                        f"worker {worker.address} ({executor} executor, state in {state_dir})")

@@ -1,8 +1,9 @@
 """The meta-scheduler service: follows events, matches pending jobs, commits assignments in batches.
 
 Rounds are driven by events: a new job, a refusal, a timeout, a settlement or a provider change
-triggers a round at the next poll (every ``poll_interval``, 0.1 s by default), not a slow fixed
-cycle. Each round commits every assignment it found in one ``assignBatch`` transaction. A race lost
+triggers a round as soon as the node announces the block that holds it (``newHeads`` subscription over
+WebSocket where the node serves one) or at the next poll (every ``poll_interval``, 0.1 s by default).
+Each round commits every assignment it found in one ``assignBatch`` transaction. A race lost
 on chain (capacity taken, job cancelled meanwhile) is handled by re-reading events and matching
 again; entries that still fail alone are skipped with their reason, never crash the service.
 
@@ -34,6 +35,7 @@ from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.sdk.events import ChainEvent
 from dsq_chain.services.follower import EventFollower
 from dsq_chain.services.gridstate import GridState, JobRecord
+from dsq_chain.services.heads import HeadWatcher
 from dsq_chain.services.metrics import SchedulerMetrics
 from dsq_chain.types import JobStatus
 
@@ -142,8 +144,10 @@ class MetaScheduler:
         self._dirty = True
 
     def _now(self) -> float:
-        """Chain time (the newest block's timestamp): fair-share usage is recorded and decayed in chain time."""
-        return float(self.chain.timestamp())
+        """Chain time: fair-share usage is recorded and decayed in chain time. The timestamp of the newest
+        block the follower went through (cached, no call on the critical path), else the node's newest."""
+        cp = self.follower.checkpoint
+        return self._block_time(cp.block) if cp is not None else float(self.chain.timestamp())
 
     def _event_time(self, ev: ChainEvent) -> float:
         return self._block_time(ev.block_number)
@@ -166,14 +170,16 @@ class MetaScheduler:
             self._dirty = True
         return n
 
-    def round(self, *, max_attempts: int = 3) -> RoundResult:
-        """One matching round: sync, match, commit in one batch; re-match after a lost race."""
+    def round(self, *, max_attempts: int = 3, synced: bool = False) -> RoundResult:
+        """One matching round: sync (unless the caller just did), match, commit in one batch; re-match after
+        a lost race."""
         started = time.monotonic()
         result = RoundResult()
         self._dirty = False
         taken: list[PendingJob] = []
-        for _attempt in range(max_attempts):
-            self.sync()
+        for attempt in range(max_attempts):
+            if attempt or not synced:
+                self.sync()
             self.backlog.restore(taken)
             self._wake()
             result.skipped.update(self.never)
@@ -279,25 +285,35 @@ class MetaScheduler:
         return released
 
     def run(self, stop: threading.Event) -> None:
-        """Runs rounds until ``stop`` is set; survives node outages and bad events."""
+        """Runs rounds until ``stop`` is set; survives node outages and bad events.
+
+        Between rounds it waits for the node's next block (``newHeads`` subscription, see
+        :class:`~dsq_chain.services.heads.HeadWatcher`) or ``poll_interval``, whichever comes first."""
         backoff = self.poll_interval
-        while not stop.is_set():
-            try:
-                self.sync()
-                if self._dirty:
-                    self.round()
-                if time.monotonic() - self._last_sweep > self.timeout_sweep_s:
-                    self._last_sweep = time.monotonic()
-                    self.sweep_claim_timeouts()
-                backoff = self.poll_interval
-                stop.wait(self.poll_interval)
-            except (DsqError, requests.RequestException, OSError) as e:  # node gone mid-call: back off, go on
-                log.warning("scheduler: %s; retrying in %.1f s", e, backoff)
-                if self.metrics:
-                    self.metrics.errors.labels(kind=type(e).__name__).inc()
-                self.wallet.reset_nonce()
-                stop.wait(backoff)
-                backoff = min(5.0, backoff * 2)
+        heads = HeadWatcher(self.chain.rpc_url)
+        heads.start()
+        seen = heads.seq
+        try:
+            while not stop.is_set():
+                try:
+                    self.sync()
+                    if self._dirty:
+                        self.round(synced=True)
+                    if time.monotonic() - self._last_sweep > self.timeout_sweep_s:
+                        self._last_sweep = time.monotonic()
+                        self.sweep_claim_timeouts()
+                    backoff = self.poll_interval
+                    if not self._dirty:
+                        seen = heads.wait(seen, self.poll_interval)
+                except (DsqError, requests.RequestException, OSError) as e:  # node gone mid-call: back off, go on
+                    log.warning("scheduler: %s; retrying in %.1f s", e, backoff)
+                    if self.metrics:
+                        self.metrics.errors.labels(kind=type(e).__name__).inc()
+                    self.wallet.reset_nonce()
+                    stop.wait(backoff)
+                    backoff = min(5.0, backoff * 2)
+        finally:
+            heads.close()
 
     # -- explain -----------------------------------------------------------------------------------
     def explain(self, job_id: int) -> Explanation | str:

@@ -50,6 +50,8 @@ def scheduler_run(
     batch_limit: Annotated[int, typer.Option("--batch-limit", help="most assignments per transaction")] = 200,
     weights: Annotated[str, typer.Option(help="score weights, e.g. price=1,load=0.5,reliability=1,fairshare=1")] = "",
     confirmations: Annotated[int, typer.Option(help="blocks an event must be deep before it is used")] = 0,
+    standby: Annotated[float, typer.Option(
+        "--standby", help="seconds a job waits in PENDING before this (standby) scheduler takes it; 0: active")] = 0.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Follows the chain and commits assignments until interrupted (SIGINT/SIGTERM)."""
@@ -60,7 +62,7 @@ def scheduler_run(
         preflight.check_scheduler(wallet, dep)
         metrics = SchedulerMetrics()
         sched = MetaScheduler(wallet, dep, weights=_weights(weights), batch_limit=batch_limit,
-                              confirmations=confirmations, metrics=metrics)
+                              confirmations=confirmations, standby_s=standby, metrics=metrics)
         _serve_and_run(sched, metrics, metrics_port, "dsq.scheduler",
                        f"scheduler {sched.wallet.address} on {chain.rpc_url} (market {dep.market})")
 

@@ -67,6 +67,7 @@ class MetaScheduler:
         poll_interval: float = 0.1,
         timeout_sweep_s: float = 2.0,
         per_owner: int | None = None,
+        standby_s: float = 0.0,
         metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.wallet = wallet
@@ -87,7 +88,11 @@ class MetaScheduler:
         self.claim_timeout = int(self.client.market.functions.claimTimeout().call())
         #: Jobs to examine and jobs parked until a provider change could let them fit.
         self.backlog = Backlog(per_owner if per_owner is not None else batch_limit)
+        #: A standby leaves a job to the active scheduler until it has waited this long in PENDING (chain time).
+        self.standby_s = standby_s
         self._touched: set[str] = set()
+        self._deferred = False  # a standby left jobs to the active scheduler this round
+        self._pending_since: dict[int, float] = {}  # job id -> when it became PENDING (monotonic, as seen here)
         #: Pending jobs that can never be placed (see JobRecord.problem): job id -> why.
         self.never: dict[int, str] = {}
         self._dirty = True
@@ -122,7 +127,11 @@ class MetaScheduler:
             if job is None:
                 self.backlog.remove(job_id)
                 self.never.pop(job_id, None)
-            elif job.problem is not None:
+                self._pending_since.pop(job_id, None)
+                continue
+            if event.name in ("JobSubmitted", "JobReleased"):
+                self._pending_since[job_id] = time.monotonic()
+            if job.problem is not None:
                 self.never[job_id] = job.problem
             elif event.name != "JobToppedUp" or not self.backlog.is_parked(job_id):
                 self.backlog.add(job.as_pending())
@@ -138,6 +147,7 @@ class MetaScheduler:
         self.failures.clear()
         self.backlog.clear()  # the replay adds every pending job again
         self.never.clear()
+        self._pending_since.clear()
         self._touched.clear()
         # Our own transactions on the lost fork may be gone too: take the next nonce from the node again.
         self.wallet.reset_nonce()
@@ -166,8 +176,9 @@ class MetaScheduler:
         n = self.follower.poll()
         if self.metrics:
             self.metrics.pending.set(len(self.state.pending))
-        if self.backlog.fresh or self._touched:
+        if self.backlog.fresh or self._touched or self._deferred:
             self._dirty = True
+        self._deferred = False
         return n
 
     def round(self, *, max_attempts: int = 3, synced: bool = False) -> RoundResult:
@@ -219,9 +230,20 @@ class MetaScheduler:
         return result
 
     def _take(self) -> list[PendingJob]:
-        """The backlog's next jobs, as the grid state holds them now."""
+        """The backlog's next jobs, as the grid state holds them now (a standby: only those left waiting)."""
         jobs = self.state.pending
-        return [jobs[j.id].as_pending() for j in self.backlog.take() if j.id in jobs]
+        taken = [jobs[j.id].as_pending() for j in self.backlog.take() if j.id in jobs]
+        if self.standby_s <= 0 or not taken:
+            return taken
+        # Wall clock from when this scheduler saw the job become PENDING: chain time runs ahead in bursts (one
+        # block per transaction, each a second later) and stands still on a chain that mines on demand.
+        limit = time.monotonic() - self.standby_s
+        due = [j for j in taken if self._pending_since.get(j.id, 0.0) <= limit]
+        if len(due) < len(taken):
+            ids = {j.id for j in due}
+            self.backlog.restore(j for j in taken if j.id not in ids)
+            self._deferred = True
+        return due
 
     def _wake(self) -> None:
         """Parked jobs that a touched provider could take now are examined again."""

@@ -19,6 +19,7 @@ import pytest
 from dsq_chain.executors import LocalExecutor
 from dsq_chain.sdk.anvil import start_anvil
 from dsq_chain.sdk.chain import Chain
+from dsq_chain.sdk.events import JobAssigned, JobSubmitted
 from dsq_chain.services.scheduler import MetaScheduler
 from dsq_chain.services.worker import ProviderWorker
 from dsq_chain.types import JobStatus
@@ -68,8 +69,9 @@ def test_assignment_in_the_next_block_after_the_submission_is_confirmed(
                     assert grid.user.wait_for(job_id, timeout=90).status is JobStatus.FINISHED
         finally:
             worker.close()
-        submitted = {int(e.args["firstJobId"]): e.block_number for e in job_events(grid, "JobSubmitted")}
-        assigned = {int(e.args["jobId"]): e.block_number for e in job_events(grid, "JobAssigned")}
+        submitted = {e.first_job_id: e.block_number for e in job_events(grid, "JobSubmitted")
+                     if isinstance(e, JobSubmitted)}
+        assigned = {e.job_id: e.block_number for e in job_events(grid, "JobAssigned") if isinstance(e, JobAssigned)}
         s = submitted[ids[0]]
         blocks = {j: assigned[j] - s for j in ids}
         print(f"\nblock time {BLOCK_TIME_S} s, confirmations {confirmations}: assigned {blocks} block(s) after the "

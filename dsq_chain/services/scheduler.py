@@ -23,16 +23,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import requests
-
 from dsq_chain.errors import ContractError, DsqError
 from dsq_chain.matching import Assignment, Explanation, FairShare, Matcher, PendingJob, Weights
 from dsq_chain.matching.backlog import Backlog
 from dsq_chain.matching.matcher import DEFAULT_HALF_LIFE_S
-from dsq_chain.sdk.chain import Chain, Wallet
+from dsq_chain.sdk.chain import CHAIN_DOWN, Chain, Wallet
 from dsq_chain.sdk.client import SchedulerClient
 from dsq_chain.sdk.deployment import Deployment
-from dsq_chain.sdk.events import ChainEvent
+from dsq_chain.sdk.events import ChainEvent, ClaimTimeoutChanged, JobReleased, JobSubmitted, JobToppedUp
 from dsq_chain.services.follower import EventFollower
 from dsq_chain.services.gridstate import GridState, JobRecord
 from dsq_chain.services.heads import HeadWatcher
@@ -40,6 +38,9 @@ from dsq_chain.services.metrics import SchedulerMetrics
 from dsq_chain.types import JobStatus
 
 log = logging.getLogger("dsq.scheduler")
+
+#: Errors after which a round is retried: the chain is down, or a call was refused for now.
+SCHEDULER_RETRY: tuple[type[BaseException], ...] = (DsqError, *CHAIN_DOWN)
 
 
 @dataclass
@@ -105,23 +106,21 @@ class MetaScheduler:
         if self.state.apply(event):
             self._dirty = True
         self._track(event)
-        if event.name == "JobSubmitted" and self.metrics:
-            self.metrics.submitted.inc(int(event.args["count"]))
-        elif event.name == "ClaimTimeoutChanged":  # applies to every job from now on, not only new ones
-            self.claim_timeout = int(event.args["claimTimeout"])
+        if isinstance(event, JobSubmitted) and self.metrics:
+            self.metrics.submitted.inc(event.count)
+        elif isinstance(event, ClaimTimeoutChanged):  # applies to every job from now on, not only new ones
+            self.claim_timeout = event.claim_timeout
 
     def _track(self, event: ChainEvent) -> None:
         """Keeps the backlog in step: jobs (back) in PENDING are fresh, others leave; providers touched."""
-        args = event.args
-        provider = args.get("provider")
+        provider = getattr(event, "provider", None)
         if isinstance(provider, str):
             self._touched.add(provider)
-        if event.name == "JobSubmitted":
-            first = args.get("firstJobId")
-            ids = range(int(first), int(first) + int(args.get("count", 0))) if isinstance(first, int) else range(0)
+        if isinstance(event, JobSubmitted):
+            ids = range(event.first_job_id, event.first_job_id + event.count)
         else:
-            job_id = args.get("jobId")
-            ids = range(int(job_id), int(job_id) + 1) if isinstance(job_id, int) else range(0)
+            job_id = getattr(event, "job_id", None)
+            ids = range(job_id, job_id + 1) if isinstance(job_id, int) else range(0)
         for job_id in ids:
             job = self.state.pending.get(job_id)
             if job is None:
@@ -129,11 +128,11 @@ class MetaScheduler:
                 self.never.pop(job_id, None)
                 self._pending_since.pop(job_id, None)
                 continue
-            if event.name in ("JobSubmitted", "JobReleased"):
+            if isinstance(event, JobSubmitted | JobReleased):
                 self._pending_since[job_id] = time.monotonic()
             if job.problem is not None:
                 self.never[job_id] = job.problem
-            elif event.name != "JobToppedUp" or not self.backlog.is_parked(job_id):
+            elif not isinstance(event, JobToppedUp) or not self.backlog.is_parked(job_id):
                 self.backlog.add(job.as_pending())
 
     def on_reorg(self, block: int) -> None:
@@ -327,7 +326,7 @@ class MetaScheduler:
                     backoff = self.poll_interval
                     if not self._dirty:
                         seen = heads.wait(seen, self.poll_interval)
-                except (DsqError, requests.RequestException, OSError) as e:  # node gone mid-call: back off, go on
+                except SCHEDULER_RETRY as e:  # node gone mid-call: back off, go on
                     log.warning("scheduler: %s; retrying in %.1f s", e, backoff)
                     if self.metrics:
                         self.metrics.errors.labels(kind=type(e).__name__).inc()
@@ -342,6 +341,11 @@ class MetaScheduler:
         """Why a job waits (provider by provider), or what became of it."""
         self.sync()
         return explain_from_state(self.state, self.matcher, job_id, self._now(), self.failures)
+
+    def explain_pending(self, job: PendingJob) -> Explanation:
+        """Each provider's verdict on a job that is not submitted yet (what it would meet now)."""
+        self.sync()
+        return self.matcher.explain(job, self.state.providers, self._now())
 
 
 def _assigned_block(job: JobRecord) -> int:

@@ -41,17 +41,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import requests
 from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 
-from dsq_chain import artifacts
-from dsq_chain.errors import ChainUnavailable, ContractError, DsqError, InputError, TransactionFailed
+from dsq_chain import artifacts, lifecycle
+from dsq_chain.errors import ContractError, DsqError, InputError, TransactionFailed
 from dsq_chain.executors import ExecSpec, ExecState, ExecStatus, Executor, ExecutorError, JobNotFoundError, map_to_chain
-from dsq_chain.sdk.chain import Call, Chain, Wallet
+from dsq_chain.sdk.chain import CHAIN_DOWN as NODE_DOWN
+from dsq_chain.sdk.chain import Call, Chain, Wallet, node_errors
 from dsq_chain.sdk.client import ProviderClient, job_from_view
 from dsq_chain.sdk.deployment import Deployment
-from dsq_chain.sdk.events import ChainEvent
+from dsq_chain.sdk.events import ChainEvent, JobAssigned
 from dsq_chain.services.follower import EventFollower
 from dsq_chain.services.journal import Entry, Journal, Phase
 from dsq_chain.services.metrics import WorkerMetrics
@@ -78,8 +78,9 @@ SUBMIT_BUDGET_S = 2.0
 REORG_HOLD_S = 60.0
 #: At most this many report rows per transaction (a FINISH row costs ~19k gas: far below a 30M block).
 MAX_REPORT_ROWS = 400
-#: Errors meaning "the node is unreachable right now": jobs keep running, reports wait.
-CHAIN_DOWN: tuple[type[BaseException], ...] = (ChainUnavailable, TransactionFailed, requests.RequestException, OSError)
+#: Errors meaning "the node is unreachable right now": jobs keep running, reports wait. (A JSON-RPC error
+#: answer, TransactionFailed, is treated the same here: the reports are retried.)
+CHAIN_DOWN: tuple[type[BaseException], ...] = (*NODE_DOWN, TransactionFailed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,16 +150,17 @@ class ProviderWorker:
 
     # -- events ----------------------------------------------------------------------------------
     def on_event(self, event: ChainEvent) -> None:
-        if event.name == "JobAssigned" and event.args["provider"] == self.address:
-            job_id = int(event.args["jobId"])
-            if self.journal.add(job_id):
-                log.info("job %d assigned to us at %d units/min", job_id, event.args["rate"])
+        if not isinstance(event, JobAssigned) or event.provider != self.address:
+            return
+        if self.journal.add(event.job_id):
+            log.info("job %d assigned to us at %d units/min", event.job_id, event.rate)
 
     def on_reorg(self, block: int) -> None:
         """Blocks after ``block`` are gone, maybe with some of our reports: the nonce is read again."""
         log.warning("reorg back to block %d: re-reading the nonce; jobs are reconciled with the surviving chain",
                     block)
         self.wallet.reset_nonce()
+        self.journal.rewound()
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -264,7 +266,7 @@ class ProviderWorker:
             return [Action(job.id, ReportAction.CLAIM)]
         if job.status is JobStatus.SCHEDULED:
             if entry.phase is Phase.NEW:
-                self.journal.update(job.id, phase=Phase.CLAIMED, chain_status=job.status.name)
+                self.journal.transition(job.id, Phase.CLAIMED, chain_status=job.status.name)
             if status is None and entry.exec_id is None and job.id not in self._absent:
                 status = self._adopt(entry)  # submitted by a process that died before journaling it?
                 if status is None:
@@ -279,7 +281,7 @@ class ProviderWorker:
             if status is None:
                 return [Action(job.id, ReportAction.PANIC, reason="the executor has no trace of this job")]
         if entry.phase is not Phase.RUNNING:
-            self.journal.update(job.id, phase=Phase.RUNNING, chain_status=job.status.name)
+            self.journal.transition(job.id, Phase.RUNNING, chain_status=job.status.name)
         if not status.state.is_final:
             self._extend_if_topped_up(entry, job)
             if self._escrow_used_up(job):
@@ -416,7 +418,7 @@ class ProviderWorker:
                 log.error("job %d: submitting to %s failed: %s", job.id, self.executor.name, e)
                 self._count_error(e)
                 continue
-            self.journal.update(job.id, phase=Phase.SUBMITTED, exec_id=exec_id, time_limit_s=spec.time_limit_s)
+            self.journal.transition(job.id, Phase.SUBMITTED, exec_id=exec_id, time_limit_s=spec.time_limit_s)
             log.info("job %d submitted to %s as %s (limit %d s)", job.id, self.executor.name, exec_id,
                      spec.time_limit_s)
             try:
@@ -430,8 +432,8 @@ class ProviderWorker:
         if not found:
             return None
         exec_id = found[-1]
-        self.journal.update(entry.job_id, exec_id=exec_id, phase=Phase.SUBMITTED if entry.phase in
-                            (Phase.NEW, Phase.CLAIMED) else entry.phase)
+        self.journal.transition(entry.job_id, Phase.SUBMITTED if entry.phase in (Phase.NEW, Phase.CLAIMED)
+                                else entry.phase, exec_id=exec_id)
         return self.executor.status(exec_id)
 
     def _exec_status(self, entry: Entry) -> ExecStatus | None:
@@ -473,7 +475,7 @@ class ProviderWorker:
         if entry.exec_id and status is not None and not status.state.is_final:
             self.executor.cancel(entry.exec_id)
             log.info("job %d: %s; cancelled %s", entry.job_id, reason, entry.exec_id)
-        self.journal.update(entry.job_id, phase=Phase.DONE, reason=reason)
+        self.journal.transition(entry.job_id, Phase.DONE, reason=reason)
         self._ooc_since.pop(entry.job_id, None)
         self._absent.discard(entry.job_id)
         self._orphaned.pop(entry.job_id, None)
@@ -559,21 +561,19 @@ class ProviderWorker:
         elapsed = time.monotonic() - t0
         for a in actions:
             if a.action is ReportAction.CLAIM:
-                self.journal.update(a.job_id, phase=Phase.CLAIMED, chain_status=JobStatus.SCHEDULED.name)
+                self.journal.transition(a.job_id, Phase.CLAIMED, chain_status=JobStatus.SCHEDULED.name)
                 if self.metrics:
                     entry = self.journal.get(a.job_id)
                     if entry:
                         self.metrics.claim_latency.observe(max(0.0, time.time() - entry.seen_at))
             elif a.action is ReportAction.START:
-                self.journal.update(a.job_id, phase=Phase.RUNNING, chain_status=JobStatus.RUNNING.name)
+                self.journal.transition(a.job_id, Phase.RUNNING, chain_status=JobStatus.RUNNING.name)
             else:
-                final = {ReportAction.REFUSE: "REFUSED", ReportAction.OUT_OF_CREDITS: "OUT_OF_CREDITS",
-                         ReportAction.PANIC: "PANICKED"}.get(a.action)
-                if a.action is ReportAction.FINISH:
-                    final = "FINISHED" if a.exit_code == 0 else "FAILED"
+                after = lifecycle.after_report(a.action, a.exit_code)
+                final = "REFUSED" if a.action is ReportAction.REFUSE else after.name
                 if a.action in (ReportAction.OUT_OF_CREDITS, ReportAction.PANIC):
                     self._stop_execution(a.job_id)
-                self.journal.update(a.job_id, phase=Phase.DONE, chain_status=final, reason=a.reason)
+                self.journal.transition(a.job_id, Phase.DONE, chain_status=final, reason=a.reason)
                 self._ooc_since.pop(a.job_id, None)
             if self.metrics and a.action is not ReportAction.CLAIM:
                 self.metrics.report_latency.observe(elapsed)
@@ -601,7 +601,7 @@ class ProviderWorker:
         log.warning("job %d: %s failed: %s", action.job_id, "+".join(a.action.name for a in actions), error)
         self._count_error(error)
         if failures >= MAX_FAILURES:
-            self.journal.update(action.job_id, phase=Phase.DONE, failures=failures,
+            self.journal.transition(action.job_id, Phase.DONE, failures=failures,
                                 reason=f"gave up {action.action.name}: {error}")
         else:
             self.journal.update(action.job_id, failures=failures)
@@ -663,10 +663,8 @@ class JobReader:
             chunk = ids[start:start + self.CHUNK]
             payload = [("eth_call", [{"to": self.market, "data": "0x" + (self.selector + i.to_bytes(32, "big")).hex()},
                                      "latest"]) for i in chunk]
-            try:
+            with node_errors(self.chain.rpc_url):
                 responses: Any = cast(Any, self.chain.w3.provider).make_batch_request(payload)
-            except (requests.RequestException, OSError) as e:
-                raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable: {e.__class__.__name__}") from e
             if not isinstance(responses, list):
                 raise TransactionFailed(f"batch of getJob calls refused: {responses.get('error')}")
             for job_id, resp in zip(chunk, responses, strict=True):

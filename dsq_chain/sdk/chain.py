@@ -149,8 +149,13 @@ class Chain:
         return int(self.call_rpc("eth_blockNumber", []), 16)
 
     def timestamp(self, block: str | int = "latest") -> int:
+        """The block's timestamp; a block the node does not have (yet, or no more after a reorg) raises
+        :class:`ChainUnavailable`."""
         tag = hex(block) if isinstance(block, int) else block
-        return int(self.call_rpc("eth_getBlockByNumber", [tag, False])["timestamp"], 16)
+        found = self.call_rpc("eth_getBlockByNumber", [tag, False])
+        if not isinstance(found, dict) or "timestamp" not in found:
+            raise ChainUnavailable(f"block {block} is not available from {self.rpc_url} (not mined, or reorged away)")
+        return int(found["timestamp"], 16)
 
     def wallet(self, private_key: str | bytes) -> Wallet:
         return Wallet(self, private_key)

@@ -307,7 +307,8 @@ class MetaScheduler:
         return released
 
     def run(self, stop: threading.Event) -> None:
-        """Runs rounds until ``stop`` is set; survives node outages and bad events.
+        """Runs rounds until ``stop`` is set; survives node outages, bad events and a failing round (logged,
+        counted, retried with back-off: the state is rebuilt from events, so nothing is lost).
 
         Between rounds it waits for the node's next block (``newHeads`` subscription, see
         :class:`~dsq_chain.services.heads.HeadWatcher`) or ``poll_interval``, whichever comes first."""
@@ -327,8 +328,11 @@ class MetaScheduler:
                     backoff = self.poll_interval
                     if not self._dirty:
                         seen = heads.wait(seen, self.poll_interval)
-                except SCHEDULER_RETRY as e:  # node gone mid-call: back off, go on
-                    log.warning("scheduler: %s; retrying in %.1f s", e, backoff)
+                except Exception as e:  # node gone mid-call, or a bug with one round: back off, go on
+                    if isinstance(e, SCHEDULER_RETRY):
+                        log.warning("scheduler: %s; retrying in %.1f s", e, backoff)
+                    else:
+                        log.exception("scheduler round failed: %s; retrying in %.1f s", e, backoff)
                     if self.metrics:
                         self.metrics.errors.labels(kind=type(e).__name__).inc()
                     self.wallet.reset_nonce()

@@ -37,31 +37,38 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 
-from dsq_chain import artifacts, lifecycle
+from dsq_chain import artifacts
 from dsq_chain.errors import ContractError, DsqError, InputError, TransactionFailed
-from dsq_chain.executors import ExecSpec, ExecState, ExecStatus, Executor, ExecutorError, JobNotFoundError, map_to_chain
-from dsq_chain.sdk.chain import CHAIN_DOWN as NODE_DOWN
-from dsq_chain.sdk.chain import Call, Chain, Wallet, node_errors
+from dsq_chain.executors import ExecSpec, ExecState, ExecStatus, Executor, ExecutorError, JobNotFoundError
+from dsq_chain.sdk.chain import Chain, Wallet, node_errors
 from dsq_chain.sdk.client import ProviderClient, job_from_view
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.sdk.events import ChainEvent, JobAssigned
+from dsq_chain.services.decisions import (
+    OUT_OF_CREDITS_GRACE_S,
+    REORG_HOLD_S,
+    Action,
+    Facts,
+    Plan,
+    decide,
+    journal_after,
+)
+from dsq_chain.services.decisions import start as start_reports
 from dsq_chain.services.follower import EventFollower
 from dsq_chain.services.journal import Entry, Journal, Phase
 from dsq_chain.services.metrics import WorkerMetrics
+from dsq_chain.services.reports import CHAIN_DOWN, ReportSender
 from dsq_chain.types import Job, JobStatus, Prices, ReportAction, Resources
 from dsq_chain.workloads.workflow import Workflow, WorkflowError, from_canonical, render_script
 
 log = logging.getLogger("dsq.worker")
 
-#: After this many seconds of EscrowNotExhausted following an executor timeout, finish instead.
-OUT_OF_CREDITS_GRACE_S = 30.0
 #: A report that keeps reverting alone is given up after this many tries (the reason is journaled).
 MAX_FAILURES = 5
 #: Seconds after chain time says a running job's escrow is used up before the worker ends it itself
@@ -72,23 +79,6 @@ SUBMIT_PARALLELISM = 8
 #: A tick stops handing new jobs to the executor after this many seconds (the rest wait for the next tick), so
 #: that the jobs it started are reported RUNNING - and billed - soon after they really started.
 SUBMIT_BUDGET_S = 2.0
-#: A job found PENDING again while its execution still runs (only a reorg does that: the worker runs nothing
-#: before its claim is mined) keeps running this long, so that it is adopted, not run twice, if it is assigned to
-#: this provider again; it is cancelled at once if assigned to another one.
-REORG_HOLD_S = 60.0
-#: At most this many report rows per transaction (a FINISH row costs ~19k gas: far below a 30M block).
-MAX_REPORT_ROWS = 400
-#: Errors meaning "the node is unreachable right now": jobs keep running, reports wait. (A JSON-RPC error
-#: answer, TransactionFailed, is treated the same here: the reports are retried.)
-CHAIN_DOWN: tuple[type[BaseException], ...] = (*NODE_DOWN, TransactionFailed)
-
-
-@dataclass(frozen=True, slots=True)
-class Action:
-    job_id: int
-    action: ReportAction
-    exit_code: int = 0
-    reason: str = ""
 
 
 class ProviderWorker:
@@ -123,6 +113,7 @@ class ProviderWorker:
         # the per-tick read of the active jobs, so decoding those events too would be wasted work.
         self.follower.filters = [[[self.follower.decoder.topics["JobAssigned"]], None, _topic(self.address)]]
         self.journal = Journal(self.follower.db)
+        self.sender = ReportSender(self.client, self)
         self.reader = JobReader(wallet.chain, deployment.market)
         self._workflows: dict[int, bytes] = {}
         self._parsed: dict[tuple[int, bytes], Workflow | str] = {}
@@ -236,95 +227,81 @@ class ProviderWorker:
         self._gauge()
         return actions + more
 
-    # -- decisions -------------------------------------------------------------------------------
+    # -- decisions (made by services/decisions.py; carried out here) --------------------------------
     def _reconcile(self, entry: Entry, job: Job | None, to_run: list[tuple[Entry, Job]]) -> list[Action]:
-        """What to report for one job; jobs to hand to the executor go to ``to_run``."""
-        status = self._exec_status(entry)
-        if job is None:  # chain unknown right now: only keep the executor's side moving
+        """Gathers the facts about one job, asks :func:`decide`, carries the plan out; returns its reports.
+        Jobs to hand to the executor go to ``to_run``."""
+        facts = self._facts(entry, job)
+        plan = decide(facts)
+        while plan.need is not None and job is not None:
+            if plan.need == "validate":
+                facts = dataclasses.replace(facts, problem=self._validate(job), validated=True)
+            else:  # look the execution up: submitted by a process that died before journaling it?
+                found = self._adopt(entry)
+                if found is None and job.status is JobStatus.SCHEDULED:
+                    self._absent.add(job.id)
+                entry = self.journal.get(entry.job_id) or entry
+                facts = dataclasses.replace(facts, phase=entry.phase, execution=found, looked_up=True,
+                                            journaled=entry.exec_id is not None)
+            plan = decide(facts)
+        return self._carry_out(entry, job, facts, plan, to_run)
+
+    def _facts(self, entry: Entry, job: Job | None) -> Facts:
+        held = self._orphaned.get(entry.job_id)
+        ooc = self._ooc_since.get(entry.job_id)
+        now = time.monotonic()
+        running = job is not None and job.status is JobStatus.RUNNING and job.provider == self.address
+        return Facts(
+            job_id=entry.job_id, me=self.address, phase=entry.phase, job=job,
+            execution=self._exec_status(entry), journaled=entry.exec_id is not None,
+            absent=entry.job_id in self._absent,
+            held_s=None if held is None else now - held,
+            escrow_used_up=running and job is not None and self._escrow_used_up(job),
+            ooc_waited_s=None if ooc is None else now - ooc,
+        )
+
+    def _carry_out(self, entry: Entry, job: Job | None, facts: Facts, plan: Plan,
+                   to_run: list[tuple[Entry, Job]]) -> list[Action]:
+        if job is None:
             return []
-        if job.provider != self.address or job.status is JobStatus.PENDING:
-            if job.provider is None and status is not None and not status.state.is_final:
-                if job.id not in self._orphaned:
-                    self._orphaned[job.id] = time.monotonic()
-                    log.warning("job %d is PENDING again on chain (a reorg?) while it runs here: holding it %.0f s "
-                                "in case it comes back to us", job.id, REORG_HOLD_S)
-                if time.monotonic() - self._orphaned[job.id] < REORG_HOLD_S:
-                    return []
-            self._drop(entry, status, "assignment released (refused or claim timed out)")
+        if plan.hold:
+            if job.id not in self._orphaned:
+                self._orphaned[job.id] = time.monotonic()
+                log.warning("job %d is PENDING again on chain (a reorg?) while it runs here: holding it %.0f s "
+                            "in case it comes back to us", job.id, REORG_HOLD_S)
+            return []
+        if plan.drop is not None:
+            self._drop(entry, facts.execution, plan.drop)
             return []
         self._orphaned.pop(job.id, None)
-        if job.status.is_final:
-            self._drop(entry, status, f"final on chain: {job.status.name}")
-            return []
-        if job.status is JobStatus.META_SCHEDULED:
-            problem = self._validate(job)
-            if problem:
-                log.warning("job %d refused: %s", job.id, problem)
-                if self.metrics:
-                    self.metrics.refused.labels(reason=problem.split(":")[0]).inc()
-                return [Action(job.id, ReportAction.REFUSE, reason=problem)]
-            return [Action(job.id, ReportAction.CLAIM)]
-        if job.status is JobStatus.SCHEDULED:
-            if entry.phase is Phase.NEW:
-                self.journal.transition(job.id, Phase.CLAIMED, chain_status=job.status.name)
-            if status is None and entry.exec_id is None and job.id not in self._absent:
-                status = self._adopt(entry)  # submitted by a process that died before journaling it?
-                if status is None:
-                    self._absent.add(job.id)
-            if status is None:
-                to_run.append((entry, job))
-                return []
-            return self._start(job, status)
-        # RUNNING on chain
-        if status is None:
-            status = self._adopt(entry)
-            if status is None:
-                return [Action(job.id, ReportAction.PANIC, reason="the executor has no trace of this job")]
-        if entry.phase is not Phase.RUNNING:
-            self.journal.transition(job.id, Phase.RUNNING, chain_status=job.status.name)
-        if not status.state.is_final:
+        if plan.enter is not None:
+            self.journal.transition(job.id, plan.enter, chain_status=job.status.name)
+        if plan.extend:
             self._extend_if_topped_up(entry, job)
-            if self._escrow_used_up(job):
-                log.info("job %d: escrow used up on chain; ending it", job.id)
-                return [Action(job.id, ReportAction.OUT_OF_CREDITS, reason="escrow used up (chain time)")]
-            return []
-        return [self._outcome(job, status)]
+        self._note_outcome(job.id, plan)
+        for a in plan.reports:
+            if a.action is ReportAction.REFUSE:
+                log.warning("job %d refused: %s", job.id, a.reason)
+                if self.metrics:
+                    self.metrics.refused.labels(reason=a.reason.split(":")[0]).inc()
+            elif a.action is ReportAction.OUT_OF_CREDITS and a.reason:
+                log.info("job %d: %s; ending it", job.id, a.reason)
+        if plan.run:
+            to_run.append((entry, job))
+        return list(plan.reports)
 
     def _start(self, job: Job, status: ExecStatus) -> list[Action]:
-        """Reports of a SCHEDULED job the executor has: START once the work began (with its outcome in the same
-        transaction if it already ended); PANIC if it ended without ever starting."""
-        if not status.started:
-            if status.state.is_final:
-                return [Action(job.id, ReportAction.PANIC,
-                               reason=f"ended before it started: {status.state} {status.reason}".strip())]
-            return []
-        actions = [Action(job.id, ReportAction.START)]
-        if status.state.is_final:
-            outcome = self._outcome(dataclasses.replace(job, status=JobStatus.RUNNING), status)
-            if outcome.action is not ReportAction.OUT_OF_CREDITS:  # the chain needs time to agree: next ticks
-                actions.append(outcome)
-        return actions
+        """The reports of a SCHEDULED job the executor has (see :func:`decisions.start`)."""
+        ooc = self._ooc_since.get(job.id)
+        plan = start_reports(job, status, None if ooc is None else time.monotonic() - ooc)
+        self._note_outcome(job.id, plan)
+        return list(plan.reports)
 
-    def _outcome(self, job: Job, status: ExecStatus) -> Action:
-        outcome = map_to_chain(status.state)
-        code = status.exit_code if status.exit_code is not None else 1
-        if outcome is JobStatus.FINISHED:
-            code = 0
-        elif outcome is JobStatus.FAILED and code == 0:
-            code = 1  # failed without an exit status (e.g. out of memory): never report success
-        self.journal.update(job.id, exit_code=code)
-        if outcome in (JobStatus.FINISHED, JobStatus.FAILED):
-            return Action(job.id, ReportAction.FINISH, code)
-        if outcome is JobStatus.OUT_OF_CREDITS:
-            first = self._ooc_since.setdefault(job.id, time.monotonic())
-            if time.monotonic() - first > OUT_OF_CREDITS_GRACE_S:
-                # The chain says the escrow still pays (a top-up came too late): bill the time used.
-                return Action(job.id, ReportAction.FINISH, code or 124, reason="killed at its limit")
-            return Action(job.id, ReportAction.OUT_OF_CREDITS)
-        if outcome is JobStatus.CANCELED:
-            # Only the owner cancels on chain; an executor-side cancel we did not ask for is our fault.
-            return Action(job.id, ReportAction.PANIC, reason="cancelled on the executor side")
-        return Action(job.id, ReportAction.PANIC, reason=f"executor state {status.state}: {status.reason}")
+    def _note_outcome(self, job_id: int, plan: Plan) -> None:
+        if plan.exit_code is not None:
+            self.journal.update(job_id, exit_code=plan.exit_code)
+        if plan.ooc_started:
+            self._ooc_since.setdefault(job_id, time.monotonic())
 
     def _validate(self, job: Job) -> str | None:
         """Why this worker cannot run the job, or None."""
@@ -482,100 +459,33 @@ class ProviderWorker:
 
     # -- sending ---------------------------------------------------------------------------------
     def _send(self, actions: list[Action]) -> list[Action]:
-        """Sends the reports, :data:`MAX_REPORT_ROWS` per transaction; returns those that went through."""
-        sent: list[Action] = []
-        chunk: list[Action] = []
-        for group in _by_job(actions):
-            if chunk and len(chunk) + len(group) > MAX_REPORT_ROWS:
-                sent += self._send_batch(chunk)
-                chunk = []
-                if not self.chain_up:
-                    return sent
-            chunk += group
-        if chunk:
-            sent += self._send_batch(chunk)
-        return sent
+        """Sends the reports (:class:`ReportSender`); returns those that went through."""
+        return self.sender.send(actions)
 
-    def _send_batch(self, actions: list[Action]) -> list[Action]:
-        """Sends the reports in one transaction; returns those that went through.
-
-        If the batch reverts, each job's reports are checked alone (gas estimation, nothing sent): those that
-        would revert are counted as failures, the rest go in one transaction again (one by one only if that
-        reverts too: a race with another transaction).
-        """
-        t0 = time.monotonic()
-        try:
-            self.client.report(_rows(actions))
-            self._sent(actions, t0)
-            return actions
-        except ContractError as e:
-            groups = _by_job(actions)
-            if len(groups) == 1:
-                self._failed(actions, e)
-                return []
-            log.info("batched report of %d reverted (%s); leaving out the jobs that fail alone", len(actions), e)
-        except CHAIN_DOWN as e:
-            self._down(e)
-            return []
-        good: list[list[Action]] = []
-        for group in groups:
-            try:
-                self.wallet.estimate(Call(self.client.market.functions.report(_rows(group))))
-                good.append(group)
-            except ContractError as e:
-                self._failed(group, e)
-            except CHAIN_DOWN as e:
-                self._down(e)
-                return []
-        if not good:
-            return []
-        flat = [a for g in good for a in g]
-        try:
-            self.client.report(_rows(flat))
-            self._sent(flat, t0)
-            return flat
-        except ContractError as e:
-            log.info("batched report of %d reverted again (%s); sending one job at a time", len(flat), e)
-        except CHAIN_DOWN as e:
-            self._down(e)
-            return []
-        sent: list[Action] = []
-        for group in good:
-            try:
-                self.client.report(_rows(group))
-                self._sent(group, t0)
-                sent += group
-            except ContractError as e:
-                self._failed(group, e)
-            except CHAIN_DOWN as e:
-                self._down(e)
-                break
-        return sent
-
-    def _down(self, e: BaseException) -> None:
+    # -- what the sender tells (ReportListener) --------------------------------------------------------
+    def down(self, e: BaseException) -> None:
+        """The node went away while sending: reports wait, the nonce is read again."""
         self.chain_up = False
         self.wallet.reset_nonce()
         self._count_error(e)
 
-    def _sent(self, actions: list[Action], t0: float) -> None:
+    def sent(self, actions: list[Action], t0: float) -> None:
+        """Reports mined: the journal follows (and an execution that must end is stopped)."""
         elapsed = time.monotonic() - t0
         for a in actions:
-            if a.action is ReportAction.CLAIM:
-                self.journal.transition(a.job_id, Phase.CLAIMED, chain_status=JobStatus.SCHEDULED.name)
-                if self.metrics:
-                    entry = self.journal.get(a.job_id)
-                    if entry:
-                        self.metrics.claim_latency.observe(max(0.0, time.time() - entry.seen_at))
-            elif a.action is ReportAction.START:
-                self.journal.transition(a.job_id, Phase.RUNNING, chain_status=JobStatus.RUNNING.name)
-            else:
-                after = lifecycle.after_report(a.action, a.exit_code)
-                final = "REFUSED" if a.action is ReportAction.REFUSE else after.name
-                if a.action in (ReportAction.OUT_OF_CREDITS, ReportAction.PANIC):
-                    self._stop_execution(a.job_id)
-                self.journal.transition(a.job_id, Phase.DONE, chain_status=final, reason=a.reason)
+            phase, chain_status = journal_after(a)
+            if phase is Phase.DONE and a.action in (ReportAction.OUT_OF_CREDITS, ReportAction.PANIC):
+                self._stop_execution(a.job_id)
+            if phase is Phase.DONE:
+                self.journal.transition(a.job_id, phase, chain_status=chain_status, reason=a.reason)
                 self._ooc_since.pop(a.job_id, None)
-            if self.metrics and a.action is not ReportAction.CLAIM:
+            else:
+                self.journal.transition(a.job_id, phase, chain_status=chain_status)
+            if self.metrics and a.action is ReportAction.CLAIM:
+                entry = self.journal.get(a.job_id)
+                if entry:
+                    self.metrics.claim_latency.observe(max(0.0, time.time() - entry.seen_at))
+            elif self.metrics:
                 self.metrics.report_latency.observe(elapsed)
             log.info("job %d: reported %s%s", a.job_id, a.action.name,
                      f" (exit {a.exit_code})" if a.action is ReportAction.FINISH else "")
@@ -592,7 +502,8 @@ class ProviderWorker:
         except ExecutorError as e:
             log.error("job %d: could not stop %s: %s", job_id, entry.exec_id, e)
 
-    def _failed(self, actions: list[Action], error: ContractError) -> None:
+    def failed(self, actions: list[Action], error: ContractError) -> None:
+        """One job's reports revert alone: counted; given up after :data:`MAX_FAILURES` tries."""
         if type(error).__name__ == "EscrowNotExhausted":
             return  # chain time has not caught up with the executor's limit yet: retry next tick
         action = actions[0]
@@ -706,18 +617,6 @@ def _topic(address: str) -> str:
     return "0x" + "0" * 24 + address[2:].lower()
 
 
-def _rows(actions: Sequence[Action]) -> list[tuple[int, ReportAction, int]]:
-    return [(a.job_id, a.action, a.exit_code) for a in actions]
-
-
-def _by_job(actions: Sequence[Action]) -> list[list[Action]]:
-    """Actions grouped by job, in order (a job's START and FINISH must go together)."""
-    groups: dict[int, list[Action]] = {}
-    for a in actions:
-        groups.setdefault(a.job_id, []).append(a)
-    return list(groups.values())
-
-
 def _run_now(fn: Any, *args: Any) -> Future[Any]:
     fut: Future[Any] = Future()
     try:
@@ -734,4 +633,5 @@ def time_limit_s(escrow: int, rate: int) -> int:
     return max(1, escrow * 60 // rate)
 
 
-__all__ = ["Action", "ExecState", "JobReader", "ProviderWorker", "time_limit_s"]
+__all__ = ["OUT_OF_CREDITS_GRACE_S", "REORG_HOLD_S", "Action", "ExecState", "JobReader", "ProviderWorker",
+           "time_limit_s"]

@@ -60,10 +60,11 @@ def test_a_batch_service_maps_field_by_field() -> None:
     assert tr.ok and len(tr.jobs) == 1
     job = tr.jobs[0]
     wf = job.workflow
-    assert wf["resources"] == {"tasks": 1, "cpusPerTask": 2, "memPerCpu": 1536, "gpus": 0}  # 1.5 cores rounded up
+    # 1.5 cores rounded up; 10 GiB of ephemeral storage = 10.7 GB of scratch disk, rounded up
+    assert wf["resources"] == {"tasks": 1, "cpusPerTask": 2, "memPerCpu": 1536, "gpus": 0, "diskGB": 11}
     assert wf["steps"][0]["run"] == {"container": {"image": "busybox"}, "command": "sh -c 'echo hi'"}
     assert wf["env"] == [{"key": "A", "value": "1"}, {"key": "B", "value": "x=y"}]
-    assert "region == eu-west" in wf["labels"] and "storage.ephemeral.gb >= 11" in wf["labels"]
+    assert wf["labels"] == ["region == eu-west"]
     assert job.count == 3  # replicas become a job array
     assert job.max_rate == int(Decimal(1000) * 60 / Decimal("6.098"))
     notes = {m.path: m for m in tr.table}

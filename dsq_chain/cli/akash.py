@@ -112,6 +112,12 @@ def submit(
     seconds_per_block: BLOCK = str(AKASH_SECONDS_PER_BLOCK),
     strict: STRICT = False,
     force: Annotated[bool, typer.Option("--force", help="submit even if no provider could run it now")] = False,
+    provider: Annotated[list[str] | None, typer.Option(
+        "--provider", help="direct placement: only this provider may run the jobs (repeatable)")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="a provider that must not run them")] = None,
+    dseq: Annotated[int | None, typer.Option("--dseq", help="the Akash deployment these jobs belong to")] = None,
+    owner: Annotated[str | None, typer.Option(
+        "--owner", help="the Akash deployment's owner (akash1...; default: the submitting account)")] = None,
     as_json: JSON = False,
 ) -> None:
     """Submits the jobs an SDL becomes; nothing at all (no credit locked) when any part is refused."""
@@ -120,7 +126,12 @@ def submit(
         tr = _translate(sdl, rate, seconds_per_block, strict)
         s = settings(ctx)
         chain, dep = s.chain()
-        done = akash.submit(GridClient(s.wallet(chain), dep), tr, units, force=force)
+        client = GridClient(s.wallet(chain), dep)
+        if owner is not None and dseq is None:
+            raise InputError("--owner names the owner of an Akash deployment: give its --dseq too")
+        lease = (owner or client.address, dseq) if dseq is not None else None
+        done = akash.submit(client, tr, units, force=force, providers=provider or (), exclude=exclude or (),
+                            lease=lease)
         emit([{"service": d.service, "job_ids": d.job_ids, "workflow_hash": "0x" + d.workflow_hash.hex()}
               for d in done],
              lambda: "\n".join(f"{d.service}: submitted job(s) {', '.join(map(str, d.job_ids))}" for d in done),

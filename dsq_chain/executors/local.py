@@ -210,7 +210,9 @@ class LocalExecutor(Executor):
             cpus = max(1, min(cpus, cg_cpus))
         if cg_mem is not None:
             mem_mb = min(mem_mb, cg_mem)
-        return Resources(cpus=cpus, gpus=len(self._gpus()), mem_mb=mem_mb)
+        # Scratch disk: what is free on the file system that holds the job folders.
+        disk_gb = shutil.disk_usage(self.root).free // 10**9
+        return Resources(cpus=cpus, gpus=len(self._gpus()), mem_mb=mem_mb, disk_gb=disk_gb)
 
     def features(self) -> frozenset[str]:
         return frozenset({"gpus"}) if self._gpus() else frozenset()

@@ -241,12 +241,13 @@ class SlurmExecutor(Executor):
         raise JobNotFoundError(f"no job directory for Slurm job {exec_id} under {self.root}")
 
     def capacity(self) -> Resources:
-        cpus = mem = gpus = 0
+        cpus = mem = gpus = disk_mb = 0
         for node in self._nodes():
             cpus += node[1]
             mem += node[2]
             gpus += node[3]
-        return Resources(cpus=cpus, gpus=gpus, mem_mb=mem)
+            disk_mb += node[4]
+        return Resources(cpus=cpus, gpus=gpus, mem_mb=mem, disk_gb=disk_mb // 1000)
 
     def features(self) -> frozenset[str]:
         nodes = self._nodes()
@@ -379,20 +380,20 @@ class SlurmExecutor(Executor):
                     return ExecStatus(state, code, started, f"slurm {parts[1]} (accounting)")
         return None
 
-    def _nodes(self) -> list[tuple[str, int, int, int]]:
-        """Usable nodes: (name, cpus, real memory MB, gpus), from ``sinfo``."""
-        args = ["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G|%T"]
+    def _nodes(self) -> list[tuple[str, int, int, int, int]]:
+        """Usable nodes: (name, cpus, real memory MB, gpus, TmpDisk MB), from ``sinfo``."""
+        args = ["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G|%T|%d"]
         if self.partition:
             args += ["-p", self.partition]
-        seen: dict[str, tuple[str, int, int, int]] = {}
+        seen: dict[str, tuple[str, int, int, int, int]] = {}
         for line in self.run(*args).stdout.splitlines():
             parts = line.strip().split("|")
-            if len(parts) != 5 or parts[0] in seen:
+            if len(parts) != 6 or parts[0] in seen:
                 continue
-            name, cpus, mem, gres, state = parts
+            name, cpus, mem, gres, state, tmp_disk = parts
             if any(bad in state.lower() for bad in _UNAVAILABLE):
                 continue
-            seen[name] = (name, _int(cpus), _int(mem), _gres_gpus(gres))
+            seen[name] = (name, _int(cpus), _int(mem), _gres_gpus(gres), _int(tmp_disk))
         return list(seen.values())
 
 

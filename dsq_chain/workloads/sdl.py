@@ -405,6 +405,7 @@ def _resources(tr: Translation, cpath: str, res: dict[str, Any], svc: dict[str, 
                 labels[-2:] if names else labels[-1:]))
     storage = res.get("storage")
     volumes = storage if isinstance(storage, list) else [storage] if isinstance(storage, dict) else []
+    scratch_gb = 0
     for i, vol in enumerate(volumes):
         vpath = f"{cpath}.resources.storage[{i}]"
         try:
@@ -413,14 +414,19 @@ def _resources(tr: Translation, cpath: str, res: dict[str, Any], svc: dict[str, 
             tr.refuse(vpath, str(e))
             ok = False
             continue
-        persistent = bool((vol.get("attributes") or {}).get("persistent"))
-        key = "storage.persistent.gb" if persistent else "storage.ephemeral.gb"
-        labels.append(f"{key} >= {gb}")
-        tr.note(vpath, f"label constraint {key} >= {gb}",
-                "persistent volume: a provider resource" if persistent else "ephemeral scratch disk")
+        if (vol.get("attributes") or {}).get("persistent"):
+            labels.append(f"storage.persistent.gb >= {gb}")
+            tr.note(vpath, f"label constraint storage.persistent.gb >= {gb}",
+                    "persistent volume: the provider's measured persistent storage")
+        else:
+            scratch_gb += gb
+            tr.note(vpath, f"diskGB +{gb}", "ephemeral storage: scratch disk, reserved on chain like memory")
     if not ok:
         return None, labels
-    return {"tasks": 1, "cpusPerTask": cpus, "memPerCpu": mem_per_cpu, "gpus": gpus}, labels
+    resources = {"tasks": 1, "cpusPerTask": cpus, "memPerCpu": mem_per_cpu, "gpus": gpus}
+    if scratch_gb:
+        resources["diskGB"] = scratch_gb
+    return resources, labels
 
 
 def _placement_labels(tr: Translation, ppath: str, placement: dict[str, Any], strict: bool) -> list[str]:

@@ -100,7 +100,9 @@ _TOP_FIELDS = (
     "modules",
     "steps",
 )
-_RESOURCE_FIELDS = ("tasks", "cpusPerTask", "memPerCpu", "gpus", "gpusPerTask")
+#: Largest scratch disk a job may ask for, GB (the chain stores it in 16 bits).
+MAX_DISK_GB = 65_535
+_RESOURCE_FIELDS = ("tasks", "cpusPerTask", "memPerCpu", "gpus", "gpusPerTask", "diskGB")
 #: Top-level fields a provider of this grid cannot honour, with the reason.
 REFUSED_TOP = {
     "virtualNetworks": (
@@ -285,8 +287,9 @@ def _name(ctx: Ctx, node: Node) -> str:
     return name
 
 
-def _resources(ctx: Ctx, node: Node) -> tuple[int, int, int, int]:
-    """``(tasks, cpusPerTask, memPerCpu, gpus)``, with the job's totals bounded too."""
+def _resources(ctx: Ctx, node: Node) -> tuple[int, int, int, int, int]:
+    """``(tasks, cpusPerTask, memPerCpu, gpus, diskGB)``, with the job's totals bounded too. ``diskGB`` (scratch
+    disk for the whole job, in GB; a dsq-chain field beside DeepSquare's) is reserved on chain like memory."""
     found = fields_of(ctx, node, "resources", _RESOURCE_FIELDS, ("tasks", "cpusPerTask", "memPerCpu"))
     tasks = integer_of(ctx, found["tasks"], "resources.tasks", 1)
     cpus_per_task = integer_of(ctx, found["cpusPerTask"], "resources.cpusPerTask", 1)
@@ -307,7 +310,10 @@ def _resources(ctx: Ctx, node: Node) -> tuple[int, int, int, int]:
         ctx.fail(node.line, "resources", expected, got=str(cpus * mem_per_cpu))
     if gpus > MAX_RESOURCE:
         ctx.fail(node.line, "resources", f"gpus <= {MAX_RESOURCE}", got=str(gpus))
-    return tasks, cpus_per_task, mem_per_cpu, gpus
+    disk_gb = integer_of(ctx, found["diskGB"], "resources.diskGB", 0) if "diskGB" in found else 0
+    if disk_gb > MAX_DISK_GB:
+        ctx.fail(found["diskGB"].line, "resources.diskGB", f"diskGB <= {MAX_DISK_GB}", got=str(disk_gb))
+    return tasks, cpus_per_task, mem_per_cpu, gpus, disk_gb
 
 
 def _labels(ctx: Ctx, node: Node) -> tuple[LabelConstraint, ...]:
@@ -334,7 +340,7 @@ def _build(ctx: Ctx, root: Node, base: Path | None = None) -> Workflow:
     found = fields_of(ctx, root, "", _TOP_FIELDS, ("resources", "steps"), REFUSED_TOP)
     name = ctx.guard(lambda: _name(ctx, found["name"])) if "name" in found else None
     resources = ctx.guard(lambda: _resources(ctx, found["resources"]))
-    tasks, cpus_per_task, mem_per_cpu, gpus = resources or (1, 1, 1, 0)
+    tasks, cpus_per_task, mem_per_cpu, gpus, disk_gb = resources or (1, 1, 1, 0, 0)
     limits = JobLimits(tasks, cpus_per_task, mem_per_cpu, gpus)
     labels = (ctx.guard(lambda: _labels(ctx, found["labels"])) or ()) if "labels" in found else ()
     env = (ctx.guard(lambda: env_of(ctx, found["env"], "env")) or {}) if "env" in found else {}
@@ -363,6 +369,7 @@ def _build(ctx: Ctx, root: Node, base: Path | None = None) -> Workflow:
     workflow = Workflow(
         name, tasks, cpus_per_task, mem_per_cpu, gpus, labels, env, steps,
         enable_logging=flags.get("enableLogging", False),
+        disk_gb=disk_gb,
         input=transports.get("input"),
         input_mode=input_mode,
         output=transports.get("output"),
@@ -444,6 +451,8 @@ class Workflow:
     env: dict[str, str]
     steps: tuple[Step, ...]
     enable_logging: bool = False
+    #: Scratch disk for the whole job, GB (reserved on chain like memory).
+    disk_gb: int = 0
     input: Transport | None = None
     input_mode: int | None = None
     output: Transport | None = None
@@ -459,7 +468,7 @@ class Workflow:
     def resources(self) -> Resources:
         """The job's totals: cpus = tasks x cpusPerTask, mem_mb = cpus x memPerCpu."""
         cpus = self.tasks * self.cpus_per_task
-        return Resources(cpus=cpus, gpus=self.gpus, mem_mb=cpus * self.mem_per_cpu)
+        return Resources(cpus=cpus, gpus=self.gpus, mem_mb=cpus * self.mem_per_cpu, disk_gb=self.disk_gb)
 
     def to_data(self) -> dict[str, Any]:
         """The workflow in the document format (JSON-ready); the original format's defaults explicit."""
@@ -469,6 +478,7 @@ class Workflow:
                 "cpusPerTask": self.cpus_per_task,
                 "memPerCpu": self.mem_per_cpu,
                 "gpus": self.gpus,
+                **({"diskGB": self.disk_gb} if self.disk_gb else {}),
             },
             "labels": [str(c) for c in self.labels],
             "env": dict(self.env),

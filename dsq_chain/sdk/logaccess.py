@@ -26,6 +26,8 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils.address import to_checksum_address
 
+from dsq_chain.errors import ChainUnavailable, DsqError
+
 #: Longest a signed request may live; the server refuses expiries further away.
 MAX_TTL_S = 300
 DEFAULT_TTL_S = 120
@@ -73,7 +75,7 @@ class LogChunk:
     offset: int
 
 
-class LogAccessDenied(Exception):
+class LogAccessDenied(DsqError):
     """The log server refused the request (401/403): not the owner, expired, replayed."""
 
 
@@ -117,10 +119,10 @@ class LogClient:
                 raise
             except (requests.RequestException, OSError, ValueError) as e:
                 if not follow:
-                    raise
+                    raise ChainUnavailable(f"log server {self.server}: {e}") from None
                 down_since = down_since or time.monotonic()
                 if time.monotonic() - down_since > retry_for:
-                    raise
+                    raise ChainUnavailable(f"log server {self.server} unreachable for {retry_for:.0f} s: {e}") from None
                 if on_retry is not None:
                     on_retry(e)
                 time.sleep(1.0)

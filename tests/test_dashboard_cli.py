@@ -15,7 +15,13 @@ from eth_account import Account
 
 from dsq_chain.sdk.anvil import free_port
 from dsq_chain.types import JobStatus
-from tests.test_cli import DSQ, Cli, cli, user_key  # noqa: F401  (fixture)
+from tests.grid import Grid
+from tests.test_cli import DSQ, Cli, user_key
+
+
+@pytest.fixture
+def cli(grid: Grid, tmp_path: Path, keys: list[str]) -> Cli:
+    return Cli(grid, tmp_path, keys)
 
 
 def _env(key: str | None = None) -> dict[str, str]:

@@ -86,7 +86,7 @@ class IndexReader:
             conds.append(j.lease_dseq == str(lease_dseq))
         if before is not None:
             conds.append(j.id < before)
-        q = select(s.jobs).where(and_(*conds)).order_by(j.id.desc()).limit(max(1, min(limit, MAX_LIMIT)))
+        q = select(s.jobs).where(*conds).order_by(j.id.desc()).limit(max(1, min(limit, MAX_LIMIT)))
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
         now = self.now()

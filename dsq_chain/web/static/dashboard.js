@@ -24,9 +24,11 @@ function setHead(h) { const b = document.getElementById("head-block"); if (b && 
 
 // Time-left cells count down locally between updates (only RUNNING jobs spend their escrow).
 const loadedAt = Date.now() / 1000;
+const FINAL = ["FINISHED", "FAILED", "PANICKED", "OUT_OF_CREDITS", "CANCELED"];
 function tickLeft() {
   document.querySelectorAll("[data-left]").forEach(el => {
     const v = el.dataset.left;
+    if (FINAL.includes(el.dataset.status)) { el.textContent = "ended"; return; }
     if (v === "") { el.textContent = "-"; return; }
     const running = el.dataset.status === "RUNNING";
     const since = Number(el.dataset.since || loadedAt);
@@ -94,7 +96,7 @@ function drawTimelineBar(timeline, now) {
   const end = Math.max(now, steps[steps.length - 1].time + 1), start = steps[0].time, total = Math.max(1, end - start);
   bar.innerHTML = steps.map((t, i) => {
     const until = i + 1 < steps.length ? steps[i + 1].time : end;
-    const final = ["FINISHED", "FAILED", "PANICKED", "OUT_OF_CREDITS", "CANCELED"].includes(t.status);
+    const final = FINAL.includes(t.status);
     const w = final && i === steps.length - 1 ? 0 : Math.max(0, (until - t.time) / total * 100);
     return `<span style="flex: ${final ? "0 0 auto; padding: 0 6px" : "0 0 " + w + "%"}; background: ${COLORS[t.status] || "#e5e7eb"}"
       title="${t.status} at ${utc(t.time)} (block ${t.block})">${esc(t.status)}</span>`;
@@ -133,7 +135,11 @@ function jobPage(el) {
       renderTimeline(job);
       const b = job.bill;
       document.getElementById("bill-kind").textContent = b.final ? "final" : "so far";
-      for (const k of ["cpu", "gpu", "memory"]) document.getElementById("bill-" + k).textContent = credits(b.by_resource[k]);
+      for (const k of ["cpu", "gpu", "memory"]) {
+        document.getElementById("bill-" + k).textContent = credits(b.by_resource[k]);
+        document.getElementById("rate-" + k).textContent = credits(b.rate[k]);
+      }
+      document.getElementById("rate-total").textContent = credits(job.rate);
       document.getElementById("bill-total").textContent = credits(b.billed);
       document.getElementById("bill-refunded").textContent = credits(b.refunded);
       el.dataset.provider = job.provider || "";
@@ -172,17 +178,18 @@ function marketPage(data) {
   if (!window.Chart) { document.querySelectorAll("figure canvas").forEach(c => c.replaceWith("Chart.js is not installed (make setup).")); return; }
   const labels = data.hours.map(t => utc(t).slice(11, 16));
   const common = {responsive: true, maintainAspectRatio: false, animation: false, plugins: {legend: {display: false}}};
-  new Chart(document.getElementById("chart-jobs"), {type: "bar", data: {labels, datasets: [{data: data.jobs_per_hour, backgroundColor: "#60a5fa"}]}, options: common});
+  new Chart(document.getElementById("chart-jobs"), {type: "bar", data: {labels, datasets: [{data: data.jobs_per_hour, backgroundColor: "#60a5fa"}]},
+    options: {...common, scales: {y: {beginAtZero: true, ticks: {precision: 0}}}}});
   new Chart(document.getElementById("chart-util"), {type: "line", data: {labels, datasets: [{data: data.utilisation.map(u => 100 * u), borderColor: "#10b981", fill: true, backgroundColor: "rgba(16,185,129,.15)", tension: .25}]},
     options: {...common, scales: {y: {min: 0, max: 100, ticks: {callback: v => v + "%"}}}}});
   new Chart(document.getElementById("chart-wait"), {type: "line", data: {labels, datasets: [
-    {label: "p50", data: data.wait_p50, borderColor: "#3b82f6", spanGaps: true},
-    {label: "p95", data: data.wait_p95, borderColor: "#f59e0b", spanGaps: true}]},
-    options: {...common, plugins: {legend: {display: true}}}});
+    {label: "p50", data: data.wait_p50, borderColor: "#3b82f6", backgroundColor: "#3b82f6", spanGaps: true, pointRadius: 3},
+    {label: "p95", data: data.wait_p95, borderColor: "#f59e0b", backgroundColor: "#f59e0b", spanGaps: true, pointRadius: 3}]},
+    options: {...common, plugins: {legend: {display: true}}, scales: {y: {beginAtZero: true}}}});
   const reasons = Object.keys(data.placement_failures);
   new Chart(document.getElementById("chart-failures"), {type: "bar", data: {labels: reasons.length ? reasons : ["none"],
     datasets: [{data: reasons.length ? Object.values(data.placement_failures) : [0], backgroundColor: "#f87171"}]},
-    options: {...common, indexAxis: "y"}});
+    options: {...common, scales: {y: {beginAtZero: true, ticks: {precision: 0}}}}});
 }
 
 document.addEventListener("DOMContentLoaded", () => {

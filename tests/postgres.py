@@ -8,6 +8,7 @@ removes the folder at the end. Each test asking for ``pg_url`` gets a database o
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -35,18 +36,18 @@ def _as_postgres(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """URL prefix ``postgresql://postgres@127.0.0.1:PORT`` of a running server."""
-    try:
-        ensure_installed(["postgresql"], lambda: _bin_dir() is not None and shutil.which("runuser") is not None,
-                         "PostgreSQL (initdb)")
-    except AptUnavailable as e:
-        pytest.skip(str(e))
+@contextlib.contextmanager
+def running_postgres() -> Iterator[str]:
+    """A PostgreSQL server for the duration of the block: yields ``postgresql://postgres@127.0.0.1:PORT``.
+
+    Raises :class:`AptUnavailable` when it is missing and cannot be installed, or cannot run here.
+    """
+    ensure_installed(["postgresql"], lambda: _bin_dir() is not None and shutil.which("runuser") is not None,
+                     "PostgreSQL (initdb)")
     bindir = _bin_dir()
     assert bindir is not None
     if os.geteuid() != 0:
-        pytest.skip("PostgreSQL runs as the postgres user here: the tests must run as root to start it")
+        raise AptUnavailable("PostgreSQL runs as the postgres user here: run as root to start it")
     base = Path(tempfile.mkdtemp(prefix="dsq-pg-"))
     shutil.chown(base, "postgres", "postgres")
     data = base / "data"
@@ -67,6 +68,16 @@ def postgres_server() -> Iterator[str]:
     finally:
         _as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """URL prefix ``postgresql://postgres@127.0.0.1:PORT`` of a running server for the test session."""
+    try:
+        with running_postgres() as url:
+            yield url
+    except AptUnavailable as e:
+        pytest.skip(str(e))
 
 
 def create_database(server: str) -> str:

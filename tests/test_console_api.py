@@ -146,6 +146,7 @@ def test_jobs_of_a_lease_when_the_submission_carries_one(grid: Grid, tmp_path: P
     from dsq_chain.sdk.events import ChainEvent
     from dsq_chain.services.index import schema
     from dsq_chain.services.index.apply import Applier
+    from dsq_chain.services.index.store import Store
     from dsq_chain.workloads import workflow as wfm
 
     url = f"sqlite:///{tmp_path / 'i.sqlite'}"
@@ -158,10 +159,12 @@ def test_jobs_of_a_lease_when_the_submission_carries_one(grid: Grid, tmp_path: P
             "labels": (), "workflowHash": wf.hash(), "workflow": wf.canonical(),
             "lease": {"leaseOwner": lease_owner, "dseq": 4242}}
     with idx.engine.begin() as conn:
-        applier = Applier(conn, lambda block: 1_700_000_000)
+        store = Store(conn)
+        applier = Applier(store, lambda block: 1_700_000_000)
         assert applier.apply(ChainEvent("JobSubmitted", args, 5, "0x" + "ab" * 32, "0x" + "cd" * 32, 0), 1)
         assert applier.apply(ChainEvent("JobSubmitted", dict(args, firstJobId=9, lease=None, leaseOwner=None,
                                                              dseq=None), 6, "0x" + "ab" * 32, "0x" + "cd" * 32, 0), 2)
+        store.flush()
         assert len(conn.execute(select(schema.jobs.c.id)).all()) == 4
     client = TestClient(create_app(IndexReader(url)))
     got = client.get(f"/api/v1/leases/{lease_owner}/4242/jobs").json()["jobs"]

@@ -1,10 +1,10 @@
 """How each market event changes the index: the one module that reads events' fields.
 
-:class:`Applier` writes into an open SQLAlchemy connection (the caller owns the transaction). Every
-handler reads and checks first and writes last, so an event it cannot make sense of (an unknown job, a
-malformed field) raises before anything is written; :meth:`Applier.apply` then logs and counts it and
-the index goes on. Rows of ``jobs`` and ``providers`` updated in place have their old values saved in
-``undo`` first (see :mod:`dsq_chain.services.index.reorg`).
+:class:`Applier` writes through a :class:`~dsq_chain.services.index.store.Store` (the caller flushes and
+commits it). Every handler reads and checks first and writes last, so an event it cannot make sense of
+(an unknown job, a malformed field) raises before anything is written; :meth:`Applier.apply` then logs
+and counts it and the index goes on. Rows of ``jobs`` and ``providers`` updated in place have their old
+values saved in ``undo`` first (see :meth:`dsq_chain.services.index.IndexService.on_reorg`).
 
 The rules for capacity, exclusions and provider statistics are the meta-scheduler's
 (:class:`~dsq_chain.services.gridstate.GridState`): an index-based ``explain`` must give its answer.
@@ -17,12 +17,13 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Table
 
 from dsq_chain.sdk.events import ChainEvent
 from dsq_chain.sdk.history import _describe as describe_event
 from dsq_chain.services.gridstate import _workflow_labels as workflow_labels
 from dsq_chain.services.index import schema as s
+from dsq_chain.services.index.store import Store
 from dsq_chain.types import JobStatus, ProviderStatus, ReleaseReason, Resources
 
 log = logging.getLogger("dsq.index")
@@ -34,10 +35,10 @@ LEASE_DSEQ_FIELDS = ("dseq", "leaseDseq", "externalId", "lease_dseq")
 
 
 class Applier:
-    """Applies decoded market events to the index tables through ``conn``."""
+    """Applies decoded market events to the index tables through a :class:`Store`."""
 
-    def __init__(self, conn: Connection, block_time: Callable[[int], int]) -> None:
-        self.conn = conn
+    def __init__(self, store: Store, block_time: Callable[[int], int]) -> None:
+        self.store = store
         self.block_time = block_time
         self.version = 0
         self.errors = 0
@@ -58,23 +59,19 @@ class Applier:
 
     # -- rows --------------------------------------------------------------------------------------
     def _row(self, table: Table, key: Any) -> dict[str, Any]:
-        pk = next(iter(table.primary_key.columns))
-        row = self.conn.execute(select(table).where(pk == key)).mappings().first()
+        row = self.store.get(table, key)
         if row is None:
             raise KeyError(f"{table.name}: no row {key!r}")
-        return dict(row)
+        return row
 
-    def _update(self, table: Table, old: Mapping[str, Any], block: int, **values: Any) -> None:
+    def _update(self, table: Table, old: dict[str, Any], block: int, **values: Any) -> None:
         """Updates one row, saving its old values for a reorg first."""
-        pk = next(iter(table.primary_key.columns))
-        self.conn.execute(insert(s.undo).values(block=block, tbl=table.name, key=str(old[pk.name]),
-                                                old=json.dumps(dict(old))))
-        self.conn.execute(update(table).where(pk == old[pk.name]).values(version=self.version, **values))
+        self.store.update(table, old, block, version=self.version, **values)
 
     def _change(self, ev: ChainEvent, t: int, job_ids: list[int], status: JobStatus | None,
                 provider: str | None) -> None:
         _, detail = describe_event(ev)
-        self.conn.execute(insert(s.status_changes), [
+        self.store.extend(s.status_changes, [
             {"job_id": j, "block": ev.block_number, "log_index": ev.log_index, "time": t, "event": ev.name,
              "status": None if status is None else int(status), "provider": provider, "detail": detail}
             for j in job_ids])
@@ -90,11 +87,11 @@ class Applier:
         # As the scheduler's state: a (re-)registration starts with all capacity free and PENDING, history kept.
         values = {**hw, **prices, "provider_id": int(a["id"]), "status": int(ProviderStatus.PENDING),
                   "paused": False, "used_cpus": 0, "used_gpus": 0, "used_mem_mb": 0}
-        old = self.conn.execute(select(s.providers).where(s.providers.c.address == addr)).mappings().first()
+        old = self.store.get(s.providers, addr)
         if old is not None:
-            self._update(s.providers, dict(old), ev.block_number, **values)
+            self._update(s.providers, old, ev.block_number, **values)
             return
-        self.conn.execute(insert(s.providers).values(
+        self.store.insert(s.providers, dict(
             address=addr, labels="{}", finished=0, failed=0, refused=0, timed_out=0, panicked=0, canceled=0,
             earnings=0, registered_block=ev.block_number, registered_time=t, last_report_time=None,
             version=self.version, **values))
@@ -129,7 +126,7 @@ class Applier:
         p = self._provider(ev.args["provider"])
         self._update(s.providers, p, ev.block_number, paused=bool(ev.args["paused"]))
 
-    def _use(self, provider: str, job: Mapping[str, Any], block: int, sign: int, t: int | None = None,
+    def _use(self, provider: str, job: dict[str, Any], block: int, sign: int, t: int | None = None,
              **stats: int) -> None:
         """Reserves (sign 1) or releases (-1) ``job``'s resources on ``provider``, adding to its statistics."""
         p = self._provider(provider)
@@ -177,7 +174,11 @@ class Applier:
             "version": self.version,
         }
         ids = list(range(first, first + count))
-        self.conn.execute(insert(s.jobs), [{**row, "id": j} for j in ids])
+        if any(self.store.get(s.jobs, j) is not None for j in (first, first + count - 1)):
+            raise ValueError(f"jobs {first}..{first + count - 1} are already in the index")
+        for j in ids:
+            self.store.insert(s.jobs, {**row, "id": j, "assigned_time": None, "started_time": None,
+                                       "ended_time": None, "billed": None, "refunded": None, "exit_code": None})
         self._change(ev, t, ids, JobStatus.PENDING, None)
 
     def _on_JobAssigned(self, ev: ChainEvent, t: int) -> None:
@@ -194,8 +195,8 @@ class Applier:
         self._update(s.jobs, job, ev.block_number, status=int(JobStatus.META_SCHEDULED), provider=provider,
                      rate=rate, rate_cpu=cpu, rate_gpu=gpu, rate_mem=mem, assigned_time=t)
         self._use(provider, job, ev.block_number, 1)
-        self.conn.execute(insert(s.assignments).values(job_id=job["id"], block=ev.block_number,
-                                                       log_index=ev.log_index, time=t, provider=provider, rate=rate))
+        self.store.append(s.assignments, {"job_id": job["id"], "block": ev.block_number, "log_index": ev.log_index,
+                                          "time": t, "provider": provider, "rate": rate})
         self._change(ev, t, [job["id"]], JobStatus.META_SCHEDULED, provider)
 
     def _on_JobStatusChanged(self, ev: ChainEvent, t: int) -> None:
@@ -221,8 +222,8 @@ class Applier:
             self._use(provider, job, ev.block_number, -1, t, refused=1)
         else:
             self._use(provider, job, ev.block_number, -1, timed_out=1)
-        self.conn.execute(insert(s.releases).values(job_id=job["id"], block=ev.block_number, time=t,
-                                                    provider=provider, reason=reason.name.lower()))
+        self.store.append(s.releases, {"job_id": job["id"], "block": ev.block_number, "time": t,
+                                       "provider": provider, "reason": reason.name.lower()})
         self._change(ev, t, [job["id"]], JobStatus.PENDING, provider)
 
     def _on_JobSettled(self, ev: ChainEvent, t: int) -> None:
@@ -243,10 +244,10 @@ class Applier:
         rate = job["rate"]
         cpu = billed * job["rate_cpu"] // rate if rate else 0
         gpu = billed * job["rate_gpu"] // rate if rate else 0
-        self.conn.execute(insert(s.bills).values(
-            job_id=job["id"], block=ev.block_number, time=t, owner=job["owner"],
-            provider=provider if provider != ZERO else None, status=int(status), exit_code=exit_code,
-            billed=billed, refunded=refunded, cpu=cpu, gpu=gpu, mem=billed - cpu - gpu))
+        self.store.append(s.bills, {
+            "job_id": job["id"], "block": ev.block_number, "time": t, "owner": job["owner"],
+            "provider": provider if provider != ZERO else None, "status": int(status), "exit_code": exit_code,
+            "billed": billed, "refunded": refunded, "cpu": cpu, "gpu": gpu, "mem": billed - cpu - gpu})
         self._change(ev, t, [job["id"]], status, provider if provider != ZERO else None)
 
     def _on_JobToppedUp(self, ev: ChainEvent, t: int) -> None:
@@ -255,9 +256,8 @@ class Applier:
         amount = int(a["amount"])
         self._update(s.jobs, job, ev.block_number, escrow=job["escrow"] + amount,
                      topped_up=job["topped_up"] + amount)
-        self.conn.execute(insert(s.topups).values(job_id=job["id"], block=ev.block_number, log_index=ev.log_index,
-                                                  time=t, payer=str(a["payer"]), amount=amount,
-                                                  escrow=int(a["escrow"])))
+        self.store.append(s.topups, {"job_id": job["id"], "block": ev.block_number, "log_index": ev.log_index,
+                                     "time": t, "payer": str(a["payer"]), "amount": amount, "escrow": int(a["escrow"])})
         self._change(ev, t, [job["id"]], None, None)
 
 

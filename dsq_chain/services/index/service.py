@@ -29,6 +29,7 @@ from dsq_chain.sdk.events import ChainEvent
 from dsq_chain.services.follower import EventFollower
 from dsq_chain.services.index import schema as s
 from dsq_chain.services.index.apply import Applier
+from dsq_chain.services.index.store import Store
 
 log = logging.getLogger("dsq.index")
 
@@ -99,7 +100,8 @@ class IndexService:
                                       page_size=page_size, handlers=[self])
         self.lock = threading.RLock()
         self._conn: Connection | None = None
-        self._applier = Applier(None, self._block_time)  # type: ignore[arg-type]  # given a connection per poll
+        self._store: Store | None = None
+        self._applier = Applier(None, self._block_time)  # type: ignore[arg-type]  # given a store per poll
         self._times: dict[int, int] = {}
         self._pending = 0
         self.version = 0
@@ -153,14 +155,19 @@ class IndexService:
         self._applier.apply(ev, self.version)
         self._pending += 1
         if self._pending >= self.commit_every:
+            assert self._store is not None
+            self._store.flush()
             self._save_checkpoint(self._conn, (ev.block_number, ev.block_hash, ev.log_index))
             self._conn.commit()
             self._pending = 0
 
     def on_reorg(self, block: int) -> None:
         """Everything above ``block`` is gone: roll back to it (the follower then replays)."""
-        assert self._conn is not None
+        assert self._conn is not None and self._store is not None
         conn = self._conn
+        self._store.flush()
+        self._store.reset()
+        self._store.rows[s.providers.name].clear()
         log.warning("index: reorg back to block %d; rolling back and replaying", block)
         tables = {t.name: t for t in (s.jobs, s.providers)}
         undo_rows = conn.execute(select(s.undo).where(s.undo.c.block > block).order_by(s.undo.c.seq.desc())).all()
@@ -203,11 +210,13 @@ class IndexService:
         """Indexes every new event up to the confirmed head; returns how many were delivered."""
         with self.lock, self.engine.connect() as conn:
             self._conn = conn
-            self._applier.conn = conn
+            store = self._store = Store(conn)
+            self._applier.store = store
             self._pending = 0
             try:
                 n = self.follower.poll()
             except ChainUnavailable:
+                store.flush()
                 self._save_checkpoint(conn)  # what was delivered before the node went away is consistent
                 conn.commit()
                 raise
@@ -218,6 +227,7 @@ class IndexService:
                 raise
             finally:
                 self._conn = None
+            store.flush()
             head = self.chain.block_number() - self.follower.confirmations
             if head >= 0 and head not in self._times:
                 with contextlib.suppress(ChainUnavailable):

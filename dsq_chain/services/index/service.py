@@ -26,7 +26,7 @@ from dsq_chain.errors import ChainUnavailable, InputError
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.sdk.events import ChainEvent
-from dsq_chain.services.follower import EventFollower
+from dsq_chain.services.follower import EventFollower, poll_until
 from dsq_chain.services.index import schema as s
 from dsq_chain.services.index.apply import Applier
 from dsq_chain.services.index.store import Store
@@ -245,16 +245,7 @@ class IndexService:
 
     def run(self, stop: threading.Event, *, interval: float = 0.2) -> None:
         """Polls until ``stop`` is set; survives the node going away (backs off, reconnects, catches up)."""
-        backoff = interval
-        while not stop.is_set():
-            try:
-                self.poll()
-                backoff = interval
-                stop.wait(interval)
-            except ChainUnavailable as e:
-                log.warning("index: chain unavailable (%s); retrying in %.1f s", e, backoff)
-                stop.wait(backoff)
-                backoff = min(5.0, backoff * 2)
+        poll_until(stop, self.poll, interval=interval)
 
     def count(self) -> int:
         with self.engine.connect() as conn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import requests
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from dsq_chain.sdk.events import JobSubmitted
 from dsq_chain.services.index import IndexReader, IndexService
 from dsq_chain.web.app import create_app
 from dsq_chain.web.server import DashboardServer
@@ -140,10 +142,22 @@ def test_openapi_and_bad_input(grid: Grid, tmp_path: Path) -> None:
     idx.close()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSubmittedWithLease(JobSubmitted):
+    """The submission event as the contract is to emit it, with the external lease reference."""
+
+    lease_owner: str
+    lease_dseq: int
+
+    @property
+    def name(self) -> str:
+        return "JobSubmitted"
+
+
 def test_jobs_of_a_lease_when_the_submission_carries_one(grid: Grid, tmp_path: Path) -> None:
     """The external lease reference is read by name from the submission event once the contract emits it: a
-    submission carrying one (decoded fields as the follower gives them) is found by owner + dseq."""
-    from dsq_chain.sdk.events import ChainEvent
+    submission carrying one is found by lease owner + dseq; one without is not."""
+    from dsq_chain.sdk.events import JobRequest
     from dsq_chain.services.index import schema
     from dsq_chain.services.index.apply import Applier
     from dsq_chain.services.index.store import Store
@@ -154,16 +168,15 @@ def test_jobs_of_a_lease_when_the_submission_carries_one(grid: Grid, tmp_path: P
     wf = wfm.loads("name: leased\nresources: {tasks: 1, cpusPerTask: 1, memPerCpu: 64}\nsteps: [{name: a, run: "
                    "{command: 'true'}}]\n")
     lease_owner = grid.users[1].address
-    args = {"firstJobId": 7, "owner": grid.user.address, "count": 2,
-            "request": {"cpus": 1, "gpus": 0, "memMB": 64, "maxRate": 10**6, "credits": 10**6},
-            "labels": (), "workflowHash": wf.hash(), "workflow": wf.canonical(),
-            "lease": {"leaseOwner": lease_owner, "dseq": 4242}}
+    common = {"owner": grid.user.address, "count": 2, "request": JobRequest(1, 0, 64, 10**6, 10**6), "labels": (),
+              "workflow_hash": wf.hash(), "workflow": wf.canonical(), "block_hash": "0x" + "ab" * 32,
+              "tx_hash": "0x" + "cd" * 32, "log_index": 0}
     with idx.engine.begin() as conn:
         store = Store(conn)
         applier = Applier(store, lambda block: 1_700_000_000)
-        assert applier.apply(ChainEvent("JobSubmitted", args, 5, "0x" + "ab" * 32, "0x" + "cd" * 32, 0), 1)
-        assert applier.apply(ChainEvent("JobSubmitted", dict(args, firstJobId=9, lease=None, leaseOwner=None,
-                                                             dseq=None), 6, "0x" + "ab" * 32, "0x" + "cd" * 32, 0), 2)
+        assert applier.apply(JobSubmittedWithLease(first_job_id=7, block_number=5, lease_owner=lease_owner,
+                                                   lease_dseq=4242, **common), 1)
+        assert applier.apply(JobSubmitted(first_job_id=9, block_number=6, **common), 2)
         store.flush()
         assert len(conn.execute(select(schema.jobs.c.id)).all()) == 4
     client = TestClient(create_app(IndexReader(url)))

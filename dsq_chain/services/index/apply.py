@@ -19,19 +19,40 @@ from typing import Any
 
 from sqlalchemy import Table
 
-from dsq_chain.sdk.events import ChainEvent
+from dsq_chain.lifecycle import EVENT_STATUS
+from dsq_chain.sdk.events import (
+    ChainEvent,
+    JobAssigned,
+    JobReleased,
+    JobSettled,
+    JobStatusChanged,
+    JobSubmitted,
+    JobToppedUp,
+    ProviderHardwareUpdated,
+    ProviderLabelsSet,
+    ProviderPaused,
+    ProviderPricesUpdated,
+    ProviderRegistered,
+    ProviderStatusChanged,
+    Undecodable,
+)
 from dsq_chain.sdk.history import _describe as describe_event
 from dsq_chain.services.gridstate import _workflow_labels as workflow_labels
 from dsq_chain.services.index import schema as s
 from dsq_chain.services.index.store import Store
-from dsq_chain.types import JobStatus, ProviderStatus, ReleaseReason, Resources
+from dsq_chain.types import JobStatus, Prices, ProviderStatus, ReleaseReason, Resources
+from dsq_chain.workloads.labels import decode_value, is_label_key
+from dsq_chain.workloads.workflow import from_canonical
 
 log = logging.getLogger("dsq.index")
 
 ZERO = "0x0000000000000000000000000000000000000000"
 #: Names under which the submission event may carry an external lease reference (Akash owner + dseq).
-LEASE_OWNER_FIELDS = ("leaseOwner", "externalOwner", "lease_owner")
-LEASE_DSEQ_FIELDS = ("dseq", "leaseDseq", "externalId", "lease_dseq")
+#: Read by name (the contract's submission event gains them in a later version), also inside a ``lease`` struct
+#: (where ``owner`` and ``dseq`` name the lease's).
+LEASE_OWNER_FIELDS = ("lease_owner", "external_owner", "akash_owner")
+LEASE_STRUCT_OWNER = "owner"
+LEASE_DSEQ_FIELDS = ("lease_dseq", "dseq", "external_id", "akash_dseq")
 
 
 class Applier:
@@ -51,7 +72,7 @@ class Applier:
         self.version = version
         try:
             handler(ev, self.block_time(ev.block_number))
-        except (KeyError, ValueError, TypeError, AttributeError) as e:  # hostile input never stops the index
+        except Exception as e:  # hostile input never stops the index
             self.errors += 1
             log.error("index: cannot apply %s at block %d (log %d): %r", ev.name, ev.block_number, ev.log_index, e)
             return False
@@ -80,51 +101,54 @@ class Applier:
     def _provider(self, address: str) -> dict[str, Any]:
         return self._row(s.providers, address)
 
-    def _on_ProviderRegistered(self, ev: ChainEvent, t: int) -> None:
-        a = ev.args
-        hw, prices = _hardware(a["hardware"]), _prices(a["prices"])
-        addr = str(a["provider"])
+    def _on_Undecodable(self, ev: Undecodable, t: int) -> None:
+        self.errors += 1
+        log.error("index: skipping an undecodable %s log at block %d (tx %s): %s",
+                  ev.event or "unknown", ev.block_number, ev.tx_hash, ev.reason)
+
+    def _on_ProviderRegistered(self, ev: ProviderRegistered, t: int) -> None:
         # As the scheduler's state: a (re-)registration starts with all capacity free and PENDING, history kept.
-        values = {**hw, **prices, "provider_id": int(a["id"]), "status": int(ProviderStatus.PENDING),
-                  "paused": False, "used_cpus": 0, "used_gpus": 0, "used_mem_mb": 0}
-        old = self.store.get(s.providers, addr)
+        values = {**_hardware(ev.hardware), **_prices(ev.prices), "provider_id": ev.id,
+                  "status": int(ProviderStatus.PENDING), "paused": False, "used_cpus": 0, "used_gpus": 0,
+                  "used_mem_mb": 0}
+        old = self.store.get(s.providers, ev.provider)
         if old is not None:
             self._update(s.providers, old, ev.block_number, **values)
             return
         self.store.insert(s.providers, dict(
-            address=addr, labels="{}", finished=0, failed=0, refused=0, timed_out=0, panicked=0, canceled=0,
+            address=ev.provider, labels="{}", finished=0, failed=0, refused=0, timed_out=0, panicked=0, canceled=0,
             earnings=0, registered_block=ev.block_number, registered_time=t, last_report_time=None,
             version=self.version, **values))
 
-    def _on_ProviderHardwareUpdated(self, ev: ChainEvent, t: int) -> None:
-        p = self._provider(ev.args["provider"])
-        self._update(s.providers, p, ev.block_number, **_hardware(ev.args["hardware"]))
+    def _on_ProviderHardwareUpdated(self, ev: ProviderHardwareUpdated, t: int) -> None:
+        p = self._provider(ev.provider)
+        self._update(s.providers, p, ev.block_number, **_hardware(ev.hardware))
 
-    def _on_ProviderPricesUpdated(self, ev: ChainEvent, t: int) -> None:
-        p = self._provider(ev.args["provider"])
-        self._update(s.providers, p, ev.block_number, **_prices(ev.args["prices"]))
+    def _on_ProviderPricesUpdated(self, ev: ProviderPricesUpdated, t: int) -> None:
+        p = self._provider(ev.provider)
+        self._update(s.providers, p, ev.block_number, **_prices(ev.prices))
 
-    def _on_ProviderLabelsSet(self, ev: ChainEvent, t: int) -> None:
-        from dsq_chain.workloads.labels import decode_value
-
-        p = self._provider(ev.args["provider"])
+    def _on_ProviderLabelsSet(self, ev: ProviderLabelsSet, t: int) -> None:
+        p = self._provider(ev.provider)
         labels: dict[str, str] = json.loads(p["labels"])
-        for key, value in zip(ev.args["keys"], ev.args["values"], strict=True):
+        for key, value in zip(ev.keys, ev.values, strict=True):
+            if not is_label_key(key):
+                continue  # not a key any job can name (as for the scheduler)
             try:
-                if bytes(value) == bytes(32):
+                if value == bytes(32):
                     raise ValueError("removed")
-                labels[str(key)] = decode_value(bytes(value))
+                labels[key] = decode_value(value)
             except ValueError:  # removed, or a word no label value encodes to: absent (as for the scheduler)
-                labels.pop(str(key), None)
+                labels.pop(key, None)
         self._update(s.providers, p, ev.block_number, labels=json.dumps(labels, sort_keys=True))
 
-    def _on_ProviderStatusChanged(self, ev: ChainEvent, t: int) -> None:
-        p = self._provider(ev.args["provider"])
-        self._update(s.providers, p, ev.block_number, status=int(ProviderStatus(ev.args["status"])))
+    def _on_ProviderStatusChanged(self, ev: ProviderStatusChanged, t: int) -> None:
+        p = self._provider(ev.provider)
+        self._update(s.providers, p, ev.block_number, status=int(ev.status))
 
-    def _on_ProviderPaused(self, ev: ChainEvent, t: int) -> None:
-        p = self._provider(ev.args["provider"])
-        self._update(s.providers, p, ev.block_number, paused=bool(ev.args["paused"]))
+    def _on_ProviderPaused(self, ev: ProviderPaused, t: int) -> None:
+        p = self._provider(ev.provider)
+        self._update(s.providers, p, ev.block_number, paused=bool(ev.paused))
 
     def _use(self, provider: str, job: dict[str, Any], block: int, sign: int, t: int | None = None,
              **stats: int) -> None:
@@ -140,142 +164,134 @@ class Applier:
         self._update(s.providers, p, block, **values)
 
     # -- jobs --------------------------------------------------------------------------------------
-    def _job(self, job_id: Any) -> dict[str, Any]:
+    def _job(self, job_id: int) -> dict[str, Any]:
         return self._row(s.jobs, int(job_id))
 
-    def _on_JobSubmitted(self, ev: ChainEvent, t: int) -> None:
-        from dsq_chain.workloads.workflow import WorkflowError, from_canonical
-
-        a = ev.args
-        req = a["request"]
-        res = Resources(int(req["cpus"]), int(req["gpus"]), int(req["memMB"]))
-        workflow = bytes(a["workflow"])
-        chain_labels = tuple((bytes(c["key"]), int(c["op"]), bytes(c["value"])) for c in a["labels"])
-        labels, problem = workflow_labels(workflow, chain_labels, res)
+    def _on_JobSubmitted(self, ev: JobSubmitted, t: int) -> None:
+        req = ev.request
+        res = req.resources
+        labels, problem = workflow_labels(ev.workflow, tuple(ev.labels), res)
         try:
-            name = from_canonical(workflow).name or ""
-        except WorkflowError:
+            name = from_canonical(ev.workflow).name or ""
+        except Exception:  # whatever bytes anyone submits (the reason is in ``problem``)
             name = ""
-        first, count = int(a["firstJobId"]), int(a["count"])
+        first, count = ev.first_job_id, ev.count
         if not 0 < count <= 100_000:
             raise ValueError(f"JobSubmitted count {count} out of range")
-        lease_owner = _field(a, LEASE_OWNER_FIELDS)
-        lease_dseq = _field(a, LEASE_DSEQ_FIELDS)
+        lease_owner = _field(ev, LEASE_OWNER_FIELDS)
+        lease_dseq = _field(ev, LEASE_DSEQ_FIELDS)
         row = {
-            "head_id": first, "owner": str(a["owner"]), "name": name[:200], "status": int(JobStatus.PENDING),
+            "head_id": first, "owner": ev.owner, "name": name[:200], "status": int(EVENT_STATUS[ev.name]),
             "provider": None, "cpus": res.cpus, "gpus": res.gpus, "mem_mb": res.mem_mb,
-            "max_rate": int(req["maxRate"]), "rate": 0, "rate_cpu": 0, "rate_gpu": 0, "rate_mem": 0,
-            "credits": int(req["credits"]), "escrow": int(req["credits"]), "topped_up": 0,
+            "max_rate": req.max_rate, "rate": 0, "rate_cpu": 0, "rate_gpu": 0, "rate_mem": 0,
+            "credits": req.credits, "escrow": req.credits, "topped_up": 0,
             "labels": json.dumps([[c.key, c.op.symbol, c.value] for c in labels]), "problem": problem,
-            "excluded": "[]", "workflow_hash": "0x" + bytes(a["workflowHash"]).hex(),
+            "excluded": "[]", "workflow_hash": "0x" + bytes(ev.workflow_hash).hex(),
             "submitted_block": ev.block_number, "submitted_time": t,
-            "lease_owner": None if lease_owner is None or int(lease_owner, 16) == 0 else str(lease_owner),
+            "lease_owner": None if lease_owner is None or int(str(lease_owner), 16) == 0 else str(lease_owner),
             "lease_dseq": None if lease_dseq in (None, 0, "0") else str(int(lease_dseq)),
             "version": self.version,
         }
-        ids = list(range(first, first + count))
+        ids = list(ev.job_ids)
         if any(self.store.get(s.jobs, j) is not None for j in (first, first + count - 1)):
             raise ValueError(f"jobs {first}..{first + count - 1} are already in the index")
         for j in ids:
             self.store.insert(s.jobs, {**row, "id": j, "assigned_time": None, "started_time": None,
                                        "ended_time": None, "billed": None, "refunded": None, "exit_code": None})
-        self._change(ev, t, ids, JobStatus.PENDING, None)
+        self._change(ev, t, ids, EVENT_STATUS[ev.name], None)
 
-    def _on_JobAssigned(self, ev: ChainEvent, t: int) -> None:
-        job = self._job(ev.args["jobId"])
-        provider = str(ev.args["provider"])
-        p = self._provider(provider)
-        rate = int(ev.args["rate"])
+    def _on_JobAssigned(self, ev: JobAssigned, t: int) -> None:
+        job = self._job(ev.job_id)
+        p = self._provider(ev.provider)
         # The contract snapshots the rate from the provider's prices at this block: its parts by resource.
         cpu = job["cpus"] * p["per_cpu_minute"]
         gpu = job["gpus"] * p["per_gpu_minute"]
         mem = job["mem_mb"] * p["per_gb_minute"] // 1024
-        if cpu + gpu + mem != rate:  # prices unknown to the index: the whole rate counts as cpu
-            cpu, gpu, mem = rate, 0, 0
-        self._update(s.jobs, job, ev.block_number, status=int(JobStatus.META_SCHEDULED), provider=provider,
-                     rate=rate, rate_cpu=cpu, rate_gpu=gpu, rate_mem=mem, assigned_time=t)
-        self._use(provider, job, ev.block_number, 1)
+        if cpu + gpu + mem != ev.rate:  # prices unknown to the index: the whole rate counts as cpu
+            cpu, gpu, mem = ev.rate, 0, 0
+        status = EVENT_STATUS[ev.name]
+        self._update(s.jobs, job, ev.block_number, status=int(status), provider=ev.provider,
+                     rate=ev.rate, rate_cpu=cpu, rate_gpu=gpu, rate_mem=mem, assigned_time=t)
+        self._use(ev.provider, job, ev.block_number, 1)
         self.store.append(s.assignments, {"job_id": job["id"], "block": ev.block_number, "log_index": ev.log_index,
-                                          "time": t, "provider": provider, "rate": rate})
-        self._change(ev, t, [job["id"]], JobStatus.META_SCHEDULED, provider)
+                                          "time": t, "provider": ev.provider, "rate": ev.rate})
+        self._change(ev, t, [job["id"]], status, ev.provider)
 
-    def _on_JobStatusChanged(self, ev: ChainEvent, t: int) -> None:
-        job = self._job(ev.args["jobId"])
-        status = JobStatus(ev.args["status"])
-        provider = str(ev.args["provider"])
-        values: dict[str, Any] = {"status": int(status)}
-        if status is JobStatus.RUNNING:
+    def _on_JobStatusChanged(self, ev: JobStatusChanged, t: int) -> None:
+        job = self._job(ev.job_id)
+        values: dict[str, Any] = {"status": int(ev.status)}
+        if ev.status is JobStatus.RUNNING:
             values["started_time"] = t
         self._update(s.jobs, job, ev.block_number, **values)
-        if provider != ZERO and job["provider"] == provider:
-            self._use(provider, job, ev.block_number, 0, t)
-        self._change(ev, t, [job["id"]], status, provider)
+        if ev.provider != ZERO and job["provider"] == ev.provider:
+            self._use(ev.provider, job, ev.block_number, 0, t)
+        self._change(ev, t, [job["id"]], ev.status, ev.provider)
 
-    def _on_JobReleased(self, ev: ChainEvent, t: int) -> None:
-        job = self._job(ev.args["jobId"])
-        provider = str(ev.args["provider"])
-        reason = ReleaseReason(ev.args["reason"])
-        excluded = sorted({*json.loads(job["excluded"]), provider})
-        self._update(s.jobs, job, ev.block_number, status=int(JobStatus.PENDING), provider=None, rate=0,
+    def _on_JobReleased(self, ev: JobReleased, t: int) -> None:
+        job = self._job(ev.job_id)
+        excluded = sorted({*json.loads(job["excluded"]), ev.provider})
+        status = EVENT_STATUS[ev.name]
+        # The job's own state first: a provider this index does not know must not strand the job.
+        self._update(s.jobs, job, ev.block_number, status=int(status), provider=None, rate=0,
                      rate_cpu=0, rate_gpu=0, rate_mem=0, excluded=json.dumps(excluded))
-        if reason is ReleaseReason.REFUSED:
-            self._use(provider, job, ev.block_number, -1, t, refused=1)
-        else:
-            self._use(provider, job, ev.block_number, -1, timed_out=1)
         self.store.append(s.releases, {"job_id": job["id"], "block": ev.block_number, "time": t,
-                                       "provider": provider, "reason": reason.name.lower()})
-        self._change(ev, t, [job["id"]], JobStatus.PENDING, provider)
+                                       "provider": ev.provider, "reason": ev.reason.name.lower()})
+        self._change(ev, t, [job["id"]], status, ev.provider)
+        if ev.reason is ReleaseReason.REFUSED:
+            self._use(ev.provider, job, ev.block_number, -1, t, refused=1)
+        else:
+            self._use(ev.provider, job, ev.block_number, -1, timed_out=1)
 
-    def _on_JobSettled(self, ev: ChainEvent, t: int) -> None:
-        a = ev.args
-        job = self._job(a["jobId"])
-        status = JobStatus(a["status"])
-        provider = str(a["provider"])
-        billed, refunded, exit_code = int(a["billed"]), int(a["refunded"]), int(a["exitCode"])
-        held = JobStatus(job["status"]).holds_capacity and provider != ZERO
-        self._update(s.jobs, job, ev.block_number, status=int(status), billed=billed, refunded=refunded,
-                     exit_code=exit_code, ended_time=t)
-        if held:
+    def _on_JobSettled(self, ev: JobSettled, t: int) -> None:
+        job = self._job(ev.job_id)
+        status = ev.status
+        provider = ev.provider if ev.provider != ZERO else None
+        held = JobStatus(job["status"]).holds_capacity and provider is not None
+        self._update(s.jobs, job, ev.block_number, status=int(status), billed=ev.billed, refunded=ev.refunded,
+                     exit_code=ev.exit_code, ended_time=t)
+        rate = job["rate"]
+        cpu = ev.billed * job["rate_cpu"] // rate if rate else 0
+        gpu = ev.billed * job["rate_gpu"] // rate if rate else 0
+        self.store.append(s.bills, {
+            "job_id": job["id"], "block": ev.block_number, "time": t, "owner": job["owner"], "provider": provider,
+            "status": int(status), "exit_code": ev.exit_code, "billed": ev.billed, "refunded": ev.refunded,
+            "cpu": cpu, "gpu": gpu, "mem": ev.billed - cpu - gpu})
+        self._change(ev, t, [job["id"]], status, provider)
+        if held and provider is not None:
             stat = {JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed", JobStatus.PANICKED: "panicked",
                     JobStatus.CANCELED: "canceled"}.get(status)
             reported = status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.PANICKED)
-            self._use(provider, job, ev.block_number, -1, t if reported else None, earnings=billed,
+            self._use(provider, job, ev.block_number, -1, t if reported else None, earnings=ev.billed,
                       **({stat: 1} if stat else {}))
-        rate = job["rate"]
-        cpu = billed * job["rate_cpu"] // rate if rate else 0
-        gpu = billed * job["rate_gpu"] // rate if rate else 0
-        self.store.append(s.bills, {
-            "job_id": job["id"], "block": ev.block_number, "time": t, "owner": job["owner"],
-            "provider": provider if provider != ZERO else None, "status": int(status), "exit_code": exit_code,
-            "billed": billed, "refunded": refunded, "cpu": cpu, "gpu": gpu, "mem": billed - cpu - gpu})
-        self._change(ev, t, [job["id"]], status, provider if provider != ZERO else None)
 
-    def _on_JobToppedUp(self, ev: ChainEvent, t: int) -> None:
-        a = ev.args
-        job = self._job(a["jobId"])
-        amount = int(a["amount"])
-        self._update(s.jobs, job, ev.block_number, escrow=job["escrow"] + amount,
-                     topped_up=job["topped_up"] + amount)
+    def _on_JobToppedUp(self, ev: JobToppedUp, t: int) -> None:
+        job = self._job(ev.job_id)
+        self._update(s.jobs, job, ev.block_number, escrow=job["escrow"] + ev.amount,
+                     topped_up=job["topped_up"] + ev.amount)
         self.store.append(s.topups, {"job_id": job["id"], "block": ev.block_number, "log_index": ev.log_index,
-                                     "time": t, "payer": str(a["payer"]), "amount": amount, "escrow": int(a["escrow"])})
+                                     "time": t, "payer": ev.payer, "amount": ev.amount, "escrow": ev.escrow})
         self._change(ev, t, [job["id"]], None, None)
 
 
-def _hardware(hw: Mapping[str, Any]) -> dict[str, int]:
-    return {"cpus": int(hw["cpus"]), "gpus": int(hw["gpus"]), "mem_mb": int(hw["memMB"])}
+def _hardware(hw: Resources) -> dict[str, int]:
+    return {"cpus": hw.cpus, "gpus": hw.gpus, "mem_mb": hw.mem_mb}
 
 
-def _prices(p: Mapping[str, Any]) -> dict[str, int]:
-    return {"per_cpu_minute": int(p["perCpuMinute"]), "per_gpu_minute": int(p["perGpuMinute"]),
-            "per_gb_minute": int(p["perGbMinute"])}
+def _prices(p: Prices) -> dict[str, int]:
+    return {"per_cpu_minute": p.per_cpu_minute, "per_gpu_minute": p.per_gpu_minute, "per_gb_minute": p.per_gb_minute}
 
 
-def _field(args: Mapping[str, Any], names: tuple[str, ...]) -> Any:
-    """The first of ``names`` the event carries (also inside a ``lease`` struct), else None."""
-    lease = args.get("lease")
-    sources: list[Mapping[str, Any]] = [args, lease] if isinstance(lease, Mapping) else [args]
-    for source in sources:
-        for n in names:
-            if n in source:
-                return source[n]
+def _field(ev: object, names: tuple[str, ...]) -> Any:
+    """The first of ``names`` the event carries (or its ``lease`` struct, where ``owner`` names the lease's owner),
+    else None."""
+    lease = getattr(ev, "lease", None) if not isinstance(ev, Mapping) else ev.get("lease")
+    sources: list[tuple[Any, tuple[str, ...]]] = [(ev, names)]
+    if lease is not None:
+        inner = (*names, LEASE_STRUCT_OWNER) if names == LEASE_OWNER_FIELDS else names
+        sources.append((lease, inner))
+    for source, keys in sources:
+        for n in keys:
+            value = source.get(n) if isinstance(source, Mapping) else getattr(source, n, None)
+            if value is not None:
+                return value
     return None

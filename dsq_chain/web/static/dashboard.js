@@ -178,7 +178,7 @@ function marketPage(data) {
   if (!window.Chart) { document.querySelectorAll("figure canvas").forEach(c => c.replaceWith("Chart.js is not installed (make setup).")); return; }
   const labels = data.hours.map(t => utc(t).slice(11, 16));
   const common = {responsive: true, maintainAspectRatio: false, animation: false, plugins: {legend: {display: false}}};
-  new Chart(document.getElementById("chart-jobs"), {type: "bar", data: {labels, datasets: [{data: data.jobs_per_hour, backgroundColor: "#60a5fa"}]},
+  new Chart(document.getElementById("chart-jobs"), {type: "bar", data: {labels, datasets: [{data: data.jobs_per_hour, backgroundColor: "#60a5fa", maxBarThickness: 40}]},
     options: {...common, scales: {y: {beginAtZero: true, ticks: {precision: 0}}}}});
   new Chart(document.getElementById("chart-util"), {type: "line", data: {labels, datasets: [{data: data.utilisation.map(u => 100 * u), borderColor: "#10b981", fill: true, backgroundColor: "rgba(16,185,129,.15)", tension: .25}]},
     options: {...common, scales: {y: {min: 0, max: 100, ticks: {callback: v => v + "%"}}}}});
@@ -188,7 +188,7 @@ function marketPage(data) {
     options: {...common, plugins: {legend: {display: true}}, scales: {y: {beginAtZero: true}}}});
   const reasons = Object.keys(data.placement_failures);
   new Chart(document.getElementById("chart-failures"), {type: "bar", data: {labels: reasons.length ? reasons : ["none"],
-    datasets: [{data: reasons.length ? Object.values(data.placement_failures) : [0], backgroundColor: "#f87171"}]},
+    datasets: [{data: reasons.length ? Object.values(data.placement_failures) : [0], backgroundColor: "#f87171", maxBarThickness: 70}]},
     options: {...common, scales: {y: {beginAtZero: true, ticks: {precision: 0}}}}});
 }
 

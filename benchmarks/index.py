@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     lifecycle = min(args.lifecycle, args.jobs)
     keys = dev_keys(10)
     # A high block gas limit: each pre-signed batch of big transactions fits in few blocks (Anvil mines as they come).
-    node = start_anvil(extra_args=["--gas-limit", "2000000000"])
+    node = start_anvil(extra_args=["--gas-limit", "2000000000", "--prune-history", "64"])
     results: list[tuple[str, str, str, str]] = []
     try:
         chain = Chain(node.rpc_url)

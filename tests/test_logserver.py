@@ -89,6 +89,14 @@ def test_the_owner_reads_the_log_and_nobody_else(grid: Grid, served: tuple[LogSe
                 {"expiry": str(int(time.time()) + 60), "nonce": "0x" + "00" * 32, "signature": "0x" + "11" * 65}):
         assert requests.get(url, params=bad, timeout=10).status_code == 401
     assert requests.get(f"{server.url}/v1/jobs/x/logs", timeout=10).status_code == 404
+    # The browser path: the typed data the server hands out, signed as eth_signTypedData_v4 signs it.
+    typed = requests.get(f"{server.url}/v1/jobs/{job}/logs/request", timeout=10).json()["typed_data"]
+    assert typed["domain"]["verifyingContract"] == grid.deployment.market and typed["message"]["jobId"] == job
+    m = typed["message"]
+    browser = requests.get(url, params={"expiry": m["expiry"], "nonce": m["nonce"], "follow": "0",
+                                        "signature": sign_log_request(owner_key, typed)}, timeout=10)
+    assert browser.status_code == 200 and "hello from the job" in browser.text
+    assert browser.headers["access-control-allow-origin"] == "*"
     assert _get(server, job, owner_key, grid.cpu.address, grid).status_code == 200
 
 

@@ -194,8 +194,8 @@ def create_app(reader: IndexReader, config: DashboardConfig | None = None) -> Fa
             raise HTTPException(404, "Chart.js is not installed: run `make setup` (npm ci) in the checkout")
         return FileResponse(path, media_type="text/javascript")
 
-    def page(request: Request, name: str, **ctx: Any) -> HTMLResponse:
-        return templates.TemplateResponse(request, name, {"api": API, "head": reader.head(), **ctx})
+    def page(request: Request, name: str, head: dict[str, Any] | None = None, **ctx: Any) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, {"api": API, "head": head or reader.head(), **ctx})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def jobs_page(request: Request, owner: str | None = None, provider: str | None = None,
@@ -209,11 +209,14 @@ def create_app(reader: IndexReader, config: DashboardConfig | None = None) -> Fa
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
     def job_page(request: Request, job_id: JobId) -> HTMLResponse:
-        job = reader.job(job_id)
+        head = reader.head()
+        job = reader.job(job_id, reader.now(head))
         if job is None:
             raise HTTPException(404, f"job {job_id} is not in the index")
         log_server = config.log_servers.get(job["provider"] or "")
-        return page(request, "job.html", job=job, explain=reader.explain_view(job_id), log_server=log_server)
+        # Only a waiting job has a reason to show (the page asks again when its job goes back to PENDING).
+        explain = reader.explain_view(job_id) if job["status"] == "PENDING" else {"waiting": False, "providers": []}
+        return page(request, "job.html", head, job=job, explain=explain, log_server=log_server)
 
     @app.get("/providers", response_class=HTMLResponse, include_in_schema=False)
     def providers_page(request: Request) -> HTMLResponse:

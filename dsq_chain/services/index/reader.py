@@ -92,7 +92,7 @@ class IndexReader:
         now = self.now()
         return [job_view(r, now) for r in rows]
 
-    def job(self, job_id: int) -> dict[str, Any] | None:
+    def job(self, job_id: int, now: int | None = None) -> dict[str, Any] | None:
         """One job with its timeline (every status with block and time), top-ups, assignments and bill."""
         with self.engine.connect() as conn:
             row = conn.execute(select(s.jobs).where(s.jobs.c.id == job_id)).mappings().first()
@@ -104,7 +104,7 @@ class IndexReader:
             topups = conn.execute(select(s.topups).where(s.topups.c.job_id == job_id)
                                   .order_by(s.topups.c.block, s.topups.c.log_index)).mappings().all()
             bill = conn.execute(select(s.bills).where(s.bills.c.job_id == job_id)).mappings().first()
-        now = self.now()
+        now = self.now() if now is None else now
         view = job_view(row, now)
         view["timeline"] = [{"block": t["block"], "log_index": t["log_index"], "time": t["time"], "event": t["event"],
                              "status": None if t["status"] is None else JobStatus(t["status"]).name,

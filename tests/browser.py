@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.apt import AptUnavailable, ensure_installed
+from tests.apt import AptUnavailable, ensure_packages
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -31,8 +31,7 @@ def screenshot_dir() -> Path:
 @pytest.fixture(name="browser", scope="session")
 def browser_fixture() -> Iterator[Any]:
     try:
-        ensure_installed(["chromium", "chromium-driver"], lambda: CHROMIUM.exists() and CHROMEDRIVER.exists(),
-                         "Chromium (chromium + chromedriver)")
+        ensure_packages(["chromium", "chromium-driver"], lambda: CHROMIUM.exists() and CHROMEDRIVER.exists())
     except AptUnavailable as e:
         pytest.skip(str(e))
     from selenium import webdriver

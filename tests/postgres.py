@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.apt import AptUnavailable, ensure_installed
+from tests.apt import AptUnavailable, ensure_packages
 from tests.slurm_cluster import free_port
 
 
@@ -42,8 +42,7 @@ def running_postgres() -> Iterator[str]:
 
     Raises :class:`AptUnavailable` when it is missing and cannot be installed, or cannot run here.
     """
-    ensure_installed(["postgresql"], lambda: _bin_dir() is not None and shutil.which("runuser") is not None,
-                     "PostgreSQL (initdb)")
+    ensure_packages(["postgresql"], lambda: _bin_dir() is not None and shutil.which("runuser") is not None)
     bindir = _bin_dir()
     assert bindir is not None
     if os.geteuid() != 0:

@@ -6,8 +6,8 @@ on it, for SQLite and PostgreSQL, and how soon a status change shows on an open 
 
 The chain is filled fast: job arrays of 500 per submission, assignments 200 per ``assignBatch``, provider
 reports 400 rows per ``report``, each group of transactions pre-signed and sent in one JSON-RPC batch. All N
-jobs are submitted and assigned; ``--lifecycle`` of them are claimed, started and finished (a job's
-PENDING, META_SCHEDULED, SCHEDULED, RUNNING, FINISHED each make an event).
+jobs are submitted; ``--assigned`` of them (default all) are assigned and ``--lifecycle`` claimed, started and
+finished (a job's PENDING, META_SCHEDULED, SCHEDULED, RUNNING, FINISHED each make an event).
 
 Figures, each beside its target:
 - index build: events indexed per second (from an empty database to the chain's head);
@@ -47,7 +47,7 @@ from dsq_chain.workloads import workflow as wfm
 
 WORKFLOW = ("name: bench\nresources: {tasks: 1, cpusPerTask: 1, memPerCpu: 64}\n"
             "steps: [{name: a, run: {command: 'true'}}]\n")
-ARRAY, ASSIGN_BATCH, REPORT_ROWS, TXS_PER_BATCH = 500, 200, 400, 40
+ARRAY, ASSIGN_BATCH, REPORT_ROWS, TXS_PER_BATCH = 500, 200, 400, 10  # big batches: the node refuses the request
 P95_TARGET_MS, LIVE_TARGET_S = 100.0, 1.0
 
 
@@ -56,8 +56,9 @@ def send_all(wallet: Wallet, calls: list[Call]) -> None:
         wallet.transact_many(calls[i:i + TXS_PER_BATCH], timeout=600)
 
 
-def fill(chain: Chain, keys: list[str], jobs: int, lifecycle: int) -> tuple[Deployment, list[int], ProviderClient]:
-    """Deploys, registers two providers, submits ``jobs`` jobs (4 owners), assigns them all, runs ``lifecycle``."""
+def fill(chain: Chain, keys: list[str], jobs: int, lifecycle: int,
+         assigned: int) -> tuple[Deployment, list[int], ProviderClient]:
+    """Deploys, registers two providers, submits ``jobs`` jobs (4 owners), assigns ``assigned``, runs ``lifecycle``."""
     admin_w = chain.wallet(keys[0])
     dep = deploy(admin_w, claim_timeout=10**6)
     admin = AdminClient(admin_w, dep)
@@ -94,13 +95,13 @@ def fill(chain: Chain, keys: list[str], jobs: int, lifecycle: int) -> tuple[Depl
     t0 = time.monotonic()
     ids = list(range(1, jobs + 1))
     calls = []
-    for k in range(0, jobs, ASSIGN_BATCH):
-        batch = ids[k:k + ASSIGN_BATCH]
+    for k in range(0, assigned, ASSIGN_BATCH):
+        batch = ids[k:min(k + ASSIGN_BATCH, assigned)]
         prov = provs[(k // ASSIGN_BATCH) % 2].address
         calls.append(Call(sched.market.functions.assignBatch(batch, [prov] * len(batch), [[] for _ in batch]),
                           gas=25_000_000))
     send_all(sched.wallet, calls)
-    print(f"assigned {jobs:,} jobs in {time.monotonic() - t0:.1f} s")
+    print(f"assigned {assigned:,} jobs in {time.monotonic() - t0:.1f} s")
     t0 = time.monotonic()
     for pi, p in enumerate(provs):
         mine = [j for k in range(0, lifecycle, ASSIGN_BATCH) if (k // ASSIGN_BATCH) % 2 == pi
@@ -182,20 +183,22 @@ def database(backend: str, tmp: Path, pg: str | None) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=100_000)
+    ap.add_argument("--assigned", type=int, default=None, help="jobs assigned (default: all)")
     ap.add_argument("--lifecycle", type=int, default=20_000, help="jobs run to FINISHED (the rest stay assigned)")
     ap.add_argument("--requests", type=int, default=200, help="requests per latency figure")
     ap.add_argument("--samples", type=int, default=20, help="status changes timed on an open event stream")
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--pg", help="an empty PostgreSQL database URL (default: start one)")
     args = ap.parse_args(argv)
-    lifecycle = min(args.lifecycle, args.jobs)
+    assigned = args.jobs if args.assigned is None else min(args.assigned, args.jobs)
+    lifecycle = min(args.lifecycle, assigned)
     keys = dev_keys(10)
     # A high block gas limit: each pre-signed batch of big transactions fits in few blocks (Anvil mines as they come).
     node = start_anvil(extra_args=["--gas-limit", "2000000000", "--prune-history", "64"])
     results: list[tuple[str, str, str, str]] = []
     try:
         chain = Chain(node.rpc_url)
-        dep, ids, provider = fill(chain, keys, args.jobs, lifecycle)
+        dep, ids, provider = fill(chain, keys, args.jobs, lifecycle, assigned)
         rng = random.Random(7)
         owner = GridClient(chain.wallet(keys[4]), dep).address
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
@@ -227,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                                         f"target p95 < {P95_TARGET_MS:.0f} ms: {verdict}"))
                 finally:
                     server.stop()
-                unclaimed = [j for j in ids[lifecycle:] if (j - 1) // ASSIGN_BATCH % 2 == 0]
+                unclaimed = [j for j in ids[lifecycle:assigned] if (j - 1) // ASSIGN_BATCH % 2 == 0]
                 live = live_latency(chain, dep, url, provider, unclaimed[(0 if backend == "sqlite" else 100):],
                                     args.samples)
                 verdict = "ok" if pct(live, 95) < LIVE_TARGET_S else "MISSED"

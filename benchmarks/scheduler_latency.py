@@ -159,7 +159,7 @@ def bulk_singles(s: Setup, sched: TimedScheduler, n: int) -> dict[str, Any]:
     """``n`` single-job submissions, signed beforehand with explicit nonces and sent in one JSON-RPC batch."""
     chain, users = s.chain, s.users
     market = users[0].market
-    request = (WF.resources.cpus, WF.resources.gpus, WF.resources.mem_mb, MAX_RATE, CREDITS)
+    request = (WF.resources.cpus, WF.resources.gpus, WF.resources.mem_mb, MAX_RATE, CREDITS, 0, b"\0" * 32)
     data = market.encode_abi("submit", args=[request, [], WF.canonical(), 1])
     gas = users[0].wallet.estimate(Call(market.functions.submit(request, [], WF.canonical(), 1)))
     tip = int(chain.call_rpc("eth_maxPriorityFeePerGas", []), 16)

@@ -1,42 +1,19 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
-import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
-import {Hardware, LabelConstraint, LabelOp, Prices, ProviderStatus, ProviderView} from "./GridTypes.sol";
+import {GridStorage} from "./GridStorage.sol";
+import {Hardware, JobStatus, JobView, Prices, ProviderStatus, ProviderView, ReleaseReason} from "./GridTypes.sol";
 
 /// @title ProviderRegistry
-/// @notice Providers register their hardware, prices and labels; the admin approves, bans or removes
-///         them; the job market (the contract that inherits this one) reserves and releases their
-///         capacity. Price and label changes apply to new assignments only: an assignment snapshots
-///         the rate.
-abstract contract ProviderRegistry is AccessControl {
-    /// @dev One provider in two storage words. Everything an assignment reads or writes (status,
-    ///      free capacity, prices) is in word 0, so assigning touches one provider slot.
-    struct ProviderRecord {
-        // word 0
-        ProviderStatus status;
-        bool paused;
-        uint32 id;
-        uint32 freeCpus;
-        uint16 freeGpus;
-        uint32 freeMemMB;
-        uint40 perCpuMinute;
-        uint40 perGpuMinute;
-        uint40 perGbMinute;
-        // word 1
-        uint32 cpus;
-        uint16 gpus;
-        uint32 memMB;
-        uint32 labelEpoch; // bumped by each registration: labels of an earlier registration do not survive it
-    }
-
+/// @notice The cold half of the market: providers register their hardware, prices and labels; the
+///         admin approves, bans or removes them and grants roles, behind a public delay where a
+///         stolen key could redirect escrow indirectly; and the read-only views. It is deployed once
+///         and reached only through `JobMarket`, which forwards every call it does not implement
+///         here with DELEGATECALL: it runs on the market's storage, its events come from the market's
+///         address, and callers see one contract. Called directly it only touches its own empty storage.
+contract ProviderRegistry is GridStorage {
     /// @notice Most labels one `setLabels` call may write (bounds the loop).
     uint256 public constant MAX_PROVIDER_LABELS = 32;
-
-    mapping(address provider => ProviderRecord) internal _providers;
-    mapping(uint32 id => address provider) internal _providerAt;
-    mapping(address provider => mapping(uint32 epoch => mapping(bytes32 key => bytes32 value))) internal _labels;
-    uint32 internal _providerCount;
 
     /// @notice A provider registered (status PENDING until the admin approves it).
     event ProviderRegistered(address indexed provider, uint32 id, Hardware hardware, Prices prices);
@@ -50,17 +27,21 @@ abstract contract ProviderRegistry is AccessControl {
     event ProviderStatusChanged(address indexed provider, ProviderStatus status);
     /// @notice A provider paused (true) or resumed (false) taking new jobs.
     event ProviderPaused(address indexed provider, bool paused);
+    /// @notice The claim timeout changed.
+    event ClaimTimeoutChanged(uint64 claimTimeout);
+    /// @notice The delay of admin actions changed.
+    event AdminDelayChanged(uint64 adminDelay);
+    /// @notice A delayed admin action was scheduled: the admin may run it (the same call again) from
+    ///         `readyAt`. `action` is the function selector, `args` its ABI-encoded arguments. Watchdogs
+    ///         alert on this event.
+    event AdminActionScheduled(bytes32 indexed operation, bytes4 indexed action, bytes args, uint256 readyAt);
+    /// @notice The admin dropped a scheduled action before it ran.
+    event AdminActionCancelled(bytes32 indexed operation);
 
     /// @notice The account is already registered.
     error ProviderAlreadyRegistered(address provider);
     /// @notice The account is not a registered provider.
     error ProviderNotRegistered(address provider);
-    /// @notice The provider is not approved (pending, banned or removed).
-    error ProviderNotApproved(address provider);
-    /// @notice The provider paused taking new jobs.
-    error ProviderIsPaused(address provider);
-    /// @notice The provider does not have the job's resources free.
-    error InsufficientCapacity(address provider, Hardware needed, Hardware free);
     /// @notice Hardware declarations need at least one CPU and some memory.
     error InvalidHardware();
     /// @notice The price per CPU-minute must be positive, so every job has a positive rate.
@@ -69,17 +50,28 @@ abstract contract ProviderRegistry is AccessControl {
     error CapacityInUse(address provider, Hardware inUse);
     /// @notice The provider still holds jobs' capacity.
     error ProviderBusy(address provider);
-    /// @notice Two arrays that go together differ in length.
-    error LengthMismatch(uint256 a, uint256 b);
     /// @notice Too many labels in one call.
     error TooManyLabels(uint256 count, uint256 max);
-    /// @notice The provider's labels do not satisfy the job's constraint on `key`.
-    error LabelMismatch(uint256 jobId, bytes32 key);
+    /// @notice A label value is neither a number word (2**240 + n) nor left-aligned text that is not a
+    ///         number (numbers have one encoding, so on-chain and off-chain comparisons agree).
+    error MalformedLabelValue(bytes32 key, bytes32 value);
+    /// @notice The label key is reserved ("@provider" is the job's placement, not a provider label).
+    error ReservedLabel(bytes32 key);
+    /// @notice The scheduled admin action may not run before `readyAt`.
+    error AdminActionNotReady(bytes32 operation, uint256 readyAt);
+    /// @notice No such admin action is scheduled.
+    error AdminActionNotScheduled(bytes32 operation);
+    /// @notice `renounceRole` must name the caller.
+    error AccessControlBadConfirmation();
+    /// @notice The claim window of this job has not passed yet.
+    error ClaimNotExpired(uint256 jobId, uint256 expiresAt);
+    /// @notice The job's provider is not banned.
+    error ProviderNotBanned(uint256 jobId, address provider);
 
     // ------------------------------------------------------------------ provider actions
 
     /// @notice Registers the caller as a provider, pending the admin's approval.
-    /// @param hardware cpus, gpus and memory (MB) the provider offers
+    /// @param hardware cpus, gpus, memory (MB), scratch disk and persistent storage (GB) offered
     /// @param prices credit units per cpu-minute (> 0), gpu-minute and GB-minute
     /// @param keys label names (e.g. "gpu.model")
     /// @param values encoded label values (see LabelConstraint)
@@ -115,7 +107,10 @@ abstract contract ProviderRegistry is AccessControl {
             perCpuMinute: prices.perCpuMinute,
             perGpuMinute: prices.perGpuMinute,
             perGbMinute: prices.perGbMinute,
-            labelEpoch: epoch
+            labelEpoch: epoch,
+            diskGB: hardware.diskGB,
+            freeDiskGB: hardware.diskGB,
+            persistentGB: hardware.persistentGB
         });
         emit ProviderRegistered(msg.sender, id, hardware, prices);
         if (keys.length != 0 || values.length != 0) _setLabels(keys, values);
@@ -126,14 +121,18 @@ abstract contract ProviderRegistry is AccessControl {
     function updateHardware(Hardware calldata hardware) external {
         ProviderRecord storage p = _registered(msg.sender);
         _checkHardware(hardware);
-        uint32 usedCpus = p.cpus - p.freeCpus;
-        uint16 usedGpus = p.gpus - p.freeGpus;
-        uint32 usedMem = p.memMB - p.freeMemMB;
-        if (hardware.cpus < usedCpus || hardware.gpus < usedGpus || hardware.memMB < usedMem) {
-            revert CapacityInUse(msg.sender, Hardware(usedCpus, usedGpus, usedMem));
-        }
+        Hardware memory used = Hardware(
+            p.cpus - p.freeCpus, p.gpus - p.freeGpus, p.memMB - p.freeMemMB, p.diskGB - p.freeDiskGB, 0
+        );
+        if (
+            hardware.cpus < used.cpus || hardware.gpus < used.gpus || hardware.memMB < used.memMB
+                || hardware.diskGB < used.diskGB
+        ) revert CapacityInUse(msg.sender, used);
         (p.cpus, p.gpus, p.memMB) = (hardware.cpus, hardware.gpus, hardware.memMB);
-        (p.freeCpus, p.freeGpus, p.freeMemMB) = (hardware.cpus - usedCpus, hardware.gpus - usedGpus, hardware.memMB - usedMem);
+        (p.freeCpus, p.freeGpus, p.freeMemMB) =
+            (hardware.cpus - used.cpus, hardware.gpus - used.gpus, hardware.memMB - used.memMB);
+        (p.diskGB, p.freeDiskGB, p.persistentGB) =
+            (hardware.diskGB, hardware.diskGB - used.diskGB, hardware.persistentGB);
         emit ProviderHardwareUpdated(msg.sender, hardware);
     }
 
@@ -146,7 +145,8 @@ abstract contract ProviderRegistry is AccessControl {
         emit ProviderPricesUpdated(msg.sender, prices);
     }
 
-    /// @notice Sets (or, with a zero value, removes) labels of the caller.
+    /// @notice Sets (or, with a zero value, removes) labels of the caller. A number is accepted only in
+    ///         the number encoding; a malformed value reverts with `MalformedLabelValue`.
     /// @param keys label names
     /// @param values encoded values, one per key
     function setLabels(string[] calldata keys, bytes32[] calldata values) external {
@@ -164,16 +164,43 @@ abstract contract ProviderRegistry is AccessControl {
         _setPaused(false);
     }
 
+    // ------------------------------------------------------------------ anyone
+
+    /// @notice Sends a META_SCHEDULED job whose claim window passed back to PENDING. Anyone may call.
+    /// @param jobId the job
+    function timeoutClaim(uint256 jobId) external {
+        Job storage job = _existing(jobId);
+        if (job.status != JobStatus.META_SCHEDULED) revert InvalidStatus(jobId, job.status);
+        uint256 expiresAt = uint256(job.since) + _claimTimeout;
+        if (block.timestamp < expiresAt) revert ClaimNotExpired(jobId, expiresAt);
+        _backToPending(jobId, job, ReleaseReason.CLAIM_TIMEOUT, address(0));
+    }
+
+    /// @notice Sends a META_SCHEDULED or SCHEDULED job of a banned provider back to PENDING. Anyone may call.
+    /// @param jobId the job
+    function releaseFromBanned(uint256 jobId) external {
+        Job storage job = _existing(jobId);
+        JobStatus status = job.status;
+        if (status != JobStatus.META_SCHEDULED && status != JobStatus.SCHEDULED) revert InvalidStatus(jobId, status);
+        address provider = _providerAt[job.providerId];
+        if (_providers[provider].status != ProviderStatus.BANNED) revert ProviderNotBanned(jobId, provider);
+        _backToPending(jobId, job, ReleaseReason.PROVIDER_BANNED, provider);
+    }
+
     // ------------------------------------------------------------------ admin actions
 
-    /// @notice Approves a registered provider (also lifts a ban).
+    /// @notice Approves a registered provider (also lifts a ban). Delayed: the first call schedules
+    ///         it (`AdminActionScheduled`), the same call after `adminDelay` seconds runs it; with a
+    ///         zero delay it runs at once. The provider gets no job before it has run.
     /// @param provider the provider's account
     function approveProvider(address provider) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (!_delayed(abi.encode(provider))) return;
         _registered(provider).status = ProviderStatus.APPROVED;
         emit ProviderStatusChanged(provider, ProviderStatus.APPROVED);
     }
 
-    /// @notice Bans a provider: no new assignments, no claims; jobs it already runs can still be reported.
+    /// @notice Bans a provider at once: no new assignments, claims or starts; its assigned jobs can be
+    ///         sent back to PENDING by anyone (`releaseFromBanned`); jobs it runs can still be reported.
     /// @param provider the provider's account
     function banProvider(address provider) external onlyRole(DEFAULT_ADMIN_ROLE) {
         _registered(provider).status = ProviderStatus.BANNED;
@@ -184,12 +211,88 @@ abstract contract ProviderRegistry is AccessControl {
     /// @param provider the provider's account
     function removeProvider(address provider) external onlyRole(DEFAULT_ADMIN_ROLE) {
         ProviderRecord storage p = _registered(provider);
-        if (p.freeCpus != p.cpus || p.freeGpus != p.gpus || p.freeMemMB != p.memMB) revert ProviderBusy(provider);
+        if (p.freeCpus != p.cpus || p.freeGpus != p.gpus || p.freeMemMB != p.memMB || p.freeDiskGB != p.diskGB) {
+            revert ProviderBusy(provider);
+        }
         p.status = ProviderStatus.REMOVED;
         emit ProviderStatusChanged(provider, ProviderStatus.REMOVED);
     }
 
+    /// @notice Grants `role` to `account`. Delayed like `approveProvider`.
+    /// @param role the role
+    /// @param account the account
+    function grantRole(bytes32 role, address account) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (_delayed(abi.encode(role, account))) _grant(role, account);
+    }
+
+    /// @notice Revokes `role` from `account`. Delayed like `approveProvider`.
+    /// @param role the role
+    /// @param account the account
+    function revokeRole(bytes32 role, address account) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (_delayed(abi.encode(role, account))) _revoke(role, account);
+    }
+
+    /// @notice Gives up a role of the caller's, at once.
+    /// @param role the role
+    /// @param callerConfirmation the caller's address
+    function renounceRole(bytes32 role, address callerConfirmation) external {
+        if (callerConfirmation != msg.sender) revert AccessControlBadConfirmation();
+        _revoke(role, msg.sender);
+    }
+
+    /// @notice Sets the claim timeout for future checks. Delayed like `approveProvider`.
+    /// @param seconds_ the new timeout in seconds
+    function setClaimTimeout(uint64 seconds_) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (!_delayed(abi.encode(seconds_))) return;
+        _claimTimeout = seconds_;
+        emit ClaimTimeoutChanged(seconds_);
+    }
+
+    /// @notice Sets the delay of admin actions. Delayed by the current delay.
+    /// @param seconds_ the new delay in seconds
+    function setAdminDelay(uint64 seconds_) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (!_delayed(abi.encode(seconds_))) return;
+        _adminDelay = seconds_;
+        emit AdminDelayChanged(seconds_);
+    }
+
+    /// @notice Drops a scheduled admin action (for example one a stolen key scheduled). Immediate.
+    /// @param operation the id from `AdminActionScheduled`
+    function cancelAdminAction(bytes32 operation) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (_scheduled[operation] == 0) revert AdminActionNotScheduled(operation);
+        delete _scheduled[operation];
+        emit AdminActionCancelled(operation);
+    }
+
     // ------------------------------------------------------------------ views
+
+    /// @notice Whether `account` holds `role`.
+    /// @param role the role
+    /// @param account the account
+    function hasRole(bytes32 role, address account) external view returns (bool) {
+        return _roles[role][account];
+    }
+
+    /// @notice The role that administers `role` (always DEFAULT_ADMIN_ROLE).
+    function getRoleAdmin(bytes32) external pure returns (bytes32) {
+        return DEFAULT_ADMIN_ROLE;
+    }
+
+    /// @notice Seconds an assigned provider has to claim before anyone may send the job back to PENDING.
+    function claimTimeout() external view returns (uint64) {
+        return _claimTimeout;
+    }
+
+    /// @notice Seconds between scheduling a delayed admin action and running it.
+    function adminDelay() external view returns (uint64) {
+        return _adminDelay;
+    }
+
+    /// @notice When a scheduled admin action may run (0: not scheduled).
+    /// @param operation keccak256(abi.encode(selector, abi.encode(args)))
+    function scheduledAt(bytes32 operation) external view returns (uint256) {
+        return _scheduled[operation];
+    }
 
     /// @notice A provider's registration, hardware, free capacity and prices.
     /// @param provider the provider's account
@@ -200,8 +303,8 @@ abstract contract ProviderRegistry is AccessControl {
             id: p.id,
             status: p.status,
             paused: p.paused,
-            total: Hardware(p.cpus, p.gpus, p.memMB),
-            free: Hardware(p.freeCpus, p.freeGpus, p.freeMemMB),
+            total: Hardware(p.cpus, p.gpus, p.memMB, p.diskGB, p.persistentGB),
+            free: Hardware(p.freeCpus, p.freeGpus, p.freeMemMB, p.freeDiskGB, p.persistentGB),
             prices: Prices(p.perCpuMinute, p.perGpuMinute, p.perGbMinute)
         });
     }
@@ -233,70 +336,90 @@ abstract contract ProviderRegistry is AccessControl {
         return _rate(_providers[provider], cpus, gpus, memMB);
     }
 
-    // ------------------------------------------------------------------ internals for the market
-
-    /// @dev Reserves capacity on an approved, active provider and returns its current rate for it.
-    function _reserve(address provider, uint16 cpus, uint8 gpus, uint32 memMB) internal returns (uint256 rate) {
-        ProviderRecord storage p = _providers[provider];
-        if (p.status != ProviderStatus.APPROVED) revert ProviderNotApproved(provider);
-        if (p.paused) revert ProviderIsPaused(provider);
-        (uint32 freeCpus, uint16 freeGpus, uint32 freeMem) = (p.freeCpus, p.freeGpus, p.freeMemMB);
-        if (cpus > freeCpus || gpus > freeGpus || memMB > freeMem) {
-            revert InsufficientCapacity(provider, Hardware(cpus, gpus, memMB), Hardware(freeCpus, freeGpus, freeMem));
-        }
-        unchecked {
-            (p.freeCpus, p.freeGpus, p.freeMemMB) = (freeCpus - cpus, freeGpus - gpus, freeMem - memMB);
-        }
-        return _rate(p, cpus, gpus, memMB);
+    /// @notice A job's full record (the workflow and its hash are in its array's `JobSubmitted` event,
+    ///         indexed by `headId`).
+    /// @param jobId the job
+    function getJob(uint256 jobId) public view returns (JobView memory v) {
+        Job storage job = _existing(jobId);
+        uint256 head = jobId - job.headOffset;
+        v = JobView({
+            id: jobId,
+            owner: job.owner,
+            status: job.status,
+            provider: _providerAt[job.providerId],
+            escrow: job.status >= JobStatus.FINISHED ? 0 : job.escrow,
+            rate: job.rate,
+            since: job.since,
+            maxRate: job.maxRate,
+            cpus: job.cpus,
+            gpus: job.gpus,
+            memMB: job.memMB,
+            diskGB: job.diskGB,
+            labelsHash: job.flags & _HAS_LABELS != 0 ? _labelsHash[head] : bytes32(0),
+            headId: head
+        });
     }
 
-    /// @dev Gives back capacity a job held on `provider`. Never exceeds the declared totals (hardware
-    ///      can only shrink down to what is in use, so the sum stays within bounds).
-    function _release(address provider, uint16 cpus, uint8 gpus, uint32 memMB) internal {
-        ProviderRecord storage p = _providers[provider];
-        (p.freeCpus, p.freeGpus, p.freeMemMB) = (p.freeCpus + cpus, p.freeGpus + gpus, p.freeMemMB + memMB);
+    /// @notice Up to `count` jobs from `fromId` (bounded by existing ids; at most 500).
+    /// @param fromId first job id
+    /// @param count how many
+    function getJobs(uint256 fromId, uint256 count) external view returns (JobView[] memory views) {
+        if (fromId == 0) fromId = 1;
+        uint256 end = fromId + (count > 500 ? 500 : count);
+        uint256 next = _nextJobId;
+        if (end > next) end = next;
+        uint256 n = end > fromId ? end - fromId : 0;
+        views = new JobView[](n);
+        for (uint256 i; i < n; ++i) views[i] = getJob(fromId + i);
     }
 
-    /// @dev Reverts unless every constraint holds for `provider`'s labels.
-    function _checkLabels(uint256 jobId, address provider, LabelConstraint[] calldata constraints) internal view {
-        mapping(bytes32 => bytes32) storage labels = _labels[provider][_providers[provider].labelEpoch];
-        for (uint256 i; i < constraints.length; ) {
-            LabelConstraint calldata c = constraints[i];
-            bytes32 have = labels[c.key];
-            bytes32 want = c.value;
-            LabelOp op = c.op;
-            bool ok = false;
-            if (op == LabelOp.EQ) ok = have == want;
-            else if (op == LabelOp.NE) ok = have != want;
-            else if (_isNumber(have) && _isNumber(want)) {
-                uint256 h = uint256(have);
-                uint256 w = uint256(want);
-                if (op == LabelOp.LT) ok = h < w;
-                else if (op == LabelOp.LE) ok = h <= w;
-                else if (op == LabelOp.GT) ok = h > w;
-                else ok = h >= w;
-            }
-            if (!ok) revert LabelMismatch(jobId, c.key);
-            unchecked {
-                ++i;
-            }
-        }
+    /// @notice Number of jobs ever submitted (ids run from 1 to this).
+    function jobCount() external view returns (uint256) {
+        return _nextJobId - 1;
     }
 
-    function _rate(ProviderRecord storage p, uint256 cpus, uint256 gpus, uint256 memMB) internal view returns (uint256) {
-        return cpus * p.perCpuMinute + gpus * p.perGpuMinute + (memMB * p.perGbMinute) / 1024;
+    /// @notice An account's internal balance: refunds and earnings not yet withdrawn.
+    /// @param account the account
+    function balanceOf(address account) external view returns (uint256) {
+        return _balances[account] & ~_TOUCHED;
     }
 
-    function _registered(address provider) internal view returns (ProviderRecord storage p) {
-        p = _providers[provider];
-        if (p.status == ProviderStatus.NONE || p.status == ProviderStatus.REMOVED) revert ProviderNotRegistered(provider);
+    /// @notice Credits the market owes: the sum of escrows of non-final jobs and of internal balances.
+    function owed() external view returns (uint256) {
+        return _owed;
     }
 
-    function _providerId(address provider) internal view returns (uint32) {
-        return _providers[provider].id;
+    /// @notice Credit units a RUNNING job has used so far (capped by its escrow); 0 otherwise.
+    /// @param jobId the job
+    function billSoFar(uint256 jobId) external view returns (uint256) {
+        Job storage job = _existing(jobId);
+        return job.status == JobStatus.RUNNING ? _billUntil(job, block.timestamp) : 0;
     }
 
     // ------------------------------------------------------------------ private helpers
+
+    /// @dev True when the calling admin action may run now. With a delay, the first call schedules it
+    ///      and returns false; the same call (same selector and arguments) from `readyAt` returns true.
+    function _delayed(bytes memory args) private returns (bool) {
+        uint256 delay = _adminDelay;
+        if (delay == 0) return true;
+        bytes32 op = keccak256(abi.encode(msg.sig, args));
+        uint256 readyAt = _scheduled[op];
+        if (readyAt > 0) {
+            if (block.timestamp < readyAt) revert AdminActionNotReady(op, readyAt);
+            delete _scheduled[op];
+            return true;
+        }
+        readyAt = block.timestamp + delay;
+        _scheduled[op] = readyAt;
+        emit AdminActionScheduled(op, msg.sig, args, readyAt);
+        return false;
+    }
+
+    function _registered(address provider) private view returns (ProviderRecord storage p) {
+        p = _providers[provider];
+        if (p.status == ProviderStatus.NONE || p.status == ProviderStatus.REMOVED) revert ProviderNotRegistered(provider);
+    }
 
     function _setPaused(bool paused) private {
         ProviderRecord storage p = _registered(msg.sender);
@@ -309,7 +432,10 @@ abstract contract ProviderRegistry is AccessControl {
         if (keys.length > MAX_PROVIDER_LABELS) revert TooManyLabels(keys.length, MAX_PROVIDER_LABELS);
         mapping(bytes32 => bytes32) storage labels = _labels[msg.sender][_providers[msg.sender].labelEpoch];
         for (uint256 i; i < keys.length; ) {
-            labels[keccak256(bytes(keys[i]))] = values[i];
+            bytes32 key = keccak256(bytes(keys[i]));
+            bytes32 value = values[i];
+            _checkLabelValue(key, value);
+            labels[key] = value;
             unchecked {
                 ++i;
             }
@@ -317,11 +443,30 @@ abstract contract ProviderRegistry is AccessControl {
         emit ProviderLabelsSet(msg.sender, keys, values);
     }
 
-    function _checkHardware(Hardware calldata hardware) private pure {
-        if (hardware.cpus == 0 || hardware.memMB == 0) revert InvalidHardware();
+    /// @dev A value is the zero word (remove), a number word (top 16 bits 0x0001), or text: left-aligned
+    ///      bytes (no zero byte before a non-zero one) that are not all decimal digits.
+    function _checkLabelValue(bytes32 key, bytes32 value) private pure {
+        if (key == _PROVIDER_KEY) revert ReservedLabel(key);
+        if (value == bytes32(0)) return;
+        if (uint256(value) >> 248 == 0) {
+            if (uint256(value) >> 240 != 1) revert MalformedLabelValue(key, value);
+            return;
+        }
+        bool digitsOnly = true;
+        bool ended = false;
+        for (uint256 i; i < 32; ++i) {
+            uint8 b = uint8(value[i]);
+            if (b == 0) {
+                ended = true;
+            } else {
+                if (ended) revert MalformedLabelValue(key, value);
+                if (b < 0x30 || b > 0x39) digitsOnly = false;
+            }
+        }
+        if (digitsOnly) revert MalformedLabelValue(key, value);
     }
 
-    function _isNumber(bytes32 word) private pure returns (bool) {
-        return word != bytes32(0) && uint256(word) >> 248 == 0;
+    function _checkHardware(Hardware calldata hardware) private pure {
+        if (hardware.cpus == 0 || hardware.memMB == 0) revert InvalidHardware();
     }
 }

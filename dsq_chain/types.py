@@ -59,6 +59,7 @@ class ReleaseReason(IntEnum):
 
     REFUSED = 0
     CLAIM_TIMEOUT = 1
+    PROVIDER_BANNED = 2
 
 
 class ReportAction(IntEnum):
@@ -127,21 +128,27 @@ class Resources:
     """What a job needs, or what a provider offers, in totals.
 
     ``cpus`` is the total of CPU cores (tasks x cpus per task), ``mem_mb`` the
-    total memory in MB.
+    total memory in MB, ``disk_gb`` scratch disk in GB (reserved on chain like memory).
     """
 
     cpus: int
     gpus: int = 0
     mem_mb: int = 0
+    disk_gb: int = 0
+    #: Persistent storage in GB a provider declares; never reserved by jobs (arithmetic keeps the left side's).
+    persistent_gb: int = 0
 
     def fits_in(self, other: Resources) -> bool:
-        return self.cpus <= other.cpus and self.gpus <= other.gpus and self.mem_mb <= other.mem_mb
+        return (self.cpus <= other.cpus and self.gpus <= other.gpus and self.mem_mb <= other.mem_mb
+                and self.disk_gb <= other.disk_gb)
 
     def __add__(self, other: Resources) -> Resources:
-        return Resources(self.cpus + other.cpus, self.gpus + other.gpus, self.mem_mb + other.mem_mb)
+        return Resources(self.cpus + other.cpus, self.gpus + other.gpus, self.mem_mb + other.mem_mb,
+                         self.disk_gb + other.disk_gb, self.persistent_gb)
 
     def __sub__(self, other: Resources) -> Resources:
-        return Resources(self.cpus - other.cpus, self.gpus - other.gpus, self.mem_mb - other.mem_mb)
+        return Resources(self.cpus - other.cpus, self.gpus - other.gpus, self.mem_mb - other.mem_mb,
+                         self.disk_gb - other.disk_gb, self.persistent_gb)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +193,9 @@ class Job:
     provider: str | None
     rate: int
     since: int
-    workflow_hash: bytes
+    #: Only the submission event carries the workflow hash (not the chain's job record): empty unless
+    #: the reader took it from there.
+    workflow_hash: bytes = b""
     labels_hash: bytes = b"\0" * 32
     head_id: int = 0
     labels: tuple[LabelConstraint, ...] = ()
@@ -205,6 +214,8 @@ class Provider:
     free: Resources
     prices: Prices
     labels: dict[str, str] = field(default_factory=dict)
+    #: Persistent storage in GB the provider declares (not reserved by jobs).
+    persistent_gb: int = 0
 
     @property
     def active(self) -> bool:

@@ -134,6 +134,8 @@ def conservation_gap(grid: Grid) -> int:
             accounts.add(view[1])  # every owner
     accounts.update(p.address for p in grid.user.providers())  # every provider, even one made in a test
     balances = sum(grid.user.credits(a) for a in accounts)
+    owed = int(grid.user.market.functions.owed().call())
+    assert owed == escrows + balances, f"the market counts {owed} owed, escrows + balances are {escrows + balances}"
     return int(held - escrows - balances)
 
 

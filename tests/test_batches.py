@@ -9,11 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from eth_utils import keccak
 from web3.logs import DISCARD
 
 from dsq_chain import errors
 from dsq_chain.sdk.chain import Call
+from dsq_chain.sdk.client import skipped_entries
 from dsq_chain.types import CREDIT_UNIT, JobStatus, ReportAction, Resources
 from dsq_chain.workloads.labels import on_chain, parse_constraint
 from tests.grid import CREDITS, MAX_RATE, SMALL, WORKFLOW, Grid
@@ -67,7 +67,7 @@ def test_job_array_of_50_is_one_transaction_with_one_permit(grid: Grid) -> None:
     assert ids == list(range(first_expected, first_expected + 50))
     assert user.job_count() == first_expected + 49
     jobs = user.jobs(ids)
-    assert {j.workflow_hash for j in jobs} == {keccak(WORKFLOW)}
+    assert {j.head_id for j in jobs} == {ids[0]}  # each job leads to its array's submission event
     assert all(j.status is S.PENDING and j.escrow == CREDITS and j.owner == user.address for j in jobs)
     assert tokens0 - user.token_balance() == 50 * CREDITS
 
@@ -91,7 +91,7 @@ def _submit_direct(
 ) -> list[int]:
     """One job per entry of ``labels``, sent straight to the contract in one JSON-RPC batch (fast
     set-up: the SDK's submission path is tested above and in test_bad_input)."""
-    user, request = grid.user, (resources.cpus, resources.gpus, resources.mem_mb, max_rate, CREDITS)
+    user, request = grid.user, (resources.cpus, resources.gpus, resources.mem_mb, max_rate, CREDITS, 0, b"\0" * 32)
     user.wallet.transact(user.token.functions.approve(grid.deployment.market, 2**256 - 1))
     first = user.job_count() + 1
     user.wallet.transact_many([user.market.functions.submit(request, on_chain(c), WORKFLOW, 1) for c in labels])
@@ -147,22 +147,23 @@ BAD_ASSIGNMENTS: dict[str, tuple[Callable[[Grid, list[Any]], tuple[int, str, lis
 # fmt: on
 
 
-@pytest.mark.parametrize("mined", [False, True], ids=["sdk", "mined"])
 @pytest.mark.parametrize("bad", list(BAD_ASSIGNMENTS))
-def test_one_bad_assignment_reverts_the_whole_batch(grid: Grid, bad: str, mined: bool) -> None:
+def test_one_bad_assignment_is_skipped_and_the_rest_lands(grid: Grid, bad: str) -> None:
     batch = _mixed_jobs(grid)
     make, error = BAD_ASSIGNMENTS[bad]
-    batch.append(make(grid, batch))
-    ids = [job_id for job_id, _, _ in batch if job_id != 999]
-    before, block0 = _state(grid, ids), grid.chain.block_number()
-    with pytest.raises(getattr(errors, error)):
-        if mined:
-            f = grid.scheduler.market.functions
-            _mined(grid.scheduler, f.assignBatch([b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch]))
-        else:
-            grid.scheduler.assign_batch(batch)
-    assert grid.chain.block_number() == block0 + (1 if mined else 0)
-    assert _state(grid, ids) == before
+    extra = make(grid, batch)
+    good = [job_id for job_id, _, _ in batch]
+    watched = [extra[0]] if extra[0] not in good and extra[0] != 999 else []
+    before, block0 = _state(grid, watched), grid.chain.block_number()
+    receipt = grid.scheduler.assign_batch([*batch, extra])
+    assert grid.chain.block_number() == block0 + 1
+    assert [j.status for j in grid.user.jobs(good)] == [S.META_SCHEDULED] * len(good)
+    skipped = skipped_entries(grid.user.market, receipt)
+    assert list(skipped) == [extra[0]] and type(skipped[extra[0]]).__name__ == error
+    (event,) = grid.user.market.events.EntrySkipped().process_receipt(receipt, errors=DISCARD)
+    assert event["args"]["provider"] == extra[1]  # the target of the skipped assignment
+    if watched:
+        assert _state(grid, watched)[1:2] == before[1:2]  # the skipped job did not move
 
 
 def test_assign_batch_needs_the_scheduler_role_and_matching_lengths(grid: Grid) -> None:
@@ -287,31 +288,28 @@ BAD_REPORTS: dict[str, tuple[Callable[[Grid, list[int]], tuple[int, ReportAction
 # fmt: on
 
 
-@pytest.mark.parametrize("mined", [False, True], ids=["sdk", "mined"])
 @pytest.mark.parametrize("bad", list(BAD_REPORTS))
-def test_one_bad_report_reverts_the_whole_batch(grid: Grid, bad: str, mined: bool) -> None:
+def test_one_bad_report_is_skipped_and_the_rest_lands(grid: Grid, bad: str) -> None:
     ids = _prepare_reports(grid)
     make, error = BAD_REPORTS[bad]
     extra = make(grid, ids)
-    rows = [*_rows(ids), extra]  # last: the good entries before it were applied, then undone
-    watched = [*ids, extra[0]] if extra[0] != 999 else ids
-    before, block0 = _state(grid, watched), grid.chain.block_number()
-    with pytest.raises(getattr(errors, error)) as info:
-        if mined:
-            _mined(grid.cpu, grid.cpu.market.functions.report([(j, int(a), c) for j, a, c in rows]))
-        else:
-            grid.cpu.report(rows)
-    assert info.value.args_dict["jobId"] == extra[0]
-    assert grid.chain.block_number() == block0 + (1 if mined else 0)
-    assert _state(grid, watched) == before
+    outside = extra[0] not in ids and extra[0] != 999
+    before = _state(grid, [extra[0]]) if outside else None
+    receipt = grid.cpu.report([*_rows(ids), extra])
+    assert [j.status for j in grid.user.jobs(ids)] == [status for _, _, status in MIXED_REPORT]
+    skipped = skipped_entries(grid.user.market, receipt)
+    assert list(skipped) == [extra[0]] and type(skipped[extra[0]]).__name__ == error
+    if outside:
+        assert _state(grid, [extra[0]])[1] == before[1]  # type: ignore[index]
 
 
 def test_report_by_a_non_provider_or_empty(grid: Grid) -> None:
     job_id = grid.job_in(S.META_SCHEDULED)
     before = _state(grid, [job_id])
-    with pytest.raises(errors.NotAssignedProvider) as info:
-        grid.stranger.wallet.transact(grid.stranger.market.functions.report([(job_id, int(A.CLAIM), 0)]))
-    assert info.value.args_dict["caller"] == grid.stranger.address
+    receipt = grid.stranger.wallet.transact(grid.stranger.market.functions.report([(job_id, int(A.CLAIM), 0, 0)]))
+    skipped = skipped_entries(grid.user.market, receipt)
+    assert isinstance(skipped[job_id], errors.NotAssignedProvider)
+    assert skipped[job_id].args_dict["caller"] == grid.stranger.address
     with pytest.raises(errors.InputError):
         grid.cpu.report([])
     assert _state(grid, [job_id]) == before

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
+from dsq_chain import errors
 from dsq_chain.sdk.anvil import free_port
+from dsq_chain.sdk.client import placement_labels
 from dsq_chain.types import CREDIT_UNIT, JobStatus
 from dsq_chain.workloads import workflow as wfmod
 from tests.grid import Grid
@@ -113,6 +115,22 @@ def test_explain_names_the_failing_constraint(cli: Cli, tmp_path: Path) -> None:
     assert "placeable on 0 of 4 providers" in text
     assert "gpus: needs 2, has 0 free" in text
     assert "label gpu.model == H100: provider has A100" in text
+
+
+def test_submit_with_direct_placement_and_explain_shows_it(cli: Cli) -> None:
+    g = cli.grid
+    out = cli.ok("submit", str(HELLO), "--credits", "1", "--provider", g.spare.address, "--json",
+                 key=user_key(cli)).stdout
+    job_id = json.loads(out)["job_ids"][0]
+    text = cli.ok("explain", str(job_id)).stdout
+    assert "placement: not among the providers the job allows" in text
+    assert text.count("placement: not among") == 2  # cpu and gpu; the pending provider is inactive first
+    with pytest.raises(errors.ProviderNotAllowed):
+        g.scheduler.assign(job_id, g.cpu.address, placement_labels([g.spare.address]))
+    g.scheduler.assign(job_id, g.spare.address, placement_labels([g.spare.address]))
+    assert g.user.job(job_id).provider == g.spare.address
+    assert "not a provider address" in cli.fails(EXIT_INPUT, "submit", str(HELLO), "--credits", "1",
+                                                  "--exclude", "nope", key=user_key(cli))
 
 
 def test_bad_workflow_is_one_line_with_file_line_field(cli: Cli, tmp_path: Path) -> None:

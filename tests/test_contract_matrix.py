@@ -85,6 +85,9 @@ def _rules() -> dict[str, Rule]:
 
 
 RULES = _rules()
+# A top-up of a RUNNING job whose escrow ran out is refused by name: it would pay for time run unfunded.
+RULES["topUp_exhausted"] = Rule(ANYONE, {s: s for s in NON_FINAL if s is not S.RUNNING},
+                                blocked={S.RUNNING: "EscrowExhausted"})
 ACTIONS = tuple(RULES)
 
 
@@ -118,8 +121,9 @@ class State:
     job: dict[str, Any]  # the JobView, by field name
     credits: dict[str, int]  # internal market balances of the watched accounts
     tokens: dict[str, int]  # token balances of the watched accounts
-    cpu_free: tuple[int, int, int]
+    cpu_free: tuple[int, ...]
     conservation_gap: int
+    owed_gap: int = 0  # the market's own count of what it owes, minus escrows + balances
 
 
 class Reader:
@@ -169,15 +173,17 @@ class Reader:
             (self.market, "getProvider", [self.grid.cpu.address]),
             (self.token, "balanceOf", [self.market.address]),
             (self.market, "getJobs", [1, 500]),
+            (self.market, "owed", []),
             *[(self.market, "balanceOf", [a]) for a in accounts],
             *[(self.token, "balanceOf", [a]) for a in watched],
         ]
         res = self._batch(calls)
-        job, provider, held, jobs = res[:4]
-        credits = dict(zip(accounts, res[4 : 4 + len(accounts)], strict=True))
-        tokens = dict(zip(watched, res[4 + len(accounts) :], strict=True))
-        gap = held - sum(self._job(j)["escrow"] for j in jobs) - sum(credits.values())
-        return State(self._job(job), {a: credits[a] for a in watched}, tokens, tuple(provider[5]), gap)
+        job, provider, held, jobs, owed = res[:5]
+        credits = dict(zip(accounts, res[5 : 5 + len(accounts)], strict=True))
+        tokens = dict(zip(watched, res[5 + len(accounts) :], strict=True))
+        liabilities = sum(self._job(j)["escrow"] for j in jobs) + sum(credits.values())
+        return State(self._job(job), {a: credits[a] for a in watched}, tokens, tuple(provider[5]),
+                     held - liabilities, owed - liabilities)
 
 
 # -- the prepared world -----------------------------------------------------------------------------
@@ -259,6 +265,7 @@ def _call(w: World, action: str, job_id: int) -> Any:
         "cancel": lambda: f.cancel(job_id),
         "panic": lambda: f.panic(job_id),
         "topUp": lambda: f.topUp(job_id, TOP_UP),
+        "topUp_exhausted": lambda: f.topUp(job_id, TOP_UP),
         "timeoutClaim_unmet": lambda: f.timeoutClaim(job_id),
         "timeoutClaim_met": lambda: f.timeoutClaim(job_id),
     }
@@ -287,7 +294,7 @@ def _expected_state(w: World, before: State, action: str, caller: str, new: JobS
         job = job | {"status": new, "provider": ZERO_ADDRESS, "rate": 0, "since": 0}
     elif action == "start":
         job = job | {"status": new, "since": ts}
-    elif action == "topUp":
+    elif action in ("topUp", "topUp_exhausted"):
         from_balance = min(credits[payer], TOP_UP)  # internal balance first, then tokens
         credits[payer] -= from_balance
         tokens[payer] -= TOP_UP - from_balance
@@ -295,7 +302,7 @@ def _expected_state(w: World, before: State, action: str, caller: str, new: JobS
     else:
         job = job | {"status": new}
     free = before.cpu_free
-    small = (SMALL.cpus, SMALL.gpus, SMALL.mem_mb)
+    small = (SMALL.cpus, SMALL.gpus, SMALL.mem_mb, 0, 0)  # no disk; persistent storage is never reserved
     if old.holds_capacity and not new.holds_capacity:
         free = tuple(a + b for a, b in zip(free, small, strict=True))  # type: ignore[assignment]
     elif new.holds_capacity and not old.holds_capacity:
@@ -310,7 +317,7 @@ def _expected_state(w: World, before: State, action: str, caller: str, new: JobS
 )
 def test_matrix(w: World, status: JobStatus, action: str, caller: str, outcome: Outcome) -> None:
     job_id = w.jobs[status]
-    if action == "outOfCredits_met":
+    if action in ("outOfCredits_met", "topUp_exhausted"):
         w.chain.increase_time(w.exhaust_seconds)
     elif action == "timeoutClaim_met":
         w.chain.increase_time(w.claim_timeout + 1)
@@ -347,4 +354,5 @@ def test_matrix(w: World, status: JobStatus, action: str, caller: str, outcome: 
         assert after.tokens == want.tokens
         assert after.cpu_free == want.cpu_free
     assert after.conservation_gap == 0, "credits not conserved"
+    assert after.owed_gap == 0, "the market's count of what it owes drifted"
 

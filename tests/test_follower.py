@@ -32,7 +32,7 @@ from dsq_chain.sdk.events import (
     normalise_log,
 )
 from dsq_chain.services.follower import EventFollower
-from dsq_chain.types import CREDIT_UNIT, Prices, Resources
+from dsq_chain.types import CREDIT_UNIT, Prices, ReportAction, Resources
 from dsq_chain.workloads import workflow
 from dsq_chain.workloads.labels import on_chain
 from tests.grid import Grid, abi_args, build_grid, web3_args
@@ -211,6 +211,14 @@ def test_decoder_agrees_with_web3_on_every_event_kind(grid: Grid) -> None:
     grid.admin.ban(grid.spare.address)
     grid.admin.set_claim_timeout(120)
     grid.admin.grant_scheduler(grid.stranger.address)
+    grid.gpu.report([(jid, ReportAction.CLAIM, 0)])  # skipped: the job is final (EntrySkipped)
+    grid.user.wallet.transact(grid.user.token.functions.transfer(grid.deployment.market, 5))  # sent by mistake
+    grid.admin.sweep(grid.admin.address)
+    m = grid.admin.market.functions
+    grid.admin.wallet.transact(m.setAdminDelay(60))  # no delay yet: runs at once
+    grid.admin.approve(grid.spare.address)  # now scheduled, not run
+    (scheduled,) = grid.admin.market.events.AdminActionScheduled().get_logs(from_block=grid.chain.block_number())
+    grid.admin.wallet.transact(m.cancelAdminAction(scheduled["args"]["operation"]))
     dec = EventDecoder()
     logs = grid.chain.call_rpc("eth_getLogs", [{"address": grid.deployment.market,
                                                "fromBlock": hex(grid.deployment.block), "toBlock": "latest"}])

@@ -95,7 +95,7 @@ def test_zero_cpu_price(grid: Grid, newcomer: ProviderClient) -> None:
             grid.cpu.update_prices(free)
         f = newcomer.market.functions
         with pytest.raises(errors.ZeroCpuPrice):
-            _direct(newcomer, f.registerProvider((4, 1, 8_192), (0, 10, 10), [], []))
+            _direct(newcomer, f.registerProvider((4, 1, 8_192, 0, 0), (0, 10, 10), [], []))
         with pytest.raises(errors.ZeroCpuPrice):
             _direct(grid.cpu, f.updatePrices((0, 10, 10)))
 
@@ -106,16 +106,16 @@ def test_invalid_hardware(grid: Grid, newcomer: ProviderClient, hw: tuple[int, i
         with pytest.raises(errors.InputError):
             newcomer.register(Resources(*hw), PRICES)
         with pytest.raises(errors.InvalidHardware):
-            _direct(newcomer, newcomer.market.functions.registerProvider(hw, (1, 0, 0), [], []))
+            _direct(newcomer, newcomer.market.functions.registerProvider((*hw, 0, 0), (1, 0, 0), [], []))
         with pytest.raises(errors.InvalidHardware):
-            _direct(grid.cpu, grid.cpu.market.functions.updateHardware(hw))
+            _direct(grid.cpu, grid.cpu.market.functions.updateHardware((*hw, 0, 0)))
 
 
 @pytest.mark.parametrize("call", ["updateHardware", "updatePrices", "setLabels", "pause", "resume"])
 def test_unregistered_account_cannot_update(grid: Grid, newcomer: ProviderClient, call: str) -> None:
     f = newcomer.market.functions
     fn = {
-        "updateHardware": lambda: f.updateHardware((4, 0, 1024)),
+        "updateHardware": lambda: f.updateHardware((4, 0, 1024, 0, 0)),
         "updatePrices": lambda: f.updatePrices((1, 0, 0)),
         "setLabels": lambda: f.setLabels(["zone"], [encode_value("eu")]),
         "pause": lambda: f.pause(),
@@ -133,7 +133,7 @@ def test_update_hardware_grows_and_shrinks_around_what_is_in_use(grid: Grid) -> 
     for too_small in (Resources(1, 0, 65_536), Resources(32, 0, 1_023)):
         with unchanged(grid, grid.cpu.address), pytest.raises(errors.CapacityInUse) as info:
             grid.cpu.update_hardware(too_small)
-        assert tuple(info.value.args_dict["inUse"]) == (2, 0, 1_024)
+        assert tuple(info.value.args_dict["inUse"]) == (2, 0, 1_024, 0, 0)
     grid.cpu.update_hardware(SMALL)  # exactly what is in use
     assert (grid.cpu.info().total, grid.cpu.info().free) == (SMALL, Resources(0, 0, 0))
     grid.cpu.finish(job_id, 0)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from dsq_chain import errors
 from dsq_chain.matching import EXCLUDED, INACTIVE, Assignment, Explanation
 from dsq_chain.sdk.anvil import dev_keys, free_port
 from dsq_chain.sdk.chain import Chain, Wallet
@@ -25,7 +26,7 @@ from dsq_chain.services.metrics import SchedulerMetrics
 from dsq_chain.services.scheduler import MetaScheduler, RoundResult
 from dsq_chain.types import CREDIT_UNIT, JobStatus, LabelConstraint, LabelOp, Prices, Resources
 from dsq_chain.workloads import workflow
-from dsq_chain.workloads.labels import encode_value
+from dsq_chain.workloads.labels import encode_key, encode_value
 from tests.grid import CPU_PRICES, GPU_PRICES, Grid
 from tests.test_follower import RangeLimitProxy
 
@@ -319,11 +320,11 @@ class Hooked(MetaScheduler):
     hooks: list[Callable[[], None]]
     commits: list[list[int]]
 
-    def _commit(self, assignments: list[Assignment]) -> None:
+    def _commit(self, assignments: list[Assignment]) -> list[Assignment]:
         self.commits.append([a.job_id for a in assignments])
         if self.hooks:
             self.hooks.pop(0)()
-        super()._commit(assignments)
+        return super()._commit(assignments)
 
 
 def hooked(grid: Grid, hooks: list[Callable[[], None]], **kw: Any) -> Hooked:
@@ -343,9 +344,10 @@ def test_race_lost_to_another_scheduler_is_rematched(grid: Grid) -> None:
     other = second_scheduler(grid, batch_limit=1)
     metrics = SchedulerMetrics()
     a = hooked(grid, [lambda: other.round()], metrics=metrics)
-    result = a.round()  # B takes the first job between A's match and A's commit
-    assert a.commits[0] == ids and len(a.commits) == 2
+    result = a.round()  # B takes the first job between A's match and A's commit: that entry is skipped
+    assert a.commits == [ids], "the rest of the batch landed: nothing to re-match"
     assert sorted(x.job_id for x in result.assigned) == ids[1:]
+    assert "InvalidStatus" in result.skipped[ids[0]]
     assert assignments_per_job(grid) == Counter(ids), "a job was assigned twice (or not at all)"
     assert all(status(grid, i)[0] is JobStatus.META_SCHEDULED for i in ids)
     assert metrics.errors.labels(kind="InvalidStatus")._value.get() == 1
@@ -369,23 +371,26 @@ def test_job_cancelled_between_sync_and_commit(grid: Grid) -> None:
     assert a.explain(ids[1]) == f"job {ids[1]} is CANCELED: it is not waiting for a provider"
 
 
-def test_repeated_lost_races_fall_back_to_one_by_one(grid: Grid) -> None:
-    """Each batch loses a race (a job cancelled under it); after three, the assignments go one by one and a
-    failure that leaves its job pending is recorded and shown by explain."""
+def test_entries_that_no_longer_fit_are_skipped_and_recorded(grid: Grid) -> None:
+    """A cancel and a pause land between matching and committing: the batch still lands, the chain skips
+    the entries that no longer fit (EntrySkipped), and the scheduler records why and shows it in explain."""
     ids = submit(grid.user, EU, count=6)
-    hooks: list[Callable[[], None]] = [lambda i=i: grid.user.cancel(ids[i]) for i in range(3)]  # type: ignore[misc]
-    hooks += [lambda: None, grid.cpu.pause]  # one-by-one: the 1st goes through, then the provider pauses
-    a = hooked(grid, hooks)
+
+    def race() -> None:
+        grid.user.cancel(ids[0])
+        grid.cpu.pause()
+
+    a = hooked(grid, [race])
     result = a.round()
-    assert [len(c) for c in a.commits] == [4, 4, 4, 1, 1, 1], "three batches (cpu takes 4), then one by one"
-    assert [x.job_id for x in result.assigned] == [ids[3]]
-    assert status(grid, ids[3]) == (JobStatus.META_SCHEDULED, grid.cpu.address)
-    for j in ids[4:]:
+    assert len(a.commits) == 1 and len(a.commits[0]) == 4, "one batch (cpu takes 4)"
+    assert result.assigned == []
+    assert "InvalidStatus" in result.skipped[ids[0]]
+    assert status(grid, ids[0]) == (JobStatus.CANCELED, None)
+    for j in a.commits[0][1:]:
         assert "ProviderIsPaused" in result.skipped[j]
         assert status(grid, j) == (JobStatus.PENDING, None)
-    text = str(a.explain(ids[4]))
+    text = str(a.explain(a.commits[0][1]))
     assert INACTIVE in text and "last attempt: assignment to" in text and "ProviderIsPaused" in text
-    assert [status(grid, i)[0] for i in ids[:3]] == [JobStatus.CANCELED] * 3
 
 
 # ------------------------------------------------------------------------------------ restarts
@@ -411,11 +416,12 @@ def test_restart_mid_stream_assigns_nothing_twice_and_forgets_nothing(grid: Grid
 
         batches = 0
 
-        def _commit(self, assignments: list[Assignment]) -> None:
-            super()._commit(assignments)
+        def _commit(self, assignments: list[Assignment]) -> list[Assignment]:
+            landed = super()._commit(assignments)
             self.batches += 1
             if self.batches == 2:
                 raise Crash("scheduler process killed")
+            return landed
 
     errors: list[BaseException] = []
 
@@ -503,20 +509,23 @@ def test_a_label_the_matcher_cannot_evaluate_is_reported_not_fatal(grid: Grid) -
     assert "cannot be evaluated" in reasons(expl)[grid.gpu.address]
 
 
-def test_a_provider_label_no_value_encodes_to_does_not_poison_the_state(grid: Grid) -> None:
-    """The contract stores any 32-byte word: a word no label value encodes to (a numeric marker missing)
-    must not make the scheduler drop the rest of the update (here: zone moved from eu to us)."""
-    bogus = (1).to_bytes(32, "big")
-    grid.cpu.wallet.transact(grid.cpu.market.functions.setLabels(["weird", "zone"], [bogus, encode_value("us")]))
-    eu_job = submit(grid.user, EU)[0]
+def test_a_label_word_no_value_encodes_to_is_refused_when_set(grid: Grid) -> None:
+    """The contract refuses words no label value encodes to (numeric marker missing, a number spelled as
+    text, text not left-aligned) and the reserved placement key: the state only ever sees good labels."""
+    f = grid.cpu.market.functions
+    for bogus in ((1).to_bytes(32, "big"), b"42".ljust(32, b"\0"), b"\0a".ljust(32, b"\0"), b"a\0b".ljust(32, b"\0")):
+        with pytest.raises(errors.MalformedLabelValue):
+            grid.cpu.wallet.transact(f.setLabels(["weird", "zone"], [bogus, encode_value("us")]))
+    with pytest.raises(errors.ReservedLabel):
+        grid.cpu.wallet.transact(f.setLabels(["@provider"], [encode_value("us")]))
+    grid.cpu.set_labels({"zone": "us", "weird": "42"})
+    assert grid.cpu.market.functions.labelOf(grid.cpu.address, encode_key("weird")).call() == encode_value("42")
     us_job = submit(grid.user, make_workflow(labels=("zone == us",), tag="us"))[0]
     sched = scheduler(grid)
     result = sched.round()
     assert [(a.job_id, a.provider) for a in result.assigned] == [(us_job, grid.cpu.address)]
-    assert sched.state.errors == 1
-    assert sched.state.providers[grid.cpu.address].labels == {"zone": "us"}
-    assert reasons(sched.explain(eu_job))[grid.cpu.address] == "label zone == eu: provider has us"
-    assert status(grid, eu_job) == (JobStatus.PENDING, None)
+    assert sched.state.errors == 0
+    assert sched.state.providers[grid.cpu.address].labels == {"zone": "us", "weird": "42"}
 
 
 def test_events_about_providers_it_never_saw(grid: Grid) -> None:

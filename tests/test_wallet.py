@@ -97,12 +97,13 @@ def test_calldata_is_what_web3_encodes(grid: Grid) -> None:
     permit = (10**6, 2**255, 27, b"\x11" * 32, b"\x22" * 32)
     addr = grid.cpu.address
     calls = [
-        m.submitWithPermit((2, 1, 4096, 10**6, 5 * 10**6), labels, b'{"steps": []}', 3, permit),
-        m.submit((1, 0, 256, 1, 1), [], b"\x00" * 100, 1),
+        m.submitWithPermit((2, 1, 4096, 10**6, 5 * 10**6, 0, b"\0" * 32), labels, b'{"steps": []}', 3, permit),
+        m.submit((1, 0, 256, 1, 1, 0, b"\0" * 32), [], b"\x00" * 100, 1),
         m.assignBatch([1, 2, 3], [addr] * 3, [labels, [], labels]),
         m.assign(7, addr, labels),
-        m.report([(1, ReportAction.CLAIM, 0), (2, ReportAction.FINISH, -3), (3, ReportAction.START, 0)]),
-        m.registerProvider((64, 2, 262144), (1000, 90_000, 100), ["zone", "gpu.model"], [b"eu".ljust(32, b"\0")] * 2),
+        m.report([(1, ReportAction.CLAIM, 0, 0), (2, ReportAction.FINISH, -3, 0), (3, ReportAction.START, 0, 0)]),
+        m.registerProvider((64, 2, 262144, 500, 0), (1000, 90_000, 100), ["zone", "gpu.model"],
+                           [b"eu".ljust(32, b"\0")] * 2),
         m.topUp(5, 2**64 - 1),
         m.claim(2**256 - 1),
     ]
@@ -110,6 +111,7 @@ def test_calldata_is_what_web3_encodes(grid: Grid) -> None:
         assert calldata(fn) == fn._encode_transaction_data(), fn.fn_name
     # web3 refuses an all-lowercase address; eth-abi takes it, for the same 20 bytes
     assert calldata(m.assign(1, addr.lower(), [])) == m.assign(1, addr, [])._encode_transaction_data()
-    as_hex = m.registerProvider((64, 2, 262144), (1000, 0, 100), ["zone"], ["0x" + "65" * 32])  # bytes32 as hex text
+    hw = (64, 2, 262144, 500, 0)
+    as_hex = m.registerProvider(hw, (1000, 0, 100), ["zone"], ["0x" + "65" * 32])  # bytes32 as hex text
     assert calldata(as_hex) == as_hex._encode_transaction_data() == calldata(
-        m.registerProvider((64, 2, 262144), (1000, 0, 100), ["zone"], [b"e" * 32]))
+        m.registerProvider((64, 2, 262144, 500, 0), (1000, 0, 100), ["zone"], [b"e" * 32]))

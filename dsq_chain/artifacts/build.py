@@ -26,7 +26,10 @@ from dsq_chain.artifacts import ARTIFACTS_PATH, natspec
 
 SOLC_VERSION = "0.8.28"
 #: Contracts whose ABI and bytecode ship with the SDK.
-CONTRACTS = ("CreditToken", "JobMarket")
+CONTRACTS = ("CreditToken", "JobMarket", "ProviderRegistry")
+#: Contracts whose code another runs through its fallback (DELEGATECALL): their functions, events and
+#: errors are merged into the host's ABI and NatSpec, since callers reach them at the host's address.
+DELEGATED = {"ProviderRegistry": "JobMarket"}
 #: The one place where compiler settings are stated.
 SETTINGS: dict[str, Any] = {
     "optimizer": {"enabled": True, "runs": 10_000},
@@ -113,6 +116,9 @@ def compile_contracts(root: Path | None = None) -> dict[str, Any]:
     missing = set(CONTRACTS) - set(contracts)
     if missing:
         raise BuildError(f"compiler output lacks {sorted(missing)}")
+    for module, host in DELEGATED.items():
+        _merge_into(contracts[host], contracts[module], module)
+        contracts[module]["delegatedFrom"] = host
     digest = hashlib.sha256(json.dumps(srcs, sort_keys=True).encode()).hexdigest()
     return {
         "compiler": _compiler_info(),
@@ -121,6 +127,38 @@ def compile_contracts(root: Path | None = None) -> dict[str, Any]:
         "constants": _constants(output),
         "contracts": contracts,
     }
+
+
+def _abi_key(item: dict[str, Any]) -> tuple[str, str]:
+    from dsq_chain.artifacts.natspec import signature
+
+    return (item["type"], signature(item) if "name" in item else item["type"])
+
+
+def _merge_into(host: dict[str, Any], module: dict[str, Any], module_name: str) -> None:
+    """Adds ``module``'s functions, events and errors (and their NatSpec) to ``host``'s; a function
+    selector both define differently is a build error (the host's would shadow the module's)."""
+    from eth_utils.abi import function_signature_to_4byte_selector
+
+    from dsq_chain.artifacts.natspec import signature
+
+    have = {_abi_key(i) for i in host["abi"]}
+    selectors = {function_signature_to_4byte_selector(signature(i)): signature(i)
+                 for i in host["abi"] if i["type"] == "function"}
+    for item in module["abi"]:
+        if item["type"] not in ("function", "event", "error") or _abi_key(item) in have:
+            continue
+        if item["type"] == "function":
+            sel = function_signature_to_4byte_selector(signature(item))
+            if sel in selectors:
+                raise BuildError(f"{module_name}.{signature(item)} has the selector of {selectors[sel]}")
+        host["abi"].append(item)
+    for doc in ("userdoc", "devdoc"):
+        for section in ("methods", "events", "errors"):
+            merged = dict(module.get(doc, {}).get(section, {}))
+            merged.update(host.get(doc, {}).get(section, {}))
+            if merged:
+                host.setdefault(doc, {})[section] = merged
 
 
 def _compiler_info() -> dict[str, Any]:

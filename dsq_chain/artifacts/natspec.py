@@ -15,8 +15,12 @@ Semantics and the trust model: [architecture.md](architecture.md), [security.md]
 """
 
 
-def _sig(item: dict[str, Any]) -> str:
+def signature(item: dict[str, Any]) -> str:
+    """``name(type,...)`` of an ABI entry, tuples spelled out (the form selectors are hashed from)."""
     return f"{item['name']}({','.join(_type(i) for i in item.get('inputs', []))})"
+
+
+_sig = signature
 
 
 def _type(inp: dict[str, Any]) -> str:
@@ -41,6 +45,10 @@ def render(doc: dict[str, Any]) -> str:
         c = doc["contracts"][name]
         user, dev = c.get("userdoc", {}), c.get("devdoc", {})
         parts.append(f"\n## {name}\n")
+        if c.get("delegatedFrom"):
+            parts.append(f"Reached only through `{c['delegatedFrom']}` (its fallback runs this code on its own "
+                         f"storage): its functions, events and errors are listed there.\n")
+            continue
         if dev.get("title"):
             parts.append(f"*{dev['title']}*\n")
         if user.get("notice"):

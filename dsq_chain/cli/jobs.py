@@ -33,7 +33,7 @@ def job_dict(j: Job) -> dict[str, Any]:
         "id": j.id, "owner": j.owner, "status": j.status.name, "provider": j.provider,
         "cpus": j.resources.cpus, "gpus": j.resources.gpus, "mem_mb": j.resources.mem_mb,
         "escrow": j.escrow, "rate": j.rate, "max_rate": j.max_rate, "since": j.since,
-        "workflow_hash": "0x" + j.workflow_hash.hex(),
+        "disk_gb": j.resources.disk_gb, "head_id": j.head_id or j.id,
     }
 
 
@@ -51,6 +51,10 @@ def register(app: typer.Typer) -> None:
         max_rate: Annotated[str, typer.Option("--max-rate", help="price cap in credits per minute")] = "1000",
         count: Annotated[int, typer.Option("--count", help="job array: this many identical jobs")] = 1,
         force: Annotated[bool, typer.Option("--force", help="submit even if no provider could run it now")] = False,
+        provider: Annotated[list[str] | None, typer.Option(
+            "--provider", help="direct placement: only this provider may run it (repeat for several)")] = None,
+        exclude: Annotated[list[str] | None, typer.Option(
+            "--exclude", help="this provider may not run it (repeat for several)")] = None,
         as_json: JSON = False,
     ) -> None:
         """Submits a workflow, locking its escrow (one transaction, paid by permit if needed)."""
@@ -64,7 +68,8 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"warning: {warning}", err=True)
             grid = _grid(ctx)
             ids = grid.submit(wf.canonical(), resources=wf.resources, credits=units, max_rate=rate,
-                              labels=wf.labels, count=count, check_providers=not force)
+                              labels=wf.labels, count=count, check_providers=not force,
+                              providers=provider or (), exclude=exclude or ())
             emit({"job_ids": ids, "workflow_hash": "0x" + wf.hash().hex()},
                  lambda: f"submitted job{'s' if len(ids) > 1 else ''} {_ids(ids)} "
                          f"({wf.resources.cpus} cpus, {wf.resources.gpus} gpus, {wf.resources.mem_mb} MB; "

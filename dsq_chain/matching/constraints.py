@@ -16,10 +16,11 @@ from dsq_chain.types import LabelConstraint, Prices, Resources
 from dsq_chain.workloads import labels as label_rules
 
 INACTIVE = "provider inactive (paused or not approved)"
-EXCLUDED = "excluded: refused or timed out on this job"
+EXCLUDED = "excluded: refused or timed out on this job, or excluded by its placement"
+NOT_ALLOWED = "placement: not among the providers the job allows"
 
 #: Rejection kinds, in the order the constraints are checked.
-KINDS = ("invalid", "inactive", "excluded", "cpus", "gpus", "memory", "label", "price")
+KINDS = ("invalid", "inactive", "excluded", "placement", "cpus", "gpus", "memory", "disk", "label", "price")
 
 
 class ConstraintError(Exception):
@@ -50,6 +51,9 @@ def capacity_failure(need: Resources, free: Resources) -> Rejection | None:
         return Rejection(
             "memory", f"memory: needs {need.mem_mb} MB, has {free.mem_mb} MB free", need.mem_mb, free.mem_mb
         )
+    if need.disk_gb > free.disk_gb:
+        return Rejection("disk", f"disk: needs {need.disk_gb} GB, has {free.disk_gb} GB free", need.disk_gb,
+                         free.disk_gb)
     return None
 
 
@@ -92,6 +96,8 @@ def first_failure(job: PendingJob, provider: ProviderState) -> Rejection | None:
         return Rejection("inactive", INACTIVE)
     if is_excluded(job, provider.address):
         return Rejection("excluded", EXCLUDED)
+    if not is_allowed(job, provider.address):
+        return Rejection("placement", NOT_ALLOWED)
     rejection = capacity_failure(job.resources, provider.free) or label_failure(job.labels, provider.labels)
     if rejection is not None:
         return rejection
@@ -101,6 +107,16 @@ def first_failure(job: PendingJob, provider: ProviderState) -> Rejection | None:
 def is_excluded(job: PendingJob, address: str) -> bool:
     """Whether ``address`` refused ``job`` or timed out on it (addresses compare case-insensitively)."""
     return address.lower() in excluded_addresses(job)
+
+
+def is_allowed(job: PendingJob, address: str) -> bool:
+    """Whether the job's direct placement (if any) lets ``address`` run it."""
+    return not job.allowed or address.lower() in allowed_addresses(job)
+
+
+def allowed_addresses(job: PendingJob) -> frozenset[str]:
+    """The job's allowed provider addresses (direct placement), lower-cased; empty: any provider."""
+    return frozenset(a.lower() for a in job.allowed)
 
 
 def excluded_addresses(job: PendingJob) -> frozenset[str]:

@@ -29,6 +29,7 @@ from dsq_chain.matching.constraints import (
     ConstraintError,
     LabelSignatures,
     Rejection,
+    allowed_addresses,
     excluded_addresses,
     first_failure,
     job_problem,
@@ -293,10 +294,20 @@ class _Batch:
         return frontier
 
     def _excluded(self, job: PendingJob) -> frozenset[int]:
-        if not job.excluded:
+        """Index positions the job may not go to: refused or timed out, excluded or not allowed by its
+        placement, or without its scratch disk free (disk is not in the index: checked here, against
+        the free disk at the batch's start; the chain skips an entry that no longer fits)."""
+        if not job.excluded and not job.allowed and not job.resources.disk_gb:
             return frozenset()
         position = self._index.position
-        return frozenset(position[a] for a in excluded_addresses(job) if a in position)
+        out = {position[a] for a in excluded_addresses(job) if a in position}
+        allowed = allowed_addresses(job)
+        disk = job.resources.disk_gb
+        for p in self._market.active:
+            address = p.address.lower()
+            if address in position and ((allowed and address not in allowed) or p.free.disk_gb < disk):
+                out.add(position[address])
+        return frozenset(out)
 
     def _labels_for(self, constraints: tuple[LabelConstraint, ...], gpus: bool) -> _Labels:
         """The verdict of ``constraints`` (providers counted among those with GPUs for a GPU job)."""

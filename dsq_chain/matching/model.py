@@ -80,6 +80,8 @@ class PendingJob:
     labels: tuple[LabelConstraint, ...] = ()
     submitted_at: float = 0.0
     excluded: set[str] = field(default_factory=set)
+    #: Direct placement: when not empty, the only providers allowed to run the job (the chain enforces it).
+    allowed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

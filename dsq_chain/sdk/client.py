@@ -22,7 +22,7 @@ from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from dsq_chain import artifacts, lifecycle
-from dsq_chain.errors import InputError
+from dsq_chain.errors import ContractError, InputError, decode_revert
 from dsq_chain.sdk.chain import Call, Chain, Wallet, node_errors
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.types import (
@@ -132,14 +132,20 @@ class GridClient(_Client):
         labels: Sequence[LabelConstraint] = (),
         count: int = 1,
         check_providers: bool = True,
+        providers: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        external_ref: bytes = b"",
     ) -> list[int]:
         """Submits ``count`` jobs running ``workflow`` (canonical bytes) with ``credits`` units of escrow
         each. Pays from the internal balance first, then with a permit in the same transaction.
+        ``providers`` (direct placement) lists the only providers allowed to run them, ``exclude``
+        providers that must not; the chain enforces both. ``external_ref`` (up to 32 bytes, e.g.
+        :func:`external_ref` of an Akash deployment) travels in the submission event only.
         Returns the job ids."""
         from dsq_chain.workloads.labels import on_chain  # the label encoding lives with the label parser
 
-        chain_labels = on_chain(labels)
-        request = _job_request(resources, max_rate, credits)
+        chain_labels = on_chain(labels) + placement_labels(providers, exclude)
+        request = _job_request(resources, max_rate, credits, external_ref)
         _check_submission(workflow, chain_labels, count)
         if check_providers:
             self._check_placeable(resources)
@@ -267,7 +273,8 @@ class GridClient(_Client):
 class ProviderClient(_Client):
     """A provider's side: registration and job reports."""
 
-    def register(self, hardware: Resources, prices: Prices, labels: Mapping[str, str] | None = None) -> None:
+    def register(self, hardware: Resources, prices: Prices, labels: Mapping[str, str] | None = None, *,
+                 persistent_gb: int = 0) -> None:
         from dsq_chain.workloads.labels import encode_value, parse_labels
 
         parsed = parse_labels(labels or {})
@@ -275,13 +282,14 @@ class ProviderClient(_Client):
         _check_prices(prices)
         self._send(
             self.market.functions.registerProvider(
-                _hardware(hardware), _prices(prices), list(parsed), [encode_value(v) for v in parsed.values()]
+                _hardware(hardware, persistent_gb), _prices(prices), list(parsed),
+                [encode_value(v) for v in parsed.values()]
             )
         )
 
-    def update_hardware(self, hardware: Resources) -> None:
+    def update_hardware(self, hardware: Resources, *, persistent_gb: int = 0) -> None:
         _check_hardware(hardware)
-        self._send(self.market.functions.updateHardware(_hardware(hardware)))
+        self._send(self.market.functions.updateHardware(_hardware(hardware, persistent_gb)))
 
     def update_prices(self, prices: Prices) -> None:
         _check_prices(prices)
@@ -322,11 +330,15 @@ class ProviderClient(_Client):
     def panic(self, job_id: int) -> None:
         self._send(self.market.functions.panic(job_id))
 
-    def report(self, reports: Sequence[tuple[int, ReportAction, int]]) -> TxReceipt:
-        """Many reports of this provider's jobs in one transaction: (job id, action, exit code)."""
+    def report(self, reports: Sequence[tuple[int, ReportAction, int] | tuple[int, ReportAction, int, int]]
+               ) -> TxReceipt:
+        """Many reports of this provider's jobs in one transaction: (job id, action, exit code), or
+        (job id, action, exit code, end time) where a FINISH's end time (unix seconds, 0 = now) is when
+        the engine saw the job end: the chain bills up to it (never past the report's block).
+        An entry the chain cannot apply is skipped (see :func:`skipped_entries`), the others land."""
         if not reports:
             raise InputError("report() needs at least one (job id, action, exit code)")
-        rows = [(int(j), int(a), _exit_code(c)) for j, a, c in reports]
+        rows = [_report_row(r) for r in reports]
         return self._send(self.market.functions.report(rows))
 
 
@@ -353,6 +365,10 @@ class SchedulerClient(_Client):
 
     def timeout_claim(self, job_id: int) -> None:
         self._send(self.market.functions.timeoutClaim(job_id))
+
+    def release_from_banned(self, job_id: int) -> None:
+        """Sends a banned provider's META_SCHEDULED/SCHEDULED job back to PENDING (anyone may)."""
+        self._send(self.market.functions.releaseFromBanned(job_id))
 
     def panic(self, job_id: int) -> None:
         self._send(self.market.functions.panic(job_id))
@@ -383,6 +399,14 @@ class AdminClient(_Client):
             raise InputError(f"mint amount must be positive, got {amount}")
         self._send(self.token.functions.mint(to_checksum_address(to), amount))
 
+    def sweep(self, to: str) -> int:
+        """Sends the credits the market holds above what it owes (sent to it by mistake) to ``to``."""
+        surplus = self.token_balance(self.market.address) - int(self.market.functions.owed().call())
+        if surplus <= 0:
+            raise InputError("the market holds no credits above its escrows and balances")
+        self._send(self.market.functions.sweep(to_checksum_address(to)))
+        return surplus
+
     def set_claim_timeout(self, seconds: int) -> None:
         if not 0 < seconds < 2**32:
             raise InputError(f"claim timeout must be 1..2**32-1 seconds, got {seconds}")
@@ -392,18 +416,17 @@ class AdminClient(_Client):
 # ---------------------------------------------------------------------------------- conversions
 def job_from_view(v: Sequence[Any]) -> Job:
     """A ``JobView`` tuple from the contract as a :class:`Job`."""
-    (jid, owner, status, provider, escrow, rate, since, max_rate, cpus, gpus, mem, wf_hash, labels_hash, head) = v
+    (jid, owner, status, provider, escrow, rate, since, max_rate, cpus, gpus, mem, disk, labels_hash, head) = v
     return Job(
         id=int(jid),
         owner=to_checksum_address(owner),
         status=JobStatus(status),
-        resources=Resources(int(cpus), int(gpus), int(mem)),
+        resources=Resources(int(cpus), int(gpus), int(mem), int(disk)),
         max_rate=int(max_rate),
         escrow=int(escrow),
         provider=None if provider == ZERO_ADDRESS else to_checksum_address(provider),
         rate=int(rate),
         since=int(since),
-        workflow_hash=bytes(wf_hash),
         labels_hash=bytes(labels_hash),
         head_id=int(head),
     )
@@ -419,10 +442,13 @@ def provider_from_view(v: Sequence[Any]) -> Provider:
         total=Resources(*map(int, total)),
         free=Resources(*map(int, free)),
         prices=Prices(*map(int, prices)),
+        persistent_gb=int(total[4]),
     )
 
 
-def _job_request(res: Resources, max_rate: int, credits: int) -> tuple[int, int, int, int, int]:
+def _job_request(
+    res: Resources, max_rate: int, credits: int, external_ref: bytes = b""
+) -> tuple[int, int, int, int, int, int, bytes]:
     if not 1 <= res.cpus < 2**16:
         raise InputError(f"cpus must be 1..65535, got {res.cpus}")
     if not 0 <= res.gpus < 2**8:
@@ -433,7 +459,11 @@ def _job_request(res: Resources, max_rate: int, credits: int) -> tuple[int, int,
         raise InputError(f"price cap (max rate) must be a positive number of credit units per minute, got {max_rate}")
     if not 0 < credits <= UINT64_MAX:
         raise InputError(f"credits must be a positive number of credit units, got {credits}")
-    return (res.cpus, res.gpus, res.mem_mb, max_rate, credits)
+    if not 0 <= res.disk_gb < 2**16:
+        raise InputError(f"scratch disk must be 0..65535 GB per job, got {res.disk_gb}")
+    if len(external_ref) > 32:
+        raise InputError(f"an external reference is at most 32 bytes, got {len(external_ref)}")
+    return (res.cpus, res.gpus, res.mem_mb, max_rate, credits, res.disk_gb, external_ref.rjust(32, b"\0"))
 
 
 def _check_submission(workflow: bytes, labels: Sequence[ChainLabel], count: int) -> None:
@@ -448,8 +478,8 @@ def _check_submission(workflow: bytes, labels: Sequence[ChainLabel], count: int)
 
 
 def _check_hardware(hw: Resources) -> None:
-    if hw.cpus < 1 or hw.mem_mb < 1 or hw.gpus < 0:
-        raise InputError(f"hardware needs >= 1 cpu and > 0 MB memory, got {hw}")
+    if hw.cpus < 1 or hw.mem_mb < 1 or hw.gpus < 0 or not 0 <= hw.disk_gb < 2**32:
+        raise InputError(f"hardware needs >= 1 cpu, > 0 MB memory and 0..2**32-1 GB disk, got {hw}")
 
 
 def _check_prices(p: Prices) -> None:
@@ -460,12 +490,73 @@ def _check_prices(p: Prices) -> None:
         raise InputError(f"prices must be 0..{UINT40_MAX} credit units per minute, got {p}")
 
 
-def _hardware(hw: Resources) -> tuple[int, int, int]:
-    return (hw.cpus, hw.gpus, hw.mem_mb)
+def _hardware(hw: Resources, persistent_gb: int = 0) -> tuple[int, int, int, int, int]:
+    if not 0 <= persistent_gb < 2**32:
+        raise InputError(f"persistent storage must be 0..2**32-1 GB, got {persistent_gb}")
+    return (hw.cpus, hw.gpus, hw.mem_mb, hw.disk_gb, persistent_gb)
 
 
 def _prices(p: Prices) -> tuple[int, int, int]:
     return (p.per_cpu_minute, p.per_gpu_minute, p.per_gb_minute)
+
+
+#: The label key reserved for a job's placement: ``@provider == ADDR`` allows, ``@provider != ADDR`` excludes.
+PLACEMENT_KEY = "@provider"
+
+
+def placement_labels(providers: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[ChainLabel]:
+    """The on-chain constraints of a job's placement: the providers allowed to run it (any of them;
+    none = any provider) and those excluded."""
+    from eth_utils.crypto import keccak
+
+    key = keccak(text=PLACEMENT_KEY)
+    rows: list[ChainLabel] = []
+    for op, addresses in ((0, providers), (1, exclude)):
+        for a in addresses:
+            try:
+                word = bytes.fromhex(to_checksum_address(a)[2:]).rjust(32, b"\0")
+            except ValueError:
+                raise InputError(f"placement: {a!r} is not a provider address") from None
+            rows.append((key, op, word))
+    return rows
+
+
+def placement_of(chain_labels: Sequence[ChainLabel]) -> tuple[frozenset[str], frozenset[str]]:
+    """(allowed, excluded) provider addresses named by a job's on-chain constraints."""
+    from eth_utils.crypto import keccak
+
+    key = keccak(text=PLACEMENT_KEY)
+    allowed: set[str] = set()
+    excluded: set[str] = set()
+    for k, op, value in chain_labels:
+        if bytes(k) == key and op in (0, 1):
+            (allowed if op == 0 else excluded).add(to_checksum_address(bytes(value)[-20:]))
+    return frozenset(allowed), frozenset(excluded)
+
+
+def external_ref(owner: str, dseq: int) -> bytes:
+    """A 32-byte external reference for an Akash deployment: the owner's address then the dseq (uint64)."""
+    if not 0 <= dseq < 2**64:
+        raise InputError(f"dseq must be 0..2**64-1, got {dseq}")
+    return bytes.fromhex(to_checksum_address(owner)[2:]) + dseq.to_bytes(8, "big") + b"\0" * 4
+
+
+def skipped_entries(market: Any, receipt: TxReceipt) -> dict[int, ContractError]:
+    """The entries of an ``assignBatch`` or ``report`` transaction the chain skipped: job id -> the
+    error the single call would have raised (from the ``EntrySkipped`` events of ``receipt``)."""
+    out: dict[int, ContractError] = {}
+    for ev in market.events.EntrySkipped().process_receipt(receipt, errors=DISCARD):
+        out[int(ev["args"]["jobId"])] = decode_revert(bytes(ev["args"]["reason"]))
+    return out
+
+
+def _report_row(r: Sequence[int]) -> tuple[int, int, int, int]:
+    if len(r) not in (3, 4):
+        raise InputError(f"a report is (job id, action, exit code[, end time]), got {r!r}")
+    end = int(r[3]) if len(r) == 4 else 0
+    if not 0 <= end < 2**64:
+        raise InputError(f"end time must be 0..2**64-1 unix seconds, got {end}")
+    return (int(r[0]), int(r[1]), _exit_code(int(r[2])), end)
 
 
 def _exit_code(code: int) -> int:

@@ -16,6 +16,12 @@ from dsq_chain.sdk.chain import Chain, Wallet
 
 #: Default seconds a provider has to claim an assignment.
 DEFAULT_CLAIM_TIMEOUT = 300
+#: Default seconds between scheduling a delayed admin action (approving a provider, granting or revoking
+#: a role, changing the claim timeout) and running it. 0 on a devnet (actions run at once); give a real
+#: network a delay watchdogs can act in, e.g. ``deploy(wallet, admin_delay=2 * 86400)``.
+DEFAULT_ADMIN_DELAY = 0
+#: EIP-170: the most bytes of code one contract may hold.
+CODE_SIZE_LIMIT = 24_576
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +34,8 @@ class Deployment:
     block: int
     admin: str
     rpc_url: str = ""
+    #: The ProviderRegistry whose code the market runs (callers use the market's address only).
+    registry: str = ""
 
     def save(self, path: str | os.PathLike[str]) -> None:
         p = Path(path)
@@ -53,6 +61,7 @@ class Deployment:
                 block=int(data["block"]),
                 admin=to_checksum_address(data["admin"]),
                 rpc_url=str(data.get("rpc_url", "")),
+                registry=to_checksum_address(data["registry"]) if data.get("registry") else "",
             )
         except (KeyError, ValueError, TypeError) as e:
             raise InputError(f"deployment file {p} lacks or mangles field {e}") from None
@@ -76,11 +85,26 @@ def _deploy(wallet: Wallet, name: str, *args: object) -> tuple[str, int]:
     return to_checksum_address(address), int(receipt["blockNumber"])
 
 
-def deploy(wallet: Wallet, *, claim_timeout: int = DEFAULT_CLAIM_TIMEOUT) -> Deployment:
-    """Deploys CreditToken and JobMarket with ``wallet`` as admin (and minter)."""
+def deploy(
+    wallet: Wallet, *, claim_timeout: int = DEFAULT_CLAIM_TIMEOUT, admin_delay: int = DEFAULT_ADMIN_DELAY
+) -> Deployment:
+    """Deploys CreditToken, ProviderRegistry and JobMarket with ``wallet`` as admin (and minter).
+
+    ``admin_delay`` seconds separate scheduling a delayed admin action from running it (0: at once)."""
+    if not 0 <= admin_delay < 2**64 or not 0 <= claim_timeout < 2**64:
+        raise InputError(f"claim timeout and admin delay are 0..2**64-1 seconds, got {claim_timeout}, {admin_delay}")
     token, block = _deploy(wallet, "CreditToken", wallet.address)
-    market, _ = _deploy(wallet, "JobMarket", token, wallet.address, claim_timeout)
+    registry, _ = _deploy(wallet, "ProviderRegistry")
+    market, _ = _deploy(wallet, "JobMarket", token, wallet.address, claim_timeout, admin_delay, registry)
     return Deployment(
         chain_id=wallet.chain.chain_id, token=token, market=market, block=block,
-        admin=wallet.address, rpc_url=wallet.chain.rpc_url,
+        admin=wallet.address, rpc_url=wallet.chain.rpc_url, registry=registry,
     )
+
+
+def code_sizes(chain: Chain, deployment: Deployment) -> dict[str, int]:
+    """Bytes of deployed code of each contract of ``deployment`` (EIP-170 allows :data:`CODE_SIZE_LIMIT`)."""
+    addresses = {"CreditToken": deployment.token, "JobMarket": deployment.market,
+                 "ProviderRegistry": deployment.registry}
+    return {name: len(bytes(chain.w3.eth.get_code(to_checksum_address(addr))))
+            for name, addr in addresses.items() if addr}

@@ -81,10 +81,14 @@ class JobRequest:
     mem_mb: int
     max_rate: int
     credits: int
+    disk_gb: int = 0
+    #: A reference outside the grid (e.g. an Akash deployment), carried by this event only.
+    external_ref: bytes = b"\0" * 32
 
     @property
     def resources(self) -> Resources:
-        return Resources(self.cpus, self.gpus, self.mem_mb)
+        return Resources(self.cpus, self.gpus, self.mem_mb, self.disk_gb)
+
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +116,42 @@ class JobSubmitted(ChainEvent):
     @property
     def job_ids(self) -> range:
         return range(self.first_job_id, self.first_job_id + self.count)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntrySkipped(ChainEvent):
+    """An entry of an ``assignBatch`` (provider: the target) or ``report`` (provider: the reporter) that the
+    chain skipped; ``reason`` is the custom error's revert data (``errors.decode_revert`` names it)."""
+
+    job_id: int
+    provider: str
+    reason: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminActionScheduled(ChainEvent):
+    """A delayed admin action was scheduled: a watchdog's alert."""
+
+    operation: bytes
+    action: bytes
+    args: bytes
+    ready_at: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminActionCancelled(ChainEvent):
+    operation: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminDelayChanged(ChainEvent):
+    admin_delay: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Swept(ChainEvent):
+    to: str
+    amount: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,6 +273,7 @@ EVENT_TYPES: dict[str, type[ChainEvent]] = {
         JobSubmitted, JobAssigned, JobStatusChanged, JobReleased, JobSettled, JobToppedUp, Withdrawn,
         ClaimTimeoutChanged, ProviderRegistered, ProviderHardwareUpdated, ProviderPricesUpdated,
         ProviderLabelsSet, ProviderStatusChanged, ProviderPaused, RoleGranted, RoleRevoked, RoleAdminChanged,
+        EntrySkipped, AdminActionScheduled, AdminActionCancelled, AdminDelayChanged, Swept,
     )
 }
 

@@ -57,6 +57,8 @@ class Action:
     action: ReportAction
     exit_code: int = 0
     reason: str = ""
+    #: FINISH: chain time the job was seen to end (0: the report's block time); the worker sets it.
+    end_time: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,12 +8,14 @@ the workflow, providers excluded after a refusal or a claim timeout).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dsq_chain.lifecycle import EVENT_STATUS
 from dsq_chain.matching import FairShare, PendingJob, ProviderState, ProviderStats
+from dsq_chain.sdk.client import placement_labels, placement_of
 from dsq_chain.sdk.events import (
     ChainEvent,
     ChainLabel,
@@ -62,10 +64,12 @@ class JobRecord:
     problem: str | None = None
     excluded: set[str] = field(default_factory=set)
     history: list[tuple[int, JobStatus]] = field(default_factory=list)
+    #: Direct placement from the submission: the only providers allowed (empty: any).
+    allowed: frozenset[str] = frozenset()
 
     def as_pending(self) -> PendingJob:
         return PendingJob(self.id, self.owner, self.resources, self.max_rate, self.labels,
-                          float(self.block), self.excluded)
+                          float(self.block), self.excluded, self.allowed)
 
 
 @dataclass(slots=True)
@@ -176,11 +180,13 @@ class GridState:
         req = ev.request
         resources = req.resources
         chain_labels = tuple(ev.labels)
+        allowed, excluded = placement_of([(c.key, int(c.op), c.value) for c in chain_labels])
         labels, problem = _workflow_labels(ev.workflow, chain_labels, resources)
         for job_id in ev.job_ids:
             status = EVENT_STATUS[ev.name]
             rec = JobRecord(job_id, ev.owner, status, resources, req.max_rate,
-                            labels, chain_labels, ev.block_number, problem=problem)
+                            labels, chain_labels, ev.block_number, problem=problem, excluded=set(excluded),
+                            allowed=allowed)
             rec.history.append((ev.block_number, status))
             self.jobs[job_id] = rec
             self.pending[job_id] = rec
@@ -249,9 +255,12 @@ def _workflow_labels(
         return (), f"workflow does not parse: {e}"
     except (RecursionError, MemoryError, ValueError, TypeError) as e:  # whatever bytes anyone submits
         return (), f"workflow does not parse: {type(e).__name__}"
-    if wf.resources != resources:
+    if wf.resources != resources and wf.resources != dataclasses.replace(resources, disk_gb=0):
         return wf.labels, f"the workflow asks for {wf.resources} but the job was submitted with {resources}"
     expected = tuple(ChainLabel(k, LabelOp(o), v) for k, o, v in on_chain(wf.labels))
-    if expected != chain_labels:
+    placement = placement_labels(*(sorted(a) for a in placement_of([(c.key, int(c.op), c.value)
+                                                                     for c in chain_labels])))
+    shown = {(bytes(k), int(o), bytes(v)) for k, o, v in placement}
+    if expected != tuple(c for c in chain_labels if (c.key, int(c.op), c.value) not in shown):
         return wf.labels, "the label constraints submitted on chain differ from the workflow's labels"
     return wf.labels, None

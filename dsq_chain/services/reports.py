@@ -17,10 +17,12 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
+from web3.types import TxReceipt
+
 from dsq_chain.errors import ContractError, TransactionFailed
 from dsq_chain.sdk.chain import CHAIN_DOWN as NODE_DOWN
 from dsq_chain.sdk.chain import Call
-from dsq_chain.sdk.client import ProviderClient
+from dsq_chain.sdk.client import ProviderClient, skipped_entries
 from dsq_chain.services.decisions import Action
 from dsq_chain.types import ReportAction
 
@@ -73,9 +75,7 @@ class ReportSender:
         """Sends the rows in one transaction; returns those mined, and whether the node is still up."""
         t0 = time.monotonic()
         try:
-            self.client.report(rows(actions))
-            self.listener.sent(actions, t0)
-            return actions, True
+            return self._landed(actions, self.client.report(rows(actions)), t0), True
         except ContractError as e:
             groups = by_job(actions)
             if len(groups) == 1:
@@ -99,9 +99,7 @@ class ReportSender:
             return [], True
         flat = [a for g in good for a in g]
         try:
-            self.client.report(rows(flat))
-            self.listener.sent(flat, t0)
-            return flat, True
+            return self._landed(flat, self.client.report(rows(flat)), t0), True
         except ContractError as e:
             log.info("batched report of %d reverted again (%s); sending one job at a time", len(flat), e)
         except CHAIN_DOWN as e:
@@ -110,9 +108,7 @@ class ReportSender:
         sent: list[Action] = []
         for group in good:
             try:
-                self.client.report(rows(group))
-                self.listener.sent(group, t0)
-                sent += group
+                sent += self._landed(group, self.client.report(rows(group)), t0)
             except ContractError as e:
                 self.listener.failed(group, e)
             except CHAIN_DOWN as e:
@@ -121,9 +117,20 @@ class ReportSender:
         return sent, True
 
 
-def rows(actions: Sequence[Action]) -> list[tuple[int, ReportAction, int]]:
-    """The ``report`` call's rows."""
-    return [(a.job_id, a.action, a.exit_code) for a in actions]
+    def _landed(self, actions: list[Action], receipt: TxReceipt, t0: float) -> list[Action]:
+        """The actions of a mined report the chain applied; a job whose entries it skipped (a cancel or a
+        ban landed first) is a failure, with the error the chain named in ``EntrySkipped``."""
+        skipped = skipped_entries(self.client.market, receipt)
+        for job_id, error in skipped.items():
+            self.listener.failed([a for a in actions if a.job_id == job_id], error)
+        done = [a for a in actions if a.job_id not in skipped]
+        self.listener.sent(done, t0)
+        return done
+
+
+def rows(actions: Sequence[Action]) -> list[tuple[int, ReportAction, int, int]]:
+    """The ``report`` call's rows: job, action, exit code, end time (FINISH)."""
+    return [(a.job_id, a.action, a.exit_code, a.end_time) for a in actions]
 
 
 def by_job(actions: Sequence[Action]) -> list[list[Action]]:

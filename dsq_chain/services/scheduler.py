@@ -29,7 +29,7 @@ from dsq_chain.matching import Assignment, Explanation, FairShare, Matcher, Pend
 from dsq_chain.matching.backlog import Backlog
 from dsq_chain.matching.matcher import DEFAULT_HALF_LIFE_S
 from dsq_chain.sdk.chain import CHAIN_DOWN, Chain, Wallet
-from dsq_chain.sdk.client import SchedulerClient
+from dsq_chain.sdk.client import SchedulerClient, skipped_entries
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.sdk.events import ChainEvent, ClaimTimeoutChanged, JobReleased, JobSubmitted, JobToppedUp
 from dsq_chain.services.follower import EventFollower
@@ -205,14 +205,17 @@ class MetaScheduler:
                 taken = []
                 break
             try:
-                self._commit(assignments)
+                landed = self._commit(assignments)
             except ContractError as e:
                 log.info("batch of %d lost a race (%s); re-matching", len(assignments), e)
                 if self.metrics:
                     self.metrics.errors.labels(kind=type(e).__name__).inc()
                 continue
-            result.assigned = assignments
-            self.backlog.settle(taken, (a.job_id for a in assignments),
+            result.assigned = landed
+            for a in assignments:
+                if a.job_id in self.failures and a not in landed:
+                    result.skipped[a.job_id] = self.failures[a.job_id]
+            self.backlog.settle(taken, (a.job_id for a in landed),
                                 [*result.unplaced, *self.matcher.last_errors])
             taken = []
             if self.backlog.fresh:
@@ -256,15 +259,25 @@ class MetaScheduler:
                 self.backlog.touch(state)
         self._touched.clear()
 
-    def _commit(self, assignments: list[Assignment]) -> None:
+    def _commit(self, assignments: list[Assignment]) -> list[Assignment]:
+        """Sends the assignments in one batch; returns those that landed. An entry the chain skipped (a
+        cancel, pause or ban landed first) is recorded as a failure with the error the chain named."""
         t0 = time.monotonic()
         rows = [(a.job_id, a.provider, self.state.jobs[a.job_id].chain_labels) for a in assignments]
-        self.client.assign_batch(rows, gas=batch_gas(rows))
+        skipped = skipped_entries(self.client.market, self.client.assign_batch(rows, gas=batch_gas(rows)))
+        landed = [a for a in assignments if a.job_id not in skipped]
         if self.metrics:
             self.metrics.commit_latency.observe(time.monotonic() - t0)
-            self.metrics.matches.inc(len(assignments))
+            self.metrics.matches.inc(len(landed))
         for a in assignments:
-            self.failures.pop(a.job_id, None)
+            if a.job_id in skipped:
+                self.failures[a.job_id] = f"assignment to {a.provider} skipped: {skipped[a.job_id]}"
+                log.info("job %d: %s", a.job_id, self.failures[a.job_id])
+                if self.metrics:
+                    self.metrics.errors.labels(kind=type(skipped[a.job_id]).__name__).inc()
+            else:
+                self.failures.pop(a.job_id, None)
+        return landed
 
     def _commit_one_by_one(self, result: RoundResult) -> list[Assignment]:
         """Last resort after repeated lost races: each assignment alone; failures are recorded, not raised."""
@@ -275,8 +288,7 @@ class MetaScheduler:
         done: list[Assignment] = []
         for a in assignments:
             try:
-                self._commit([a])
-                done.append(a)
+                done += self._commit([a])
             except ContractError as e:
                 self.failures[a.job_id] = f"assignment to {a.provider} reverted: {e}"
                 result.skipped[a.job_id] = self.failures[a.job_id]

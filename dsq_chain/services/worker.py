@@ -115,9 +115,12 @@ class ProviderWorker:
         self.journal = Journal(self.follower.db)
         self.sender = ReportSender(self.client, self)
         self.reader = JobReader(wallet.chain, deployment.market)
-        self._workflows: dict[int, bytes] = {}
-        self._parsed: dict[tuple[int, bytes], Workflow | str] = {}
+        self._workflows: dict[int, tuple[bytes, bytes]] = {}  # head id -> (workflow, hash from the event)
+        self._parsed: dict[int, Workflow | str] = {}
         self._ooc_since: dict[int, float] = {}
+        # Chain time a finished job was first seen ended: billed up to it even if the report lands later.
+        self._ended_at: dict[int, int] = {}
+        self._chain_clock: tuple[int, float] | None = None  # last chain time read, and time.monotonic() then
         self._tick_cache: dict[str, Any] = {}
         #: Claimed jobs this process knows the executor does not have (looked up once, or claimed by us).
         self._absent: set[int] = set()
@@ -313,7 +316,7 @@ class ProviderWorker:
         wf = self._checked_workflow(job)
         if isinstance(wf, str):
             return wf, False
-        if wf.resources != job.resources:
+        if wf.resources != job.resources and wf.resources != dataclasses.replace(job.resources, disk_gb=0):
             return f"resources mismatch: workflow asks {wf.resources}, chain request {job.resources}", False
         try:
             capacity = self._cached("capacity", self.executor.capacity)
@@ -331,16 +334,16 @@ class ProviderWorker:
     def _checked_workflow(self, job: Job) -> Workflow | str:
         """The job's workflow, checked against the on-chain hash and parsed (once per job array), or the problem."""
         head = job.head_id or job.id
-        key = (head, job.workflow_hash)
+        key = head
         found = self._parsed.get(key)
         if found is not None:
             return found
         try:
-            raw = self._workflow_bytes(job)
+            raw, workflow_hash = self._workflow_bytes(job)
         except LookupError as e:
             return f"workflow not found: {e}"  # not cached: the node may serve it later
         result: Workflow | str
-        if keccak(raw) != job.workflow_hash:
+        if keccak(raw) != workflow_hash:
             result = "workflow hash mismatch: the submitted bytes do not hash to the on-chain hash"
         else:
             try:
@@ -350,7 +353,8 @@ class ProviderWorker:
         self._parsed[key] = result
         return result
 
-    def _workflow_bytes(self, job: Job) -> bytes:
+    def _workflow_bytes(self, job: Job) -> tuple[bytes, bytes]:
+        """The workflow of the job's array and its hash, both from the submission event."""
         head = job.head_id or job.id
         raw = self._workflows.get(head)
         if raw is None:
@@ -359,7 +363,8 @@ class ProviderWorker:
             )
             if not logs:
                 raise LookupError(f"no JobSubmitted event for job {head}")
-            raw = self._workflows[head] = bytes(logs[0]["args"]["workflow"])
+            args = logs[0]["args"]
+            raw = self._workflows[head] = (bytes(args["workflow"]), bytes(args["workflowHash"]))
         return raw
 
     def _run_jobs(self, pairs: Sequence[tuple[Entry, Job]]) -> list[Action]:
@@ -449,9 +454,22 @@ class ProviderWorker:
     def _chain_now(self) -> int | None:
         """Timestamp of the block being built (the one a report would land in)."""
         try:
-            return self.wallet.chain.timestamp("pending")
+            now = self.wallet.chain.timestamp("pending")
         except CHAIN_DOWN:
             return None
+        self._chain_clock = (now, time.monotonic())
+        return now
+
+    def _end_time(self, job_id: int) -> int:
+        """Chain time the job was first seen ended: now while the chain answers; during an outage, the
+        last chain time read plus the time since (0 if none was read: the report's block time)."""
+        if job_id not in self._ended_at:
+            now = self._chain_now()
+            clock = self._chain_clock
+            if now is None and clock is not None:
+                now = clock[0] + int(time.monotonic() - clock[1])
+            self._ended_at[job_id] = now or 0
+        return self._ended_at[job_id]
 
     def _cached(self, key: str, fn: Any) -> Any:
         """``fn()`` once per tick."""
@@ -470,7 +488,10 @@ class ProviderWorker:
 
     # -- sending ---------------------------------------------------------------------------------
     def _send(self, actions: list[Action]) -> list[Action]:
-        """Sends the reports (:class:`ReportSender`); returns those that went through."""
+        """Sends the reports (:class:`ReportSender`); returns those that went through. A FINISH carries the
+        chain time the job was first seen ended, so a report delayed by an outage bills no more."""
+        actions = [dataclasses.replace(a, end_time=self._end_time(a.job_id))
+                   if a.action is ReportAction.FINISH and not a.end_time else a for a in actions]
         return self.sender.send(actions)
 
     # -- what the sender tells (ReportListener) --------------------------------------------------------
@@ -490,6 +511,7 @@ class ProviderWorker:
             if phase is Phase.DONE:
                 self.journal.transition(a.job_id, phase, chain_status=chain_status, reason=a.reason)
                 self._ooc_since.pop(a.job_id, None)
+                self._ended_at.pop(a.job_id, None)
             else:
                 self.journal.transition(a.job_id, phase, chain_status=chain_status)
             if self.metrics and a.action is ReportAction.CLAIM:

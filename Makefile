@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup demo test lint typecheck unit build build-check bench gas clean
 
@@ -22,8 +23,8 @@ $(STAMP_NODE): package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-demo: setup
-	$(PY) -m dsq_chain.demo
+demo: setup  ## make demo DEMO_ARGS=--keep keeps the grid and its dashboard up until Ctrl-C
+	$(PY) -m dsq_chain.demo $(DEMO_ARGS)
 
 test: setup lint typecheck
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)

@@ -4,10 +4,13 @@ Starts a local Anvil, deploys, registers and approves three providers with diffe
 prices and labels (one with a GPU slot), starts the meta-scheduler and one worker per provider as
 real ``dsq`` processes, and submits workflows that exercise the interesting paths: a job only the
 GPU provider can take, a failing job, a job cancelled while running, a job that runs out of
-credits, one saved by a top-up, and one no provider can take (with its ``explain``). It prints
-progress as it goes, then a table of every job (provider, status, exit code, billed, refunded),
+credits, one saved by a top-up, and one no provider can take (with its ``explain``). It also runs
+``dsq index run`` and ``dsq dashboard`` (the workers serve their jobs' logs to their owners) and prints
+the dashboard's URL; the dashboard must show every job's final status. It prints progress as it goes,
+then a table of every job (provider, status, exit code, billed, refunded),
 reconciles every credit to the unit, stops everything it started, and exits 0 only when all of it
-went as expected.
+went as expected. With ``--keep`` it keeps the chain, the services and the dashboard up (and the work
+directory) until interrupted.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from dsq_chain.sdk.anvil import AnvilNode, dev_keys, start_anvil
+from dsq_chain.sdk.anvil import AnvilNode, dev_keys, free_port, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
 from dsq_chain.sdk.deployment import Deployment, deploy
@@ -83,9 +87,11 @@ MINT = 1_000 * CREDIT_UNIT
 
 
 class Demo:
-    def __init__(self, workdir: Path, keep: bool) -> None:
+    def __init__(self, workdir: Path, keep: bool, dashboard_port: int = 0) -> None:
         self.dir = workdir
         self.keep = keep
+        self.dashboard_port = dashboard_port or free_port()
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.node: AnvilNode | None = None
         self.t0 = time.monotonic()
@@ -149,11 +155,18 @@ class Demo:
         names = {c.address: n for n, c in providers.items()}
 
         self.spawn("scheduler", keys[1], "scheduler", "run")
+        log_servers: list[str] = []
         for p in PROVIDERS:
             extra = ["--fake-gpus", str(p.fake_gpus)] if p.fake_gpus else []
+            logs_port = free_port()
+            log_servers += ["--log-server", f"{providers[p.name].address}=http://127.0.0.1:{logs_port}"]
             self.spawn(f"worker-{p.name}", keys[p.key_index], "worker", "run", "--state-dir",
-                       str(self.dir / f"worker-{p.name}"), "--poll", "0.1", *extra)
-        self.step("started `dsq scheduler run` and one `dsq worker run` per provider (local executor)")
+                       str(self.dir / f"worker-{p.name}"), "--poll", "0.1", "--logs-port", str(logs_port), *extra)
+        self.step("started `dsq scheduler run` and one `dsq worker run --logs-port` per provider (local executor)")
+        db = f"sqlite:///{self.dir / 'index.sqlite'}"
+        self.spawn("index", keys[9], "index", "run", "--db", db)
+        self.spawn("dashboard", keys[9], "dashboard", "--port", str(self.dashboard_port), "--db", db, *log_servers)
+        self.step(f"started `dsq index run` and `dsq dashboard`: [bold]{self.dashboard_url}/[/]")
 
         eu_rate = PROVIDERS[0].prices.rate_for(Resources(1, 0, 256))
         for job in JOBS:
@@ -165,7 +178,26 @@ class Demo:
             self.step(f"submitted job {job.job_id} [bold]{job.name}[/] ({job.workflow}, escrow "
                       f"{_credits(job.credits)} credits)")
         self.follow(users, names, chain, dep, keys)
+        self.check_dashboard()
         return self.report(users, providers, names, chain, dep)
+
+    def check_dashboard(self) -> None:
+        """The dashboard's API shows every job with its final status (the index caught up)."""
+        import requests
+
+        deadline = time.monotonic() + 30
+        shown: dict[int, str] = {}
+        while time.monotonic() < deadline:
+            try:
+                rows = requests.get(f"{self.dashboard_url}/api/v1/jobs?limit=100", timeout=5).json()["jobs"]
+                shown = {int(r["id"]): str(r["status"]) for r in rows}
+            except (requests.RequestException, ValueError, KeyError):
+                shown = {}
+            if all(shown.get(j.job_id) == j.expect.name for j in JOBS):
+                break
+            time.sleep(0.5)
+        self.check(all(shown.get(j.job_id) == j.expect.name for j in JOBS),
+                   f"the dashboard ({self.dashboard_url}) shows every job's final status")
 
     def follow(self, users: list[GridClient], names: dict[str, str], chain: Chain, dep: Deployment,
                keys: list[str]) -> None:
@@ -303,14 +335,24 @@ def _credits(units: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dsq demo", description="The whole grid on one machine, checked.")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, journals)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the chain, services and dashboard up until interrupted, and the work directory")
+    parser.add_argument("--dashboard-port", type=int, default=0, help="the dashboard's port (default: a free one)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="dsq-demo-"))
-    demo = Demo(workdir, args.keep)
+    demo = Demo(workdir, args.keep, args.dashboard_port)
     console.rule("[bold]dsq-chain demo")
     code = 1
     try:
         code = demo.run()
+        if args.keep and not demo.failures:
+            console.print(f"[bold]kept up:[/] dashboard at [bold]{demo.dashboard_url}/[/], chain at "
+                          f"{demo.node.rpc_url if demo.node else '-'}, deployment {workdir / 'deployment.json'}; "
+                          "Ctrl-C stops everything")
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
     except Exception as e:
         demo.failures.append(f"{type(e).__name__}: {e}")
     finally:

@@ -15,6 +15,8 @@ from dsq_chain.cli.jobs import register as register_job_commands
 from dsq_chain.cli.provider import admin_app, provider_app
 from dsq_chain.cli.services import devnet_app, register_logs, scheduler_app, worker_app
 from dsq_chain.cli.simulate import register as register_simulate
+from dsq_chain.cli.web import index_app
+from dsq_chain.cli.web import register as register_dashboard
 
 app = typer.Typer(
     name="dsq",
@@ -50,6 +52,7 @@ def build(check: Annotated[bool, typer.Option("--check", help="fail if the artif
 
 register_job_commands(app)
 register_logs(app)
+register_dashboard(app)
 register_simulate(app)
 app.add_typer(provider_app, name="provider")
 app.add_typer(admin_app, name="admin")
@@ -57,6 +60,7 @@ app.add_typer(scheduler_app, name="scheduler")
 app.add_typer(worker_app, name="worker")
 app.add_typer(devnet_app, name="devnet")
 app.add_typer(akash_app, name="akash")
+app.add_typer(index_app, name="index")
 
 
 def main() -> None:

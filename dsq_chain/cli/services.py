@@ -24,6 +24,7 @@ from dsq_chain.sdk.deployment import Deployment, deploy
 from dsq_chain.services import preflight
 from dsq_chain.services.hardening import forbid_inspection
 from dsq_chain.services.journal import Journal
+from dsq_chain.services.logserver import LogServer
 from dsq_chain.services.metrics import SchedulerMetrics, WorkerMetrics
 from dsq_chain.services.scheduler import MetaScheduler
 from dsq_chain.services.worker import ProviderWorker
@@ -79,6 +80,8 @@ def worker_run(
     poll: Annotated[float, typer.Option(help="seconds between ticks")] = 0.2,
     job_user: Annotated[str | None, typer.Option(
         "--job-user", help="local executor, worker run as root: run jobs as this user, out of its reach")] = None,
+    logs_port: Annotated[int, typer.Option(
+        "--logs-port", help="serve each job's logs to its owner (signed requests) on this port (0: off)")] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Runs this provider's jobs until interrupted; restart it any time, it resumes from its journal."""
@@ -96,6 +99,9 @@ def worker_run(
                 "jobs run as root, like this worker: they could reach it and its key. Pass --job-user")
         worker = ProviderWorker(wallet, dep, engine,
                                 state_dir, poll_interval=poll, metrics=metrics)
+        if logs_port:
+            LogServer(worker.client.job, worker.logs, worker.address, chain.chain_id, dep.market,
+                      state_dir / "log-nonces.sqlite", port=logs_port).start()
         _serve_and_run(worker, metrics, metrics_port, "dsq.worker",
                        f"worker {worker.address} ({executor} executor, state in {state_dir})")
 
@@ -126,19 +132,43 @@ def _serve_and_run(service: _Service, metrics: SchedulerMetrics | WorkerMetrics,
 def register_logs(app: typer.Typer) -> None:
     @app.command()
     def logs(
+        ctx: typer.Context,
         job_id: int,
-        state_dir: Annotated[Path, typer.Option("--state-dir", help="the worker's state directory")] = Path(
-            ".dsq/worker"),
+        follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
+        server: Annotated[str | None, typer.Option(
+            "--server", envvar="DSQ_LOG_SERVER", help="the provider's log server, http://host:port; signs the "
+                                                      "request with your key (DSQ_PRIVATE_KEY or --keystore)")] = None,
+        state_dir: Annotated[Path, typer.Option("--state-dir", help="without --server: the worker's state directory "
+                                                "(run on the provider)")] = Path(".dsq/worker"),
         executor: Annotated[str, typer.Option(help="local | slurm")] = "local",
         stderr: Annotated[bool, typer.Option("--stderr", help="show stderr instead of stdout")] = False,
     ) -> None:
-        """A job's stdout (or stderr), as kept by the provider's worker (run it on the provider)."""
+        """A job's stdout (or stderr): from its provider's log server as the job's owner, or on the provider itself."""
         import sqlite3
+        import sys
 
         with errors():
+            if server:
+                from dsq_chain.sdk.client import GridClient
+                from dsq_chain.sdk.logaccess import LogClient
+
+                s = settings(ctx)
+                chain, dep = s.chain()
+                key = s.private_key()
+                job = GridClient(s.read_only_wallet(chain), dep).job(job_id)
+                if job.provider is None:
+                    raise InputError(f"job {job_id} is {job.status.name} and on no provider: it has no logs yet")
+                client = LogClient(server, key, chain.chain_id, dep.market, job.provider)
+                for chunk in client.read(job_id, "stderr" if stderr else "stdout", follow=follow):
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+                return
+            if follow:
+                raise InputError("--follow needs --server (the provider's log server)")
             db_path = state_dir / "worker.sqlite"
             if not db_path.exists():
-                raise InputError(f"no worker journal in {state_dir}: pass --state-dir of the worker that ran the job")
+                raise InputError(f"no worker journal in {state_dir}: pass --state-dir of the worker that ran the job, "
+                                 "or --server to ask its log server")
             entry = Journal(sqlite3.connect(db_path)).get(job_id)
             ex = build_executor(executor, state_dir)
             exec_id = entry.exec_id if entry and entry.exec_id else next(iter(ex.find(job_id)[-1:]), None)

@@ -266,21 +266,28 @@ class EventFollower:
     # -- running -------------------------------------------------------------------------------
     def run(self, stop: threading.Event, *, interval: float = 0.2, on_idle: Callable[[], None] | None = None) -> None:
         """Polls until ``stop`` is set; survives the node going away (backs off, reconnects, catches up)."""
-        backoff = interval
-        while not stop.is_set():
-            try:
-                self.poll()
-                if on_idle is not None:
-                    on_idle()
-                backoff = interval
-                stop.wait(interval)
-            except ChainUnavailable as e:
-                log.warning("chain unavailable (%s); retrying in %.1f s", e, backoff)
-                stop.wait(backoff)
-                backoff = min(5.0, backoff * 2)
+        poll_until(stop, self.poll, interval=interval, on_idle=on_idle)
 
     def close(self) -> None:
         self.db.close()
+
+
+def poll_until(stop: threading.Event, poll: Callable[[], object], *, interval: float = 0.2,
+               on_idle: Callable[[], None] | None = None) -> None:
+    """Calls ``poll`` every ``interval`` s until ``stop`` is set, backing off (0.2 s doubling to 5 s) while the
+    node is unreachable."""
+    backoff = interval
+    while not stop.is_set():
+        try:
+            poll()
+            if on_idle is not None:
+                on_idle()
+            backoff = interval
+            stop.wait(interval)
+        except ChainUnavailable as e:
+            log.warning("chain unavailable (%s); retrying in %.1f s", e, backoff)
+            stop.wait(backoff)
+            backoff = min(5.0, backoff * 2)
 
 
 class _FnHandler:

@@ -46,8 +46,8 @@ def md_rig(md_codes: None, grid: Grid, anvil: AnvilNode, keys: list[str], tmp_pa
     finally:
         rig.worker.close()
         jobs = root / "jobs"
-        ids = sorted({int(d.name.split("-")[0]) for d in jobs.iterdir() if d.name[0].isdigit()}) if jobs.exists() else []
-        cancel_all(new_executor(), ids)
+        found = jobs.iterdir() if jobs.exists() else iter(())
+        cancel_all(new_executor(), sorted({int(d.name.split("-")[0]) for d in found if d.name[0].isdigit()}))
 
 
 def through_grid(grid: Grid, rig: Rig, wf: wfm.Workflow, *, count: int = 1, timeout: float = 240) -> list[int]:
@@ -71,7 +71,8 @@ def through_grid(grid: Grid, rig: Rig, wf: wfm.Workflow, *, count: int = 1, time
 
 def _explain(rig: Rig, job_id: int) -> str:
     out, err = rig.worker.logs(job_id)
-    return f"stdout:\n{out.read_text()[-2000:] if out.exists() else ''}\nstderr:\n{err.read_text()[-3000:] if err.exists() else ''}"
+    tail = {p.name: p.read_text()[-2500:] if p.exists() else "" for p in (out, err)}
+    return "\n".join(f"{name}:\n{text}" for name, text in tail.items())
 
 
 def _finished(rig: Rig, job_id: int) -> None:

@@ -107,11 +107,11 @@ class Settings:
 
     def private_key(self) -> str:
         keystore = self.keystore or (Path(os.environ["DSQ_KEYSTORE"]) if os.environ.get("DSQ_KEYSTORE") else None)
-        if keystore is None and self.config_file().get("keystore"):
+        key = os.environ.get("DSQ_PRIVATE_KEY")
+        if keystore is None and not key and self.config_file().get("keystore"):  # the environment beats the file
             keystore = Path(self.config_file()["keystore"])
         if keystore is not None:
             return _decrypt(keystore)
-        key = os.environ.get("DSQ_PRIVATE_KEY")
         if not key:
             raise InputError("no key: set DSQ_PRIVATE_KEY or pass --keystore FILE (an encrypted eth-account keystore)")
         try:

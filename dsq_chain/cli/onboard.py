@@ -146,6 +146,8 @@ def init(
             name = typer.prompt(f"2. engine ({why})", default=name)
             name, _ = _engine(name, slurm_conf)
         print(f"2. engine: {name} ({why})")
+        if name == "slurm" and slurm_conf is None and os.environ.get("SLURM_CONF"):
+            slurm_conf = Path(os.environ["SLURM_CONF"])  # the unit's environment must point at the same cluster
         sdir = (state_dir or directory / "state").resolve()
         ex = build_executor(name, sdir, slurm_conf=slurm_conf, job_user=job_user)
         # 3. the self-check

@@ -8,6 +8,7 @@ instead: no systemd in the test container) and the scheduler, which runs in the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -92,10 +93,8 @@ def guide(tmp_path: Path, slurm_cluster: SlurmCluster) -> Iterator[Guide]:  # no
         devnet = g.work / "grid" / "devnet.json"
         if devnet.exists():  # the guide's last block did not run: stop the devnet's Anvil by its recorded pid
             pid = int(json.loads(devnet.read_text())["pid"])
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
 def unit_command(unit: Path) -> tuple[list[str], Path]:

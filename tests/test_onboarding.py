@@ -19,13 +19,13 @@ from dsq_chain.executors import LocalExecutor, SlurmExecutor
 from dsq_chain.executors.hardware import (
     cpu_model,
     detect_engine,
+    parse_gpu_line,
     run_benchmarks,
     scontrol_nodes,
     self_check,
     standard_labels,
     verify_offer,
 )
-from dsq_chain.executors.hardware import _parse_gpu_line as parse_gpu_line
 from dsq_chain.sdk.anvil import AnvilNode
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import ProviderClient
@@ -135,7 +135,8 @@ def test_unit_and_environment_file(tmp_path: Path) -> None:
                                 worker_args=["--executor", "local", "--state-dir", str(tmp_path / "with space")],
                                 state_dir=tmp_path, user="nobody")
     assert files.env_file.stat().st_mode & 0o777 == 0o600
-    assert read_env_file(files.env_file) == {"DSQ_KEYSTORE_PASSWORD": 'p"a ss$word', "DSQ_CONFIG": str(tmp_path / "p c")}
+    env = read_env_file(files.env_file)
+    assert env == {"DSQ_KEYSTORE_PASSWORD": 'p"a ss$word', "DSQ_CONFIG": str(tmp_path / "p c")}
     unit = files.unit.read_text()
     assert "User=nobody" in unit and f"EnvironmentFile={files.env_file}" in unit
     assert f'"{tmp_path / "with space"}"' in unit

@@ -40,6 +40,7 @@ __all__ = [
     "cpu_model",
     "detect_engine",
     "gpus",
+    "parse_gpu_line",
     "run_benchmarks",
     "scontrol_nodes",
     "self_check",
@@ -150,10 +151,11 @@ def gpus(timeout: float = 15.0) -> tuple[Gpu, ...]:
         return ()
     if proc.returncode != 0:
         return ()
-    return tuple(_parse_gpu_line(line) for line in proc.stdout.splitlines() if line.strip())
+    return tuple(parse_gpu_line(line) for line in proc.stdout.splitlines() if line.strip())
 
 
-def _parse_gpu_line(line: str) -> Gpu:
+def parse_gpu_line(line: str) -> Gpu:
+    """One line of ``nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits``."""
     name, _, mem = line.rpartition(",")
     if not name:
         name, mem = mem, ""

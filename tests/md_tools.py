@@ -75,8 +75,13 @@ def mpi_plugin(cluster: SlurmCluster) -> str | None:
     return "pmix_v4" if probe.returncode == 0 else None
 
 
-def md_workflow(name: str, labels: tuple[str, ...] = (), **env: str) -> wfm.Workflow:
+def md_workflow(name: str, *, labels: tuple[str, ...] = (), **env: str) -> wfm.Workflow:
     """``examples/md/<name>.yaml`` with these ``env`` values and label constraints (validated like a user's file)."""
+    return md_workflow_with(name, env, labels)
+
+
+def md_workflow_with(name: str, env: dict[str, str], labels: tuple[str, ...] = ()) -> wfm.Workflow:
+    """:func:`md_workflow` with the environment as one mapping."""
     doc: dict[str, Any] = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
     doc.setdefault("env", {}).update(env)
     if labels:

@@ -87,8 +87,8 @@ def test_lammps_srun_pmix(grid: Grid, md_rig: Rig, slurm_cluster: SlurmCluster, 
         pytest.skip("this slurmd cannot load PMIx (libpmix-dev installed after it started): the mpirun test covers "
                     "MPI; Debian's Open MPI does not start under --mpi=pmi2")
     outputs = tmp_path / "outputs"
-    [job] = through_grid(grid, md_rig, md_workflow("lammps-melt", ON_CPU, OUTPUT_DIR=str(outputs), LJ_STEPS="100",
-                                                   MPI_PLUGIN=plugin))
+    wf = md_workflow("lammps-melt", labels=ON_CPU, OUTPUT_DIR=str(outputs), LJ_STEPS="100", MPI_PLUGIN=plugin)
+    [job] = through_grid(grid, md_rig, wf)
     _finished(md_rig, job)
     log = (outputs / str(job) / "log.lammps").read_text()
     assert re.search(r"Loop time of [0-9.]+ on 2 procs for 100 steps with 4000 atoms", log)  # 2 ranks, 1 system
@@ -98,7 +98,8 @@ def test_lammps_srun_pmix(grid: Grid, md_rig: Rig, slurm_cluster: SlurmCluster, 
 
 def test_lammps_mpirun_in_one_step(grid: Grid, md_rig: Rig, tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
-    [job] = through_grid(grid, md_rig, md_workflow("lammps-mpirun", ON_CPU, OUTPUT_DIR=str(outputs), LJ_STEPS="100"))
+    wf = md_workflow("lammps-mpirun", labels=ON_CPU, OUTPUT_DIR=str(outputs), LJ_STEPS="100")
+    [job] = through_grid(grid, md_rig, wf)
     _finished(md_rig, job)
     log = (outputs / str(job) / "log.lammps").read_text()
     assert re.search(r"Loop time of [0-9.]+ on 2 procs for 100 steps with 4000 atoms", log)
@@ -109,8 +110,8 @@ def test_gromacs_water_box(grid: Grid, md_rig: Rig, slurm_cluster: SlurmCluster,
     if plugin is None:
         pytest.skip("this slurmd cannot load PMIx (libpmix-dev installed after it started)")
     outputs = tmp_path / "outputs"
-    [job] = through_grid(grid, md_rig, md_workflow("gromacs-water", ON_CPU, OUTPUT_DIR=str(outputs), MD_STEPS="100",
-                                                   MPI_PLUGIN=plugin))
+    wf = md_workflow("gromacs-water", labels=ON_CPU, OUTPUT_DIR=str(outputs), MD_STEPS="100", MPI_PLUGIN=plugin)
+    [job] = through_grid(grid, md_rig, wf)
     _finished(md_rig, job)
     log = (outputs / str(job) / "md.log").read_text()
     assert "Using 2 MPI processes" in log
@@ -121,7 +122,7 @@ def test_gromacs_water_box(grid: Grid, md_rig: Rig, slurm_cluster: SlurmCluster,
 
 def test_sweep_as_a_job_array(grid: Grid, md_rig: Rig, tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
-    ids = through_grid(grid, md_rig, md_workflow("lammps-sweep", ON_CPU, OUTPUT_DIR=str(outputs), STEPS="50",
+    ids = through_grid(grid, md_rig, md_workflow("lammps-sweep", labels=ON_CPU, OUTPUT_DIR=str(outputs), STEPS="50",
                                                  SWEEP_POINTS="4"), count=4)
     for job in ids:
         _finished(md_rig, job)

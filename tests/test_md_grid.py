@@ -23,7 +23,7 @@ from dsq_chain.workloads import workflow as wfm
 from tests.grid import Grid
 from tests.md_tools import md_codes, md_workflow, mpi_plugin  # noqa: F401  (md_codes: the fixture)
 from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (the fixture)
-from tests.worker_scenarios import Rig, cancel_all, new_rig, settlement
+from tests.worker_scenarios import Rig, cancel_all, job_ids_under, new_rig, settlement
 
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
@@ -45,9 +45,7 @@ def md_rig(md_codes: None, grid: Grid, anvil: AnvilNode, keys: list[str], tmp_pa
         yield rig
     finally:
         rig.worker.close()
-        jobs = root / "jobs"
-        found = jobs.iterdir() if jobs.exists() else iter(())
-        cancel_all(new_executor(), sorted({int(d.name.split("-")[0]) for d in found if d.name[0].isdigit()}))
+        cancel_all(new_executor(), job_ids_under(root))
 
 
 def through_grid(grid: Grid, rig: Rig, wf: wfm.Workflow, *, count: int = 1, timeout: float = 240) -> list[int]:

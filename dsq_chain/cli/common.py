@@ -40,6 +40,7 @@ from rich.table import Table
 from dsq_chain.errors import ChainUnavailable, ContractError, DsqError, InputError, TransactionFailed
 from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.deployment import Deployment
+from dsq_chain.services.onboarding import decrypt_keystore, read_keystore
 from dsq_chain.types import CREDIT_UNIT
 
 EXIT_JOB_FAILED = 1
@@ -126,21 +127,13 @@ class Settings:
 
 
 def _decrypt(path: Path) -> str:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"keystore {path} not found") from None
-    except json.JSONDecodeError:
-        raise InputError(f"keystore {path} is not JSON") from None
+    data = read_keystore(path)
     password = os.environ.get("DSQ_KEYSTORE_PASSWORD")
     if password is None:
         if not sys.stdin.isatty():
             raise InputError("keystore password needed: set DSQ_KEYSTORE_PASSWORD (no terminal to prompt on)")
         password = typer.prompt(f"password for {path}", hide_input=True)
-    try:
-        return "0x" + bytes(Account.decrypt(data, password)).hex()
-    except ValueError:
-        raise InputError(f"wrong password for keystore {path}") from None
+    return decrypt_keystore(data, password, path)[1]
 
 
 def settings(ctx: typer.Context) -> Settings:

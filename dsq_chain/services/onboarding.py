@@ -37,11 +37,13 @@ __all__ = [
     "ServiceFiles",
     "chain_labels",
     "create_keystore",
+    "decrypt_keystore",
     "import_keystore",
     "keep_close_measurements",
     "plan_offer",
     "plan_registration",
     "propose_prices",
+    "read_keystore",
     "render_unit",
     "settle_offer",
     "sync_registration",
@@ -92,19 +94,31 @@ def create_keystore(path: Path, password: str, private_key: str | None = None) -
     return str(account.address)
 
 
-def import_keystore(path: Path, password: str) -> tuple[str, str]:
-    """(address, private key) of an existing keystore file; a clear error for a wrong password."""
+def read_keystore(path: Path) -> dict[str, object]:
+    """The JSON of a keystore file, or a clear error naming the file."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"keystore {path} not found") from None
     except json.JSONDecodeError:
         raise InputError(f"keystore {path} is not JSON (expected an eth-account keystore)") from None
+    if not isinstance(data, dict):
+        raise InputError(f"keystore {path} is not an eth-account keystore (a JSON object)")
+    return data
+
+
+def decrypt_keystore(data: Mapping[str, object], password: str, path: Path) -> tuple[str, str]:
+    """(address, private key) of keystore ``data`` read from ``path``; a clear error for a wrong password."""
     try:
-        key = "0x" + bytes(Account.decrypt(data, password)).hex()
-    except ValueError:
+        key = "0x" + bytes(Account.decrypt(dict(data), password)).hex()
+    except (ValueError, KeyError, TypeError):
         raise InputError(f"wrong password for keystore {path}") from None
     return str(Account.from_key(key).address), key
+
+
+def import_keystore(path: Path, password: str) -> tuple[str, str]:
+    """(address, private key) of an existing keystore file."""
+    return decrypt_keystore(read_keystore(path), password, path)
 
 
 # ------------------------------------------------------------------------------------------ the offer

@@ -200,6 +200,14 @@ def test_init_refuses_more_than_measured_and_sends_nothing(grid: Grid, tmp_path:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "refusing to offer more than the self-check measured: cpus: offers 9999" in proc.stderr
     assert grid.chain.block_number() == block
+    register = subprocess.run([str(DSQ), "--deployment", str(dep), "--rpc-url", grid.chain.rpc_url, "provider",
+                               "register", "--price-cpu", "1", "--state-dir", str(tmp_path / "r"), "--label",
+                               "storage.persistent.gb=99999999", "--label", "gpu.model=H100"],
+                              capture_output=True, text=True, env={**env, "DSQ_PRIVATE_KEY": keys[NEW_KEY]},
+                              timeout=120)
+    assert register.returncode == 2, register.stdout + register.stderr
+    assert "label storage.persistent.gb=99999999: measured" in register.stderr
+    assert grid.chain.block_number() == block
     check = subprocess.run([str(DSQ), "provider", "check", "--executor", "local", "--state-dir", str(tmp_path / "s"),
                             "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert check.returncode == 0, check.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -252,3 +253,62 @@ def test_worker_heartbeat_and_doctor(grid: Grid, anvil: AnvilNode, keys: list[st
         stop.set()
         thread.join(timeout=10)
         worker.close()
+
+
+# ------------------------------------------------------------------------------------------ interactive init
+def _interact(argv: list[str], env: dict[str, str], cwd: Path, answers: list[tuple[str, str]],
+              timeout: float = 120) -> tuple[int, str]:
+    """Runs ``argv`` on a pseudo-terminal, answering each prompt that contains ``expect`` with ``reply``."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its controlling terminal (getpass reads /dev/tty)
+        os.chdir(cwd)
+        os.execve(argv[0], argv, env)
+    seen, pending, pos = "", list(answers), 0
+    deadline = time.monotonic() + timeout
+    status = None
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096).decode(errors="replace")
+                except OSError:  # EIO: the child closed the terminal
+                    chunk = ""
+                if not chunk:
+                    break
+                seen += chunk
+            if pending and pending[0][0] in seen[pos:]:
+                pos = seen.index(pending[0][0], pos) + len(pending[0][0])
+                os.write(fd, pending.pop(0)[1].encode())
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == 0:  # still running after the deadline: stop it
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert not pending, f"prompts never seen: {pending}\n{seen}"
+    return os.waitstatus_to_exitcode(status), seen
+
+
+def test_init_interactively(grid: Grid, tmp_path: Path, keys: list[str]) -> None:
+    dep = tmp_path / "deployment.json"
+    grid.deployment.save(dep)
+    (tmp_path / "key").write_text(keys[NEW_KEY])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSQ_") and k != "SLURM_CONF"}
+    env["SLURM_CONF"] = str(tmp_path / "no-slurm.conf")  # no cluster here: the engine proposed is local
+    code, seen = _interact(
+        [str(DSQ), "--deployment", str(dep), "--rpc-url", grid.chain.rpc_url, "provider", "init",
+         "--import-key-file", str(tmp_path / "key"), "--dir", str(tmp_path / "p")],
+        env, tmp_path,
+        [("password for", "pw\n"), ("Repeat for confirmation", "pw\n"), ("2. engine", "\n"),
+         ("price-cpu", "0.002\n"), ("price-gpu", "\n"), ("price-gb", "\n"), ("region label", "eu-int\n")])
+    assert code == 0, seen
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert config["provider"]["executor"] == "local" and config["provider"]["region"] == "eu-int"
+    assert config["provider"]["prices"]["cpu"] == 2000
+    info = ProviderClient(grid.chain.wallet(keys[NEW_KEY]), grid.deployment).info()
+    assert info.prices == Prices(2000, CPU_PRICES.per_gpu_minute, CPU_PRICES.per_gb_minute)  # the rest proposed
+    assert "6. on chain: registered; status PENDING" in seen

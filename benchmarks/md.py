@@ -51,6 +51,8 @@ from tests.slurm_cluster import SlurmCluster
 
 POLL_S = 0.2
 FINAL = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.PANICKED, JobStatus.OUT_OF_CREDITS, JobStatus.CANCELED)
+#: The MD loop's own wall time in a code's output: what remains of a run's wall time is start-up and overhead.
+LOOP_RE = {"lammps": r"Loop time of ([0-9.]+)", "gromacs": r"Time:\s+[0-9.]+\s+([0-9.]+)"}
 CODES = {
     # code: (example, size env, steps variable, figure regex, unit)
     "lammps": ("lammps-melt", {"LJ_SCALE": "2"}, "LJ_STEPS", r"Performance: .*?([0-9.]+) timesteps/s", "timesteps/s"),
@@ -63,6 +65,11 @@ def figure(code: str, text: str) -> float:
     if not m:
         raise RuntimeError(f"no {CODES[code][4]} figure in the job's output:\n{text[-2000:]}")
     return float(m.group(1))
+
+
+def loop_s(code: str, text: str) -> float:
+    m = re.search(LOOP_RE[code], text)
+    return float(m.group(1)) if m else float("nan")
 
 
 def steps_per_s(code: str, value: float) -> float:
@@ -174,8 +181,11 @@ def md(bench: Bench, codes: list[str], ranks: list[int], seconds: float, plugin:
             print(f"{code:8} {n:>5} {steps:>7} {d_wall:>9.1f} {g_wall:>8.1f} {ratio:>6.3f} "
                   f"{d_start:>6.1f}/{g_start:<6.1f} {figure(code, d_out):>10.1f} {unit[:3]} "
                   f"{figure(code, g_out):>8.1f} {unit[:3]} {bill / CREDIT_UNIT:>9.4f}", flush=True)
+            d_rest, g_rest = d_wall - loop_s(code, d_out), g_wall - loop_s(code, g_out)
             print(f"  -> overhead ratio {ratio:.3f} (target <= 1.05 on a 60 s run), submit->start adds "
-                  f"{g_start - d_start:+.1f} s through the grid", flush=True)
+                  f"{g_start - d_start:+.1f} s through the grid; wall time outside the MD loop: direct {d_rest:.1f} s, "
+                  f"grid {g_rest:.1f} s (the grid adds {g_rest - d_rest:+.1f} s: ratio "
+                  f"{(d_wall + g_rest - d_rest) / d_wall:.3f} at equal MD speed)", flush=True)
 
 
 def sweep(bench: Bench, n: int) -> None:

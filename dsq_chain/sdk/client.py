@@ -16,17 +16,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
-import requests
 from eth_account.messages import encode_typed_data
 from eth_utils.address import to_checksum_address
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
-from dsq_chain.errors import ChainUnavailable, InputError
-from dsq_chain.sdk.chain import Call, Chain, Wallet
+from dsq_chain import artifacts, lifecycle
+from dsq_chain.errors import InputError
+from dsq_chain.sdk.chain import Call, Chain, Wallet, node_errors
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.types import (
-    FINAL_STATUSES,
     Job,
     JobStatus,
     LabelConstraint,
@@ -38,9 +37,9 @@ from dsq_chain.types import (
 )
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
-MAX_WORKFLOW_BYTES = 16_384
-MAX_JOB_LABELS = 16
-MAX_ARRAY_JOBS = 500
+MAX_WORKFLOW_BYTES = artifacts.constant("MAX_WORKFLOW_BYTES")
+MAX_JOB_LABELS = artifacts.constant("MAX_JOB_LABELS")
+MAX_ARRAY_JOBS = artifacts.constant("MAX_ARRAY_JOBS")
 UINT56_MAX = 2**56 - 1
 UINT64_MAX = 2**64 - 1
 UINT40_MAX = 2**40 - 1
@@ -57,6 +56,7 @@ class _Client:
         self.wallet = wallet
         self.deployment = deployment
         self.token, self.market = deployment.contracts(wallet.chain)
+        self._domain: dict[str, str] | None = None
 
     @classmethod
     def connect(cls, rpc_url: str, private_key: str, deployment: Deployment) -> Any:
@@ -84,13 +84,10 @@ class _Client:
         if not ids:
             return []
         w3 = self.chain.w3
-        try:
-            with w3.batch_requests() as batch:
-                for i in ids:
-                    batch.add(self.market.functions.getJob(i))
-                results = batch.execute()
-        except (requests.ConnectionError, requests.Timeout, OSError) as e:
-            raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable") from e
+        with node_errors(self.chain.rpc_url), w3.batch_requests() as batch:
+            for i in ids:
+                batch.add(self.market.functions.getJob(i))
+            results = batch.execute()
         return [job_from_view(cast(Sequence[Any], r)) for r in results]
 
     def job_count(self) -> int:
@@ -181,7 +178,7 @@ class GridClient(_Client):
         return self.jobs(ids)
 
     def wait_for(
-        self, job_id: int, statuses: Iterable[JobStatus] = FINAL_STATUSES, *, timeout: float = 60.0, poll: float = 0.1
+        self, job_id: int, statuses: Iterable[JobStatus] = lifecycle.FINAL, *, timeout: float = 60.0, poll: float = 0.1
     ) -> Job:
         """Polls until the job is in one of ``statuses``; raises TimeoutError naming the last status."""
         wanted = frozenset(statuses)
@@ -208,6 +205,13 @@ class GridClient(_Client):
             return plain()
         return with_permit(self.sign_permit(need))
 
+    def _permit_domain(self) -> dict[str, str]:
+        """The token's EIP-712 name and version, as the token itself reports them (ERC-5267), read once."""
+        if self._domain is None:
+            _fields, name, version, *_ = self.token.functions.eip712Domain().call()
+            self._domain = {"name": str(name), "version": str(version)}
+        return self._domain
+
     def sign_permit(self, value: int, deadline: int | None = None) -> tuple[int, int, int, bytes, bytes]:
         """An EIP-2612 permit for the market to take ``value`` units (as the PermitSig tuple)."""
         deadline = deadline if deadline is not None else self.chain.timestamp() + PERMIT_TTL
@@ -230,8 +234,7 @@ class GridClient(_Client):
             },
             "primaryType": "Permit",
             "domain": {
-                "name": "dsq credit",
-                "version": "1",
+                **self._permit_domain(),
                 "chainId": self.chain.chain_id,
                 "verifyingContract": self.token.address,
             },

@@ -20,6 +20,7 @@ from dsq_chain.executors import LocalExecutor, SlurmExecutor
 from dsq_chain.executors.hardware import (
     cpu_model,
     detect_engine,
+    gres_gpus,
     parse_gpu_line,
     run_benchmarks,
     scontrol_nodes,
@@ -65,9 +66,15 @@ def test_cpu_model_is_a_short_label() -> None:
 
 def test_gpu_lines_of_nvidia_smi() -> None:
     gpu = parse_gpu_line("NVIDIA A100-SXM4-80GB, 81920")
-    assert (gpu.vendor, gpu.model, gpu.mem_mb) == ("nvidia", "A100-SXM4-80GB", 81920)
-    assert parse_gpu_line("Tesla V100-PCIE-16GB, 16160").model == "V100-PCIE-16GB"
-    assert parse_gpu_line("NVIDIA GeForce RTX 3090, 24576").model == "RTX-3090"
+    assert (gpu.vendor, gpu.model, gpu.mem_mb) == ("nvidia", "a100", 81920)  # as Akash names models
+    models = {"Tesla V100-PCIE-16GB": "v100", "NVIDIA GeForce RTX 3090": "rtx3090", "NVIDIA RTX A6000": "rtxa6000",
+              "NVIDIA H100 80GB HBM3": "h100", "Tesla T4": "t4", "NVIDIA A100 80GB PCIe": "a100", "NVIDIA L40S": "l40s"}
+    assert {name: parse_gpu_line(f"{name}, 1").model for name in models} == models
+    nodes = scontrol_nodes("NodeName=g1 CPUTot=64 RealMemory=512000 Gres=gpu:a100:4(S:0-1) State=IDLE\n"
+                           "NodeName=g2 CPUTot=64 RealMemory=512000 Gres=gpu:MI250:2,gpu:h100:1 State=IDLE\n"
+                           "NodeName=c1 CPUTot=8 RealMemory=1000 Gres=(null) State=IDLE\n")
+    assert [(g.vendor, g.model) for g in gres_gpus(nodes)] == [("nvidia", "a100")] * 4 + [("amd", "mi250")] * 2 + [
+        ("nvidia", "h100")]
 
 
 def test_benchmarks_take_seconds_and_clean_up(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "cpu_model",
     "detect_engine",
     "gpus",
+    "gres_gpus",
     "parse_gpu_line",
     "run_benchmarks",
     "scontrol_nodes",
@@ -49,9 +50,10 @@ __all__ = [
 ]
 
 #: Labels whose value comes from the self-check: an offer may not claim another value (or, for numbers, more).
-MEASURED_LABELS = ("cpu.model", "gpu.model", "gpu.vendor", "gpu.count", "storage.persistent.gb",
+MEASURED_LABELS = ("cpu.model", "gpu.model", "gpu.vendor", "gpu.count", "storage.persistent.gb", "storage.ephemeral.gb",
                    "bench.cpu.sha256.mbps", "bench.mem.copy.mbps", "bench.disk.write.mbps")
-_NUMERIC_LABELS = frozenset({"gpu.count", "storage.persistent.gb", "bench.cpu.sha256.mbps", "bench.mem.copy.mbps",
+_NUMERIC_LABELS = frozenset({"gpu.count", "storage.persistent.gb", "storage.ephemeral.gb", "bench.cpu.sha256.mbps",
+                             "bench.mem.copy.mbps",
                              "bench.disk.write.mbps"})
 _CPU_NOISE_RE = re.compile(r"\((?:R|TM|tm|r)\)|\bCPU\b|\bProcessor\b|@.*$|\d+-Core\b|\bwith\b.*$")
 
@@ -155,14 +157,34 @@ def gpus(timeout: float = 15.0) -> tuple[Gpu, ...]:
 
 
 def parse_gpu_line(line: str) -> Gpu:
-    """One line of ``nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits``."""
+    """One line of ``nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits``, the model named
+    as Akash providers name it (``capabilities/gpu/vendor/nvidia/model/a100``) so that SDL constraints match:
+    ``NVIDIA A100-SXM4-80GB`` → ``a100``, ``NVIDIA GeForce RTX 3090`` → ``rtx3090``, ``NVIDIA RTX A6000`` →
+    ``rtxa6000``."""
     name, _, mem = line.rpartition(",")
     if not name:
         name, mem = mem, ""
-    model = re.sub(r"^(NVIDIA|Tesla|GeForce|Quadro)\s+", "", name.strip())
-    model = re.sub(r"^(NVIDIA|Tesla|GeForce|Quadro)\s+", "", model)
+    kept = []
+    for token in re.split(r"[\s-]+", name.strip()):
+        if re.fullmatch(r"(?i)nvidia|tesla|geforce|quadro", token):
+            continue
+        if re.fullmatch(r"(?i)\d+gb|pcie|sxm\d*|hbm\d*e?|nvl|mig.*|\(.*\)", token):
+            break
+        kept.append(token.lower())
     digits = re.match(r"\s*(\d+)", mem)
-    return Gpu("nvidia", short_label(model.replace(" ", "-")), int(digits.group(1)) if digits else 0)
+    return Gpu("nvidia", short_label("".join(kept)) or "unknown", int(digits.group(1)) if digits else 0)
+
+
+def gres_gpus(nodes: tuple[SlurmNode, ...]) -> tuple[Gpu, ...]:
+    """GPUs that Slurm nodes declare with a type (``Gres=gpu:a100:4``): the login node running the self-check
+    often has no ``nvidia-smi`` of its own."""
+    found = []
+    for node in nodes:
+        for kind, count in re.findall(r"(?:^|,)gpu:([A-Za-z][^:,(]*):(\d+)", node.gres):
+            model = short_label(re.sub(r"[^a-z0-9]", "", kind.lower())) or "unknown"
+            vendor = "amd" if model.startswith(("mi", "radeon")) else "nvidia"
+            found += [Gpu(vendor, model, 0)] * int(count)
+    return tuple(found)
 
 
 def scontrol_nodes(text: str) -> tuple[SlurmNode, ...]:
@@ -271,7 +293,7 @@ def self_check(executor: Executor, job_dir: str | os.PathLike[str], *, budget_s:
             nodes = ()
     if bench is None:
         bench = run_benchmarks(d, budget_s=budget_s)
-    found = gpus()
+    found = gpus() or gres_gpus(nodes)
     return HardwareReport(executor.name, capacity, cpu_model(), found, str(d.resolve()),
                           shutil.disk_usage(d).free // 10**9, bench, nodes)
 
@@ -282,6 +304,7 @@ def standard_labels(report: HardwareReport, region: str | None = None) -> dict[s
     labels = {
         "cpu.model": report.cpu_model,
         "storage.persistent.gb": str(report.disk_free_gb),
+        "storage.ephemeral.gb": str(report.disk_free_gb),
         "bench.cpu.sha256.mbps": str(report.benchmarks.cpu_sha256_mbps),
         "bench.mem.copy.mbps": str(report.benchmarks.mem_copy_mbps),
         "bench.disk.write.mbps": str(report.benchmarks.disk_write_mbps),

@@ -186,7 +186,7 @@ def keep_close_measurements(offer: Offer, on_chain: Mapping[str, str]) -> Offer:
         o, n = int(old), int(new)
         noise = o / BENCH_TOLERANCE <= n <= o * BENCH_TOLERANCE
         grew_a_little = n * (1 - DISK_TOLERANCE) <= o <= n
-        if (key.startswith("bench.") and noise) or (key == "storage.persistent.gb" and grew_a_little):
+        if (key.startswith("bench.") and noise) or (key.startswith("storage.") and grew_a_little):
             labels[key] = old
     return Offer(offer.hardware, offer.prices, labels)
 

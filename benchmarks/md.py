@@ -206,12 +206,21 @@ def sweep(bench: Bench, n: int) -> None:
     done = sum(1 for s in statuses.values() if s is JobStatus.FINISHED)
     rows = sorted(float(p.read_text().split()[1]) for p in (outputs / "sweep").glob("*.txt"))
     bill = bench.billed(ids)
-    runs = [float(m.group(1)) for i in ids
-            for m in [re.search(r"Loop time of ([0-9.]+)", bench.worker.logs(i)[0].read_text())] if m]
+    runs = [float(m.group(1)) for p in (bench.work / "grid" / "jobs").glob("*/work/log.lammps")
+            for m in [re.search(r"Loop time of ([0-9.]+)", p.read_text())] if m]
+    counts = statistics.multimode([s.name for s in statuses.values()])
     print(f"sweep: {n} LAMMPS simulations as one job array (submitted in {t_sub:.1f} s): {done} FINISHED, "
           f"{len(rows)} result files (T {rows[0] if rows else '-'} .. {rows[-1] if rows else '-'})")
+    for job_id, status in sorted(statuses.items()):
+        if status is not JobStatus.FINISHED:
+            try:
+                err = bench.worker.logs(job_id)[1].read_text()[-500:]
+            except (OSError, LookupError, RuntimeError) as e:
+                err = f"(no stderr: {e})"
+            print(f"  job {job_id} ended {status.name}: {err} {bench.worker.journal.get(job_id)}")
     if runs:
-        print(f"  each simulation: median {statistics.median(runs):.2f} s of MD")
+        print(f"  each simulation: median {statistics.median(runs):.2f} s of MD ({len(runs)} logs); most common "
+              f"status {counts}")
     print(f"  total time submit -> last final: {total:.1f} s ({total / n:.2f} s per simulation on "
           f"{bench.cluster.cpus} cores)")
     print(f"  total cost: {bill / CREDIT_UNIT:.6f} credits ({bill / n / CREDIT_UNIT:.6f} per simulation at "

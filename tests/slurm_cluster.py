@@ -32,6 +32,7 @@ import contextlib
 import fcntl
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -106,6 +107,13 @@ def ensure_slurm_installed(timeout_s: float = 900) -> None:
                 )
         if not present():
             raise RuntimeError(f"installed {' '.join(APT_PACKAGES)} but slurmctld/slurmd/sbatch are still missing")
+
+
+def first_job_id() -> int:
+    """A random first job id: clusters started side by side on one machine (parallel test sessions) must not hand
+    out the same ids, or Open MPI ranks of their jobs meet in the same shared-memory segments (named after the
+    PMIx namespace ``slurm.pmix.<job>.<step>``) and crash."""
+    return 1000 + secrets.randbelow(50_000_000)
 
 
 def free_port() -> int:
@@ -204,6 +212,7 @@ JobCompLoc={d}/jobcomp.txt
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 MpiDefault=none
+FirstJobId={first_job_id()}
 ReturnToService=2
 MinJobAge=3600
 KillWait=2

@@ -289,6 +289,7 @@ def _interact(argv: list[str], env: dict[str, str], cwd: Path, answers: list[tup
                 seen += chunk
             if pending and pending[0][0] in seen[pos:]:
                 pos = seen.index(pending[0][0], pos) + len(pending[0][0])
+                time.sleep(0.3)  # let the prompt finish setting the terminal up
                 os.write(fd, pending.pop(0)[1].encode())
         done, status = os.waitpid(pid, os.WNOHANG)
         if done == 0:  # still running after the deadline: stop it
@@ -310,7 +311,8 @@ def test_init_interactively(grid: Grid, tmp_path: Path, keys: list[str]) -> None
         [str(DSQ), "--deployment", str(dep), "--rpc-url", grid.chain.rpc_url, "provider", "init",
          "--import-key-file", str(tmp_path / "key"), "--dir", str(tmp_path / "p")],
         env, tmp_path,
-        [("password for", "pw\n"), ("Repeat for confirmation", "pw\n"), ("2. engine", "\n"),
+        # hidden prompts: click prints the text, then getpass turns echo off (flushing early input) and prints " "
+        [("keystore.json: ", "pw\n"), ("Repeat for confirmation: ", "pw\n"), ("2. engine", "\n"),
          ("price-cpu", "0.002\n"), ("price-gpu", "\n"), ("price-gb", "\n"), ("region label", "eu-int\n")])
     assert code == 0, seen
     config = json.loads((tmp_path / "p" / "config.json").read_text())

@@ -10,7 +10,7 @@ import typer
 import yaml
 
 from dsq_chain import akash
-from dsq_chain.cli.common import emit, errors, fmt_credits, out, parse_credits, settings, table
+from dsq_chain.cli.common import emit, errors, fmt_credits, parse_credits, settings
 from dsq_chain.errors import InputError
 from dsq_chain.sdk.client import GridClient
 from dsq_chain.workloads.sdl import AKASH_SECONDS_PER_BLOCK, Conversion, SdlError, Translation
@@ -82,18 +82,22 @@ def translate(
                 {"provider": v.address, "placeable": v.placeable, "verdict": str(v)} for v in e.verdicts]}
                 for svc, e in verdicts.items()}
 
-        def render() -> None:
+        def render() -> str:
+            lines: list[str] = []
             for job in tr.jobs:
-                out.print(f"# service {job.service} (placement {job.placement}): {job.count} job(s), "
-                          f"price cap {fmt_credits(job.max_rate)} credits/min")
-                out.print(yaml.safe_dump(job.workflow, sort_keys=False).rstrip())
-            out.print(table(f"{tr.source} (SDL {tr.version}); prices: {tr.conversion.describe()}",
-                            ["SDL", "became", "note"],
-                            [[m.path, m.became or "-", m.note] for m in tr.table]))
+                lines.append(f"# service {job.service} (placement {job.placement}): {job.count} job(s), "
+                             f"price cap {fmt_credits(job.max_rate)} credits/min")
+                lines.append(yaml.safe_dump(job.workflow, sort_keys=False).rstrip())
+            lines.append(f"# {tr.source} (SDL {tr.version}); prices: {tr.conversion.describe()}")
+            for m in tr.table:
+                became = m.became or "-"
+                lines.append(f"{m.path}: {became}" + (f" ({m.note})" if m.note else ""))
             for svc, e in verdicts.items():
-                out.print(f"# {svc}: {e}")
+                lines.append(f"# why {svc} would or would not be placed:\n{e}")
             if tr.refused:
-                out.print(f"refused: {len(tr.refused)} part(s); `dsq akash submit` will not submit this SDL")
+                lines.append(f"refused: {len(tr.refused)} part(s); `dsq akash submit` will not submit this SDL")
+            return "\n".join(lines)
+
         emit(data, render, as_json)
         if tr.refused:
             raise typer.Exit(2)

@@ -1,23 +1,21 @@
 """Molecular-dynamics codes for the tests and ``benchmarks/md.py``: Debian's LAMMPS and GROMACS with Open MPI.
 
-* :func:`ensure_md_installed` installs ``lammps``, ``lammps-examples``, ``gromacs``, ``openmpi-bin`` and
-  ``libpmix-dev`` (Slurm's PMIx plugin opens the unversioned ``libpmix.so`` it ships) with ``apt-get``;
-  ``md_codes`` is the session fixture that does it, skipping with the reason when apt or root is missing.
+* :func:`ensure_md_installed` installs ``lammps``, ``lammps-examples``, ``gromacs`` and ``openmpi-bin`` with
+  ``apt-get`` (``tests/apt.py``); ``md_codes`` is the session fixture that does it, skipping with the reason
+  when apt or root is missing. The Slurm fixture installs ``libpmix-dev`` (for ``srun --mpi=pmix_v4``).
 * :func:`mpi_plugin` says which ``srun --mpi`` plugin starts Open MPI ranks on a cluster: ``pmix_v4`` when a
   one-rank probe works; None when it does not (a slurmd started before ``libpmix-dev`` was installed cannot
   load PMIx until restarted; Debian's Open MPI cannot start under ``--mpi=pmi2``).
 * :func:`md_workflow` loads one of ``examples/md/`` with its ``env`` overridden (outputs folder, sizes).
 
-Measured here (2 shared cores): ``apt-get install`` of the five packages ≈ 60 s once; the LJ melt of
+Measured here (2 shared cores): ``apt-get install`` of the four packages ≈ 60 s once; the LJ melt of
 4,000 atoms, 250 steps, 2 ranks ≈ 2-10 s; the 3 nm water box (2,652 atoms), 100 steps, 2 ranks ≈ 3-6 s.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,34 +23,22 @@ import pytest
 import yaml
 
 from dsq_chain.workloads import workflow as wfm
-from tests.slurm_cluster import SlurmCluster, SlurmUnavailable, find_binary
+from tests.apt import AptUnavailable, ensure_packages
+from tests.slurm_cluster import SlurmCluster, find_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "md"
-MD_PACKAGES = ("lammps", "lammps-examples", "gromacs", "openmpi-bin", "libpmix-dev")
+MD_PACKAGES = ("lammps", "lammps-examples", "gromacs", "openmpi-bin")
 LJ_INPUT = Path("/usr/share/lammps/examples/melt/in.melt")
 
 
 def _present() -> bool:
-    return all(shutil.which(b) for b in ("lmp", "gmx", "gmx_mpi", "mpirun")) and LJ_INPUT.exists() and any(
-        Path(d).joinpath("libpmix.so").exists() for d in ("/usr/lib/x86_64-linux-gnu/pmix2/lib",
-                                                          "/usr/lib/aarch64-linux-gnu/pmix2/lib"))
+    return all(shutil.which(b) for b in ("lmp", "gmx", "gmx_mpi", "mpirun")) and LJ_INPUT.exists()
 
 
 def ensure_md_installed(timeout_s: float = 1200) -> None:
-    """Installs the MD packages with apt-get unless present; :class:`SlurmUnavailable` when it cannot."""
-    if _present():
-        return
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        raise SlurmUnavailable(f"LAMMPS/GROMACS missing and cannot be installed here (needs apt-get as root): "
-                               f"install {' '.join(MD_PACKAGES)}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in ([apt, "-o", "DPkg::Lock::Timeout=600", "update"],
-                [apt, "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", *MD_PACKAGES]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
-            raise RuntimeError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    """Installs the MD packages with apt-get unless present; :class:`AptUnavailable` when it cannot."""
+    ensure_packages(MD_PACKAGES, _present, timeout_s=timeout_s)
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +46,7 @@ def md_codes() -> None:
     """LAMMPS, GROMACS and Open MPI installed (skips with the reason where they cannot be)."""
     try:
         ensure_md_installed()
-    except SlurmUnavailable as e:
+    except AptUnavailable as e:
         pytest.skip(str(e))
 
 

@@ -79,6 +79,10 @@ def steps_per_s(code: str, value: float) -> float:
 def with_ranks(wf: wfm.Workflow, ranks: int) -> wfm.Workflow:
     data = wf.to_data()
     data["resources"]["tasks"] = ranks
+    for step in data["steps"]:  # the MPI step: one rank per task
+        resources = (step.get("run") or {}).get("resources")
+        if resources and resources.get("tasks", 1) > 1:
+            resources["tasks"] = ranks
     return wfm.loads(json.dumps(data))
 
 
@@ -171,10 +175,10 @@ def md(bench: Bench, codes: list[str], ranks: list[int], seconds: float, plugin:
     for code in codes:
         example, size, steps_var, _, unit = CODES[code]
         for n in ranks:
-            probe = with_ranks(md_workflow_with(example, {**size, steps_var: "200", "MPI_PLUGIN": plugin}), n)
+            probe = with_ranks(md_workflow_with(example, {**size, steps_var: "200"}), n)
             _, _, out = bench.run_direct(probe)  # calibration
             steps = max(100, int(seconds * steps_per_s(code, figure(code, out))))
-            wf = with_ranks(md_workflow_with(example, {**size, steps_var: str(steps), "MPI_PLUGIN": plugin}), n)
+            wf = with_ranks(md_workflow_with(example, {**size, steps_var: str(steps)}), n)
             d_wall, d_start, d_out = bench.run_direct(wf)
             g_wall, g_start, g_out, bill = bench.run_grid(wf)
             ratio = g_wall / d_wall

@@ -85,7 +85,7 @@ def test_lammps_srun_pmix(grid: Grid, md_rig: Rig, slurm_cluster: SlurmCluster, 
         pytest.skip("this slurmd cannot load PMIx (libpmix-dev installed after it started): the mpirun test covers "
                     "MPI; Debian's Open MPI does not start under --mpi=pmi2")
     outputs = tmp_path / "outputs"
-    wf = md_workflow("lammps-melt", labels=ON_CPU, OUTPUT_DIR=str(outputs), LJ_STEPS="100", MPI_PLUGIN=plugin)
+    wf = md_workflow("lammps-melt", labels=ON_CPU, OUTPUT_DIR=str(outputs), LJ_STEPS="100")
     [job] = through_grid(grid, md_rig, wf)
     _finished(md_rig, job)
     log = (outputs / str(job) / "log.lammps").read_text()
@@ -108,7 +108,7 @@ def test_gromacs_water_box(grid: Grid, md_rig: Rig, slurm_cluster: SlurmCluster,
     if plugin is None:
         pytest.skip("this slurmd cannot load PMIx (libpmix-dev installed after it started)")
     outputs = tmp_path / "outputs"
-    wf = md_workflow("gromacs-water", labels=ON_CPU, OUTPUT_DIR=str(outputs), MD_STEPS="100", MPI_PLUGIN=plugin)
+    wf = md_workflow("gromacs-water", labels=ON_CPU, OUTPUT_DIR=str(outputs), MD_STEPS="100")
     [job] = through_grid(grid, md_rig, wf)
     _finished(md_rig, job)
     log = (outputs / str(job) / "md.log").read_text()

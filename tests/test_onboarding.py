@@ -249,13 +249,19 @@ def test_worker_heartbeat_and_doctor(grid: Grid, anvil: AnvilNode, keys: list[st
         while read_heartbeat(tmp_path / "state") is None:
             assert time.monotonic() < deadline, "no heartbeat"
             time.sleep(0.1)
-        found = run_doctor()
-        assert all(ok for ok, _, _ in found.values()), found
         beat = read_heartbeat(tmp_path / "state")
         assert beat is not None and beat.address == client.address and beat.pid == os.getpid()
-        stale = run_doctor(now=time.time() + 120)
+        chain_now = grid.chain.timestamp()  # the shared Anvil's clock may differ from ours: judge against it
+        found = run_doctor()
+        assert all(ok for name, (ok, _, _) in found.items() if name != "clock"), found
+        assert run_doctor(now=chain_now + 1)["clock"][0] is True
+        assert run_doctor(now=chain_now + 120)["clock"][0] is True  # a block 2 minutes old: not a stalled chain
+        stale = run_doctor(now=beat.time + 120)
         assert stale["worker"][0] is False and "last heartbeat" in stale["worker"][1]
-        assert stale["clock"][0] is True  # a block 2 minutes old is not yet a stalled chain
+        behind = run_doctor(now=chain_now - 100)["clock"]
+        assert behind[0] is False and "100 s behind chain time" in behind[1] and "sync the clock" in behind[2]
+        stalled = run_doctor(now=chain_now + 1000)["clock"]
+        assert stalled[0] is False and "older than this machine's clock" in stalled[1]
     finally:
         stop.set()
         thread.join(timeout=10)

@@ -48,7 +48,11 @@ class Guide:
     def __init__(self, work: Path, cluster: SlurmCluster) -> None:
         self.work = work
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DSQ_")}
-        self.env.update(WORK=str(work), PORT=str(free_port()), METRICS=str(free_port()), SLURM_CONF=str(cluster.conf),
+        port = free_port()
+        metrics = free_port()
+        while metrics == port:  # two free ports, not the same one twice
+            metrics = free_port()
+        self.env.update(WORK=str(work), PORT=str(port), METRICS=str(metrics), SLURM_CONF=str(cluster.conf),
                         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
         self.procs: list[subprocess.Popen[bytes]] = []
         self.outputs: list[str] = []
@@ -120,7 +124,8 @@ def test_the_guide_step_by_step(guide: Guide) -> None:
             guide.background(argv, env, guide.work / "worker.log")
             deadline = time.monotonic() + 30
             while read_heartbeat(provider / "state") is None:
-                assert time.monotonic() < deadline, (guide.work / "worker.log").read_text()
+                worker_log = (guide.work / "worker.log").read_text()
+                assert time.monotonic() < deadline and guide.procs[-1].poll() is None, worker_log
                 time.sleep(0.2)
             continue
         if marker.startswith("the test starts this in the background"):

@@ -210,8 +210,8 @@ def sweep(bench: Bench, n: int) -> None:
     done = sum(1 for s in statuses.values() if s is JobStatus.FINISHED)
     rows = sorted(float(p.read_text().split()[1]) for p in (outputs / "sweep").glob("*.txt"))
     bill = bench.billed(ids)
-    runs = [float(m.group(1)) for p in (bench.work / "grid" / "jobs").glob("*/work/log.lammps")
-            for m in [re.search(r"Loop time of ([0-9.]+)", p.read_text())] if m]
+    logs = [p for i in ids for p in (bench.work / "grid" / "jobs").glob(f"{i}-*/work/log.lammps")]
+    runs = [float(m.group(1)) for p in logs for m in [re.search(r"Loop time of ([0-9.]+)", p.read_text())] if m]
     counts = statistics.multimode([s.name for s in statuses.values()])
     print(f"sweep: {n} LAMMPS simulations as one job array (submitted in {t_sub:.1f} s): {done} FINISHED, "
           f"{len(rows)} result files (T {rows[0] if rows else '-'} .. {rows[-1] if rows else '-'})")

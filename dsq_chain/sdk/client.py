@@ -336,14 +336,20 @@ class SchedulerClient(_Client):
     def assign(self, job_id: int, provider: str, labels: Sequence[ChainLabel] = ()) -> None:
         self._send(self.market.functions.assign(job_id, to_checksum_address(provider), list(labels)))
 
-    def assign_batch(self, assignments: Sequence[tuple[int, str, Sequence[ChainLabel]]]) -> TxReceipt:
-        """Assigns many (job id, provider, on-chain label constraints) in one transaction."""
+    def assign_batch(
+        self, assignments: Sequence[tuple[int, str, Sequence[ChainLabel]]], *, gas: int | None = None
+    ) -> TxReceipt:
+        """Assigns many (job id, provider, on-chain label constraints) in one transaction.
+
+        ``gas``: an explicit gas limit (no estimation round trip; a revert then shows in the receipt and
+        raises the same ContractError); None estimates it."""
         if not assignments:
             raise InputError("assign_batch() needs at least one assignment")
         ids = [a[0] for a in assignments]
         provs = [to_checksum_address(a[1]) for a in assignments]
         labels = [list(a[2]) for a in assignments]
-        return self._send(self.market.functions.assignBatch(ids, provs, labels))
+        fn = self.market.functions.assignBatch(ids, provs, labels)
+        return self._send(fn if gas is None else Call(fn, gas=gas))
 
     def timeout_claim(self, job_id: int) -> None:
         self._send(self.market.functions.timeoutClaim(job_id))

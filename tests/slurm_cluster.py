@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -89,13 +88,6 @@ def ensure_slurm_installed(timeout_s: float = 900) -> None:
         ensure_packages(APT_PACKAGES, present, timeout_s=timeout_s)
     except AptUnavailable as exc:
         raise SlurmUnavailable(f"Slurm cannot be set up: {exc}") from None
-
-
-def first_job_id() -> int:
-    """A random first job id: clusters started side by side on one machine (parallel test sessions) must not hand
-    out the same ids, or Open MPI ranks of their jobs meet in the same shared-memory segments (named after the
-    PMIx namespace ``slurm.pmix.<job>.<step>``) and crash."""
-    return 1000 + secrets.randbelow(50_000_000)
 
 
 def free_port() -> int:
@@ -198,7 +190,6 @@ JobCompLoc={d}/jobcomp.txt
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 MpiDefault=none
-FirstJobId={first_job_id()}
 ReturnToService=2
 MinJobAge=3600
 KillWait=2

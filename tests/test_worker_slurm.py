@@ -30,6 +30,7 @@ from tests.worker_scenarios import (
     cancel_all,
     credits_for,
     expected_bill,
+    job_ids_under,
     new_rig,
     phase_of,
     settlement,
@@ -59,12 +60,7 @@ def srig(grid: Grid, anvil: AnvilNode, keys: list[str], tmp_path: Path,
         yield r
     finally:
         r.worker.close()
-        cancel_all(new_executor(), _job_ids(root))
-
-
-def _job_ids(root: Path) -> list[int]:
-    jobs = root / "jobs"
-    return sorted({int(d.name.split("-")[0]) for d in jobs.iterdir() if d.name[0].isdigit()}) if jobs.exists() else []
+        cancel_all(new_executor(), job_ids_under(root))
 
 
 def slurm_job(cluster: SlurmCluster, exec_id: str) -> str:
@@ -173,7 +169,7 @@ def test_operator_scancel_of_a_queued_job_panics(grid: Grid, anvil: AnvilNode, k
         assert "ended before it started" in r.actions[-1].reason
     finally:
         r.worker.close()
-        cancel_all(SlurmExecutor(root, slurm_conf=slurm_cluster.conf), _job_ids(root))
+        cancel_all(SlurmExecutor(root, slurm_conf=slurm_cluster.conf), job_ids_under(root))
 
 
 def test_slurmctld_unresponsive_then_back(grid: Grid, srig: Rig, slurm_cluster: SlurmCluster,  # noqa: F811

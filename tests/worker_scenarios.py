@@ -155,6 +155,12 @@ def phase_of(worker: ProviderWorker, job_id: int) -> object:
     return entry.phase if entry else None
 
 
+def job_ids_under(root: Path) -> list[int]:
+    """Chain job ids that have a job folder under a Slurm executor's ``root``."""
+    jobs = root / "jobs"
+    return sorted({int(d.name.split("-")[0]) for d in jobs.iterdir() if d.name[0].isdigit()}) if jobs.exists() else []
+
+
 def cancel_all(executor: Executor, job_ids: Sequence[int]) -> None:
     """Teardown: end every execution of these chain jobs (tests must not leave processes behind)."""
     for job_id in job_ids:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
+from dsq_chain.cli import onboard as _onboard  # noqa: F401  (registers provider init/check/doctor)
 from dsq_chain.cli.akash import akash_app
 from dsq_chain.cli.common import Settings
 from dsq_chain.cli.jobs import register as register_job_commands

@@ -42,6 +42,7 @@ from dsq_chain.errors import ChainUnavailable, ContractError, DsqError, InputErr
 from dsq_chain.executors.base import ExecutorError
 from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.deployment import Deployment
+from dsq_chain.services.onboarding import decrypt_keystore, read_keystore
 from dsq_chain.types import CREDIT_UNIT
 
 EXIT_JOB_FAILED = 1
@@ -110,11 +111,11 @@ class Settings:
 
     def private_key(self) -> str:
         keystore = self.keystore or (Path(os.environ["DSQ_KEYSTORE"]) if os.environ.get("DSQ_KEYSTORE") else None)
-        if keystore is None and self.config_file().get("keystore"):
+        key = os.environ.get("DSQ_PRIVATE_KEY")
+        if keystore is None and not key and self.config_file().get("keystore"):  # the environment beats the file
             keystore = Path(self.config_file()["keystore"])
         if keystore is not None:
             return _decrypt(keystore)
-        key = os.environ.get("DSQ_PRIVATE_KEY")
         if not key:
             raise InputError("no key: set DSQ_PRIVATE_KEY or pass --keystore FILE (an encrypted eth-account keystore)")
         try:
@@ -129,21 +130,13 @@ class Settings:
 
 
 def _decrypt(path: Path) -> str:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"keystore {path} not found") from None
-    except json.JSONDecodeError:
-        raise InputError(f"keystore {path} is not JSON") from None
+    data = read_keystore(path)
     password = os.environ.get("DSQ_KEYSTORE_PASSWORD")
     if password is None:
         if not sys.stdin.isatty():
             raise InputError("keystore password needed: set DSQ_KEYSTORE_PASSWORD (no terminal to prompt on)")
         password = typer.prompt(f"password for {path}", hide_input=True)
-    try:
-        return "0x" + bytes(Account.decrypt(data, password)).hex()
-    except ValueError:
-        raise InputError(f"wrong password for keystore {path}") from None
+    return decrypt_keystore(data, password, path)[1]
 
 
 def settings(ctx: typer.Context) -> Settings:

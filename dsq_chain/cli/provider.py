@@ -12,6 +12,7 @@ from dsq_chain.cli.common import emit, errors, fmt_credits, out, parse_credits, 
 from dsq_chain.cli.jobs import provider_rows
 from dsq_chain.errors import InputError
 from dsq_chain.executors import Executor, make_executor
+from dsq_chain.executors.hardware import MEASURED_LABELS, self_check, verify_offer
 from dsq_chain.sdk.client import AdminClient, ProviderClient
 from dsq_chain.types import Prices, Resources
 from dsq_chain.workloads.labels import parse_labels
@@ -65,6 +66,13 @@ def register(
         if not hw.fits_in(detected):
             raise InputError(f"refusing to register {hw.cpus} cpus, {hw.gpus} gpus, {hw.mem_mb} MB: the {executor} "
                              f"executor detects {detected.cpus} cpus, {detected.gpus} gpus, {detected.mem_mb} MB")
+        # labels the self-check measures must match it (simulated GPUs carry whatever model the demo gives them)
+        measured = {k: v for k, v in labels.items()
+                    if k in MEASURED_LABELS and not (fake_gpus and k.startswith("gpu."))}
+        if measured:
+            problems = verify_offer(hw, measured, self_check(ex, state_dir / "executor"))
+            if problems:
+                raise InputError("refusing to register more than the self-check measured: " + "; ".join(problems))
         p = _provider(ctx)
         p.register(hw, prices, labels)
         out.print(f"registered {p.address}: {hw.cpus} cpus, {hw.gpus} gpus, {hw.mem_mb} MB; awaiting approval")

@@ -61,6 +61,7 @@ from dsq_chain.services.decisions import (
 )
 from dsq_chain.services.decisions import start as start_reports
 from dsq_chain.services.follower import EventFollower
+from dsq_chain.services.heartbeat import write_heartbeat
 from dsq_chain.services.journal import Entry, Journal, Phase
 from dsq_chain.services.metrics import WorkerMetrics
 from dsq_chain.services.reports import CHAIN_DOWN, ReportSender
@@ -74,6 +75,8 @@ MAX_FAILURES = 5
 #: Seconds after chain time says a running job's escrow is used up before the worker ends it itself
 #: (the executor's own limit normally ends it first; Slurm's may fire up to ~30 s late).
 ENFORCE_GRACE_S = 2.0
+#: The running loop rewrites ``state_dir/heartbeat.json`` this often (``dsq provider doctor`` reads it).
+HEARTBEAT_EVERY_S = 5.0
 #: Executor submissions of one tick run in parallel, this many at once.
 SUBMIT_PARALLELISM = 8
 #: A tick stops handing new jobs to the executor after this many seconds (the rest wait for the next tick), so
@@ -160,10 +163,14 @@ class ProviderWorker:
     def run(self, stop: threading.Event) -> None:
         """Ticks until ``stop`` is set; an unexpected error is logged and the loop goes on (backing off)."""
         backoff = self.poll_interval
+        last_beat = 0.0
         while not stop.is_set():
             try:
                 self.tick()
                 backoff = self.poll_interval
+                if time.monotonic() - last_beat >= HEARTBEAT_EVERY_S:
+                    write_heartbeat(self.state_dir, self.address, self.chain_up)
+                    last_beat = time.monotonic()
             except Exception as e:  # the daemon must outlive any one bad tick
                 log.exception("tick failed: %s; retrying in %.1f s", e, backoff)
                 self._count_error(e)

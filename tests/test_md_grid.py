@@ -1,0 +1,130 @@
+"""Molecular dynamics through the whole grid on a real Slurm: submit → meta-scheduler → worker → sbatch → MPI
+ranks → FINISHED, outputs returned to the owner's folder.
+
+LAMMPS (Lennard-Jones melt) and GROMACS (a water box) run on 2 MPI ranks started by ``srun --mpi=pmix_v4``,
+LAMMPS also by ``mpirun`` inside one step, and a small temperature sweep runs as a job array. Each simulation
+lasts a few seconds. Jobs require ``zone == eu`` so that the scheduler places them on the grid's ``cpu``
+provider, the one whose worker runs here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dsq_chain.executors import SlurmExecutor
+from dsq_chain.sdk.anvil import AnvilNode
+from dsq_chain.services.scheduler import MetaScheduler
+from dsq_chain.types import CREDIT_UNIT, JobStatus
+from dsq_chain.workloads import workflow as wfm
+from tests.grid import Grid
+from tests.md_tools import md_codes, md_workflow, mpi_plugin  # noqa: F401  (md_codes: the fixture)
+from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (the fixture)
+from tests.worker_scenarios import Rig, cancel_all, job_ids_under, new_rig, settlement
+
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
+
+CPU_KEY = 5
+ESCROW = 20 * CREDIT_UNIT
+ON_CPU = ("zone == eu",)
+
+
+@pytest.fixture
+def md_rig(md_codes: None, grid: Grid, anvil: AnvilNode, keys: list[str], tmp_path: Path,  # noqa: F811
+           slurm_cluster: SlurmCluster) -> Iterator[Rig]:  # noqa: F811
+    root = tmp_path / "slurm"
+
+    def new_executor() -> SlurmExecutor:
+        return SlurmExecutor(root, slurm_conf=slurm_cluster.conf, command_timeout_s=10)
+
+    rig = new_rig(anvil.rpc_url, keys[CPU_KEY], grid.deployment, grid.user, new_executor, tmp_path / "worker")
+    try:
+        yield rig
+    finally:
+        rig.worker.close()
+        cancel_all(new_executor(), job_ids_under(root))
+
+
+def through_grid(grid: Grid, rig: Rig, wf: wfm.Workflow, *, count: int = 1, timeout: float = 240) -> list[int]:
+    """Submits ``wf`` (``count`` jobs), lets the real meta-scheduler place them and the worker run them to a final
+    status; returns the job ids."""
+    ids = grid.user.submit(wf.canonical(), resources=wf.resources, labels=wf.labels, credits=ESCROW, max_rate=10**6,
+                           count=count)
+    sched = MetaScheduler(grid.scheduler.wallet, grid.deployment)
+    placed: set[int] = set()
+    for _ in range(20):
+        placed.update(a.job_id for a in sched.round().assigned)
+        if placed >= set(ids):
+            break
+    assert placed >= set(ids), f"the scheduler placed only {sorted(placed)} of {ids}: {sched.explain(ids[0])}"
+    assert all(grid.user.job(i).provider == grid.cpu.address for i in ids)
+    finals = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.PANICKED, JobStatus.OUT_OF_CREDITS)
+    for job_id in ids:
+        rig.until(job_id, finals, timeout=timeout)
+    return ids
+
+
+def _explain(rig: Rig, job_id: int) -> str:
+    out, err = rig.worker.logs(job_id)
+    tail = {p.name: p.read_text()[-2500:] if p.exists() else "" for p in (out, err)}
+    return "\n".join(f"{name}:\n{text}" for name, text in tail.items())
+
+
+def _finished(rig: Rig, job_id: int) -> None:
+    status = rig.status(job_id)
+    assert status is JobStatus.FINISHED, f"job {job_id} ended {status.name}\n{_explain(rig, job_id)}"
+    assert settlement(rig.user, job_id)["exitCode"] == 0
+
+
+def test_lammps_srun_pmix(grid: Grid, md_rig: Rig, slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+    plugin = mpi_plugin(slurm_cluster)
+    if plugin is None:
+        pytest.skip("this slurmd cannot load PMIx (libpmix-dev installed after it started): the mpirun test covers "
+                    "MPI; Debian's Open MPI does not start under --mpi=pmi2")
+    outputs = tmp_path / "outputs"
+    wf = md_workflow("lammps-melt", labels=ON_CPU, OUTPUT_DIR=str(outputs), LJ_STEPS="100")
+    [job] = through_grid(grid, md_rig, wf)
+    _finished(md_rig, job)
+    log = (outputs / str(job) / "log.lammps").read_text()
+    assert re.search(r"Loop time of [0-9.]+ on 2 procs for 100 steps with 4000 atoms", log)  # 2 ranks, 1 system
+    assert "timesteps/s" in md_rig.worker.logs(job)[0].read_text()
+    assert (outputs / str(job) / "final.data").read_text().count("\n") > 4000  # every atom came back
+
+
+def test_lammps_mpirun_in_one_step(grid: Grid, md_rig: Rig, tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    wf = md_workflow("lammps-mpirun", labels=ON_CPU, OUTPUT_DIR=str(outputs), LJ_STEPS="100")
+    [job] = through_grid(grid, md_rig, wf)
+    _finished(md_rig, job)
+    log = (outputs / str(job) / "log.lammps").read_text()
+    assert re.search(r"Loop time of [0-9.]+ on 2 procs for 100 steps with 4000 atoms", log)
+
+
+def test_gromacs_water_box(grid: Grid, md_rig: Rig, slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+    plugin = mpi_plugin(slurm_cluster)
+    if plugin is None:
+        pytest.skip("this slurmd cannot load PMIx (libpmix-dev installed after it started)")
+    outputs = tmp_path / "outputs"
+    wf = md_workflow("gromacs-water", labels=ON_CPU, OUTPUT_DIR=str(outputs), MD_STEPS="100")
+    [job] = through_grid(grid, md_rig, wf)
+    _finished(md_rig, job)
+    log = (outputs / str(job) / "md.log").read_text()
+    assert "Using 2 MPI processes" in log
+    assert "Performance:" in log and "ns/day" in log
+    assert (outputs / str(job) / "md.gro").read_text().splitlines()[1].strip() == "2652"  # atoms in the last frame
+    assert (outputs / str(job) / "md.edr").stat().st_size > 0
+
+
+def test_sweep_as_a_job_array(grid: Grid, md_rig: Rig, tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    ids = through_grid(grid, md_rig, md_workflow("lammps-sweep", labels=ON_CPU, OUTPUT_DIR=str(outputs), STEPS="50",
+                                                 SWEEP_POINTS="4"), count=4)
+    for job in ids:
+        _finished(md_rig, job)
+    rows = [(outputs / "sweep" / f"{j}.txt").read_text().split() for j in ids]
+    temperatures = sorted(float(r[1]) for r in rows)
+    assert temperatures == [0.5, 0.55, 0.6, 0.65]  # consecutive ids cover every point once
+    assert all(len(r) == 4 and float(r[2]) < 0 for r in rows)  # T, temperature, potential energy, pressure

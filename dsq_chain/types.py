@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from dsq_chain.money import DECIMALS, UNIT, Credits
+
 #: Credits have 6 decimals on chain: 1 credit == 1_000_000 units.
-CREDIT_DECIMALS = 6
-CREDIT_UNIT = 10**CREDIT_DECIMALS
+CREDIT_DECIMALS = DECIMALS
+CREDIT_UNIT = UNIT
 
 
 class JobStatus(IntEnum):
@@ -173,22 +175,30 @@ class LabelConstraint:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A job as the chain holds it (plus the submission's event data when known)."""
+    """A job as the chain holds it (plus the submission's event data when known).
+
+    Amounts are :class:`~dsq_chain.money.Credits`: ``escrow`` still locked, ``rate`` per minute
+    (snapshotted at assignment), ``max_rate`` the price cap per minute; ``billed``/``refunded`` are
+    set once the job is settled (``billed`` is the bill so far while it runs), else None.
+    ``head_id`` is the first job of the job's array (its own id when submitted alone).
+    """
 
     id: int
     owner: str
     status: JobStatus
     resources: Resources
-    max_rate: int
-    escrow: int
+    max_rate: Credits
+    escrow: Credits
     provider: str | None
-    rate: int
+    rate: Credits
     since: int
     workflow_hash: bytes
     labels_hash: bytes = b"\0" * 32
     head_id: int = 0
     labels: tuple[LabelConstraint, ...] = ()
     workflow: bytes | None = None
+    billed: Credits | None = None
+    refunded: Credits | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
         credits: Annotated[str, typer.Option("--credits", help="escrow per job, in credits")],
         max_rate: Annotated[str, typer.Option("--max-rate", help="price cap in credits per minute")] = "1000",
         count: Annotated[int, typer.Option("--count", help="job array: this many identical jobs")] = 1,
-        force: Annotated[bool, typer.Option("--force", help="submit even if no provider could run it now")] = False,
+        force: Annotated[bool, typer.Option(
+            "--force", help="submit even if no approved provider could run it (resources, labels, price cap)")] = False,
         as_json: JSON = False,
     ) -> None:
         """Submits a workflow, locking its escrow (one transaction, paid by permit if needed)."""
@@ -61,8 +62,7 @@ def register(app: typer.Typer) -> None:
                 raise InputError(f"--count must be >= 1, got {count}")
             wf = wfmod.load(workflow)  # validated fully before anything touches the chain
             grid = _grid(ctx)
-            ids = grid.submit(wf.canonical(), resources=wf.resources, credits=units, max_rate=rate,
-                              labels=wf.labels, count=count, check_providers=not force)
+            ids = list(grid.submit(wf, credits=units, max_rate=rate, count=count, force=force))
             emit({"job_ids": ids, "workflow_hash": "0x" + wf.hash().hex()},
                  lambda: f"submitted job{'s' if len(ids) > 1 else ''} {_ids(ids)} "
                          f"({wf.resources.cpus} cpus, {wf.resources.gpus} gpus, {wf.resources.mem_mb} MB; "
@@ -198,7 +198,7 @@ def register(app: typer.Typer) -> None:
         """Withdraws your internal balance (refunds, earnings) as tokens."""
         with errors():
             grid = _grid(ctx)
-            amount = grid.withdraw()
+            amount = grid.withdraw().amount
             out.print(f"withdrew {fmt_credits(amount)} credits to {grid.address}")
 
     @app.command()

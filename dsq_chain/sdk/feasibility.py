@@ -1,0 +1,101 @@
+"""Before credits are locked: could any approved provider run this job?
+
+The job (resources, label constraints, price cap) is checked against every approved provider's
+hardware, labels and prices by the meta-scheduler's own matcher (:mod:`dsq_chain.matching`), so the
+verdicts are the ones ``dsq explain`` gives once the job waits. Capacity is taken as the provider's
+whole hardware: a job that fits once running jobs end is feasible (it waits; it does not wait forever).
+Paused providers count: a pause ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from eth_utils.address import to_checksum_address
+
+from dsq_chain.errors import Infeasible
+from dsq_chain.matching import Explanation, Matcher, PendingJob, ProviderState
+from dsq_chain.money import Credits
+from dsq_chain.sdk.events import EventDecoder, normalise_log
+from dsq_chain.types import LabelConstraint, Provider, ProviderStatus, Resources
+
+
+def provider_labels(client: Any, addresses: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Each provider's labels now, folded from its ``ProviderLabelsSet`` events (one ``eth_getLogs``).
+
+    ``client`` is any SDK client (it needs ``chain`` and ``deployment``)."""
+    from dsq_chain.workloads.labels import decode_value
+
+    wanted = {to_checksum_address(a) for a in addresses}
+    out: dict[str, dict[str, str]] = {a: {} for a in wanted}
+    if not wanted:
+        return out
+    decoder = EventDecoder()
+    params = {"address": client.deployment.market, "fromBlock": hex(client.deployment.block), "toBlock": "latest",
+              "topics": [decoder.topics["ProviderLabelsSet"],
+                         ["0x" + "0" * 24 + a[2:].lower() for a in sorted(wanted)]]}
+    for raw in client.chain.call_rpc("eth_getLogs", [params]) or []:
+        ev = decoder.decode(normalise_log(raw))
+        if ev is None or ev.args["provider"] not in out:
+            continue
+        labels = out[ev.args["provider"]]
+        for key, value in zip(ev.args["keys"], ev.args["values"], strict=True):
+            try:
+                decoded = None if value == b"\0" * 32 else decode_value(value)
+            except ValueError:  # a word no label value encodes to: the key counts as absent (as the scheduler does)
+                decoded = None
+            if decoded is None:
+                labels.pop(key, None)
+            else:
+                labels[key] = decoded
+    return out
+
+
+def explain_submission(
+    providers: Sequence[Provider],
+    labels: dict[str, dict[str, str]],
+    resources: Resources,
+    constraints: Sequence[LabelConstraint],
+    max_rate: Credits,
+    *,
+    owner: str,
+    now: float = 0.0,
+) -> Explanation:
+    """The matcher's verdict of every approved provider for a job not yet submitted (id 0)."""
+    job = PendingJob(0, owner, resources, int(max_rate), tuple(constraints))
+    states = {
+        p.address: ProviderState(p.address, p.total, p.total, p.prices, dict(labels.get(p.address, {})), True)
+        for p in providers
+        if p.status is ProviderStatus.APPROVED
+    }
+    return Matcher().explain(job, states, now)
+
+
+def check_feasible(
+    client: Any,
+    resources: Resources,
+    constraints: Sequence[LabelConstraint],
+    max_rate: Credits,
+) -> Explanation:
+    """The explanation when at least one approved provider could run the job; raises
+    :class:`~dsq_chain.errors.Infeasible` naming each provider's reason otherwise."""
+    providers = [p for p in client.providers() if p.status is ProviderStatus.APPROVED]
+    if not providers:
+        raise Infeasible("no approved provider yet: nothing could run this job "
+                         "(force=True, or dsq submit --force, queues it anyway)")
+    labels = provider_labels(client, (p.address for p in providers))
+    explanation = explain_submission(providers, labels, resources, constraints, max_rate, owner=client.address)
+    if explanation.error is not None:
+        raise Infeasible(f"the job cannot be matched: {explanation.error}", {}, explanation)
+    if not explanation.placeable:
+        reasons = {v.address: v.rejection.reason for v in explanation.verdicts if v.rejection is not None}
+        lines = "\n".join(f"  {a}: {r}" for a, r in reasons.items())
+        raise Infeasible(
+            f"no approved provider can run this job (force=True, or dsq submit --force, queues it anyway):\n{lines}",
+            reasons, explanation,
+        )
+    return explanation
+
+
+__all__ = ["check_feasible", "explain_submission", "provider_labels"]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import json
+from dataclasses import dataclass, field
 
 from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Chain, Wallet
@@ -114,6 +113,21 @@ class Grid:
         elif status is JobStatus.PANICKED:
             prov.panic(job_id)
         return job_id
+
+
+def submit_unchecked(
+    user: GridClient, raw: bytes, resources: Resources, *, credits: int = CREDITS, max_rate: int = MAX_RATE,
+    labels: tuple[LabelConstraint, ...] = (), count: int = 1,
+) -> list[int]:
+    """Submits through the contract directly, as a client other than this SDK could: the workflow bytes,
+    resources and labels need not agree (the SDK refuses that). Amounts in base units."""
+    from dsq_chain.sdk.receipts import submission_of
+    from dsq_chain.workloads.labels import on_chain
+
+    user.wallet.transact(user.token.functions.approve(user.market.address, int(credits) * count))
+    request = (resources.cpus, resources.gpus, resources.mem_mb, int(max_rate), int(credits))
+    receipt = user.wallet.transact(user.market.functions.submit(request, on_chain(labels), raw, count))
+    return list(submission_of(receipt))
 
 
 def build_grid(chain: Chain, keys: list[str]) -> Grid:

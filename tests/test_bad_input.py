@@ -20,7 +20,7 @@ from dsq_chain import errors
 from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Call
 from dsq_chain.sdk.client import GridClient
-from dsq_chain.types import CREDIT_UNIT, JobStatus, Resources
+from dsq_chain.types import JobStatus, Resources
 from dsq_chain.workloads import workflow as wfmod
 from dsq_chain.workloads.labels import on_chain, parse_constraint
 from tests.grid import CREDITS, MAX_RATE, SMALL, WORKFLOW, Grid, workflow_for

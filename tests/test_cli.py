@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
+from dsq_chain import errors
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import free_port
 from dsq_chain.types import CREDIT_UNIT, JobStatus
 from dsq_chain.workloads import workflow as wfmod
@@ -94,7 +96,7 @@ def test_submit_list_show_cancel(cli: Cli) -> None:
 
 def test_human_tables_and_status_filter(cli: Cli) -> None:
     wf = wfmod.load(HELLO)
-    ids = cli.grid.user.submit(wf.canonical(), resources=wf.resources, credits=CREDIT_UNIT, max_rate=10**7, count=3)
+    ids = cli.grid.user.submit(wf, credits=Credits(1), max_rate=Credits(10), count=3)
     cli.grid.user.cancel(ids[0])
     listing = json.loads(cli.ok("jobs", "--status", "canceled", "--json").stdout)
     assert [j["id"] for j in listing] == [ids[0]]
@@ -108,11 +110,25 @@ def test_explain_names_the_failing_constraint(cli: Cli, tmp_path: Path) -> None:
     wf = tmp_path / "big.yaml"
     wf.write_text("resources: {tasks: 1, cpusPerTask: 4, memPerCpu: 256, gpus: 2}\n"
                   "labels: ['gpu.model == H100']\nsteps: [{name: a, run: {command: 'true'}}]\n")
-    job_id = json.loads(cli.ok("submit", str(wf), "--credits", "1", "--json", key=user_key(cli)).stdout)["job_ids"][0]
+    # without --force nothing is sent: the same verdicts as explain, computed before submitting
+    refused = cli.fails(EXIT_INPUT, "submit", str(wf), "--credits", "1", key=user_key(cli))
+    assert "no approved provider can run this job" in refused and "--force" in refused
+    job_id = json.loads(cli.ok("submit", str(wf), "--credits", "1", "--force", "--json",
+                               key=user_key(cli)).stdout)["job_ids"][0]
     text = cli.ok("explain", str(job_id)).stdout
     assert "placeable on 0 of 4 providers" in text
     assert "gpus: needs 2, has 0 free" in text
     assert "label gpu.model == H100: provider has A100" in text
+    sdk = _sdk_reasons(cli, wf)
+    for address, reason in sdk.items():
+        assert f"{address}: {reason}" in text, (address, reason)
+
+
+def _sdk_reasons(cli: Cli, wf: Path) -> dict[str, str]:
+    """The SDK's per-provider reasons for refusing ``wf`` (they must be explain's verdicts)."""
+    with pytest.raises(errors.Infeasible) as info:
+        cli.grid.user.submit(wf, credits=Credits(1), max_rate=Credits(1000))
+    return info.value.reasons
 
 
 def test_bad_workflow_is_one_line_with_file_line_field(cli: Cli, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, cast
 
@@ -98,6 +99,11 @@ class _Client:
         """True when this client has no signer (it reads; sending raises InputError)."""
         return self.wallet.read_only
 
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise InputError(f"{what}: this client is read-only: connect with a key, a keystore or a signer "
+                             "to send transactions")
+
     def _send(self, fn: Any) -> Receipt:
         return receipt_of(self.wallet.transact(fn))
 
@@ -129,19 +135,13 @@ class _Client:
 
     def _with_bills(self, jobs: list[Job]) -> list[Job]:
         """``jobs`` with ``billed``/``refunded`` from their settlements (final) or ``billSoFar`` (RUNNING)."""
-        from dataclasses import replace
-
         final = [j.id for j in jobs if j.status.is_final]
         settled = settlements(self.chain, self.deployment, final) if final else {}
-        out: list[Job] = []
-        for j in jobs:
-            if j.id in settled:
-                args = settled[j.id].args
-                j = replace(j, billed=Credits(units=int(args["billed"])), refunded=Credits(units=int(args["refunded"])))
-            elif j.status is JobStatus.RUNNING:
-                j = replace(j, billed=Credits(units=int(self.market.functions.billSoFar(j.id).call())))
-            out.append(j)
-        return out
+        return [
+            bill_of(j, settled[j.id].args if j.id in settled else None,
+                    int(self.market.functions.billSoFar(j.id).call()) if j.status is JobStatus.RUNNING else None)
+            for j in jobs
+        ]
 
     def job_count(self) -> int:
         """How many jobs were ever submitted (ids run from 1 to this)."""
@@ -213,30 +213,16 @@ class GridClient(_Client):
         contract's ``ZeroCredits``, ``ZeroPriceCap``, ``InvalidResources``, ``EmptyWorkflow``,
         ``WorkflowTooLarge``, ``TooManyJobLabels``, ``InvalidArrayCount``, ``EscrowOverflow``,
         ``ERC20InsufficientBalance``, ``ERC2612ExpiredSignature``, ``ERC2612InvalidSigner``."""
-        from dsq_chain.workloads.labels import on_chain  # the label encoding lives with the label parser
-
-        escrow = Credits.of(credits, "credits")
-        cap = Credits.of(max_rate, "max_rate")
-        wf = _workflow_of(workflow)
-        if resources is not None and resources != wf.resources:
-            raise InputError(f"resources={resources} disagree with the workflow's, which asks for {wf.resources}: "
-                             "pass the Workflow alone and its resources are used")
-        if labels is not None and tuple(labels) != wf.labels:
-            raise InputError(f"labels={[str(c) for c in labels]} disagree with the workflow's "
-                             f"{[str(c) for c in wf.labels]}: pass the Workflow alone and its labels are used")
-        raw = wf.canonical()
-        chain_labels = on_chain(wf.labels)
-        request = _job_request(wf.resources, cap, escrow)
-        _check_submission(raw, chain_labels, count)
+        sub = prepare_submission(workflow, credits, max_rate, count, resources, labels)
+        self._writable("submit")
         if not force:
             from dsq_chain.sdk.feasibility import check_feasible
 
-            check_feasible(self, wf.resources, wf.labels, cap)
-        total = Credits(units=escrow * count)
+            check_feasible(self, sub.workflow.resources, sub.workflow.labels, sub.max_rate)
         fn = self._with_payment(
-            total,
-            lambda: self.market.functions.submit(request, chain_labels, raw, count),
-            lambda permit: self.market.functions.submitWithPermit(request, chain_labels, raw, count, permit),
+            sub.total,
+            lambda: self.market.functions.submit(*sub.args),
+            lambda permit: self.market.functions.submitWithPermit(*sub.args, permit),
         )
         return submission_of(self._raw(fn))
 
@@ -259,6 +245,7 @@ class GridClient(_Client):
         units = Credits.of(amount, "amount")
         if not 0 < units <= UINT64_MAX:
             raise InputError(f"top-up amount must be positive and at most {Credits(units=UINT64_MAX)}, got {units}")
+        self._writable("top_up")
         return self._send(self._with_payment(
             units,
             lambda: self.market.functions.topUp(job_id, int(units)),
@@ -312,56 +299,62 @@ class GridClient(_Client):
     # -- payment -------------------------------------------------------------------------------
     def _with_payment(self, total: int, plain: Any, with_permit: Any) -> Any:
         """The call paying ``total``: plain when balance/allowance cover it, else with a fresh permit."""
-        need = max(0, total - self.credits())
-        if need == 0:
+        balance = self.credits()
+        if total <= balance:
             return plain()
-        have = self.token_balance()
-        if have < need:
-            raise InputError(f"{self.address} holds {have} credits in tokens but this needs "
-                             f"{Credits(units=need)} more")
         allowance = int(self.token.functions.allowance(self.address, self.market.address).call())
-        if allowance >= need:
-            return plain()
-        return with_permit(self.sign_permit(need))
+        need = payment_need(self.address, total, balance, self.token_balance(), allowance)
+        return plain() if need is None else with_permit(self.sign_permit(need))
 
     def sign_permit(self, value: Credits | int, deadline: int | None = None) -> tuple[int, int, int, bytes, bytes]:
         """An EIP-2612 permit for the market to take ``value`` (Credits, or base units), valid until
         ``deadline`` (default: an hour of chain time), as the contract's PermitSig tuple."""
         deadline = deadline if deadline is not None else self.chain.timestamp() + PERMIT_TTL
         nonce = int(self.token.functions.nonces(self.address).call())
-        typed = {
-            "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
-                "Permit": [
-                    {"name": "owner", "type": "address"},
-                    {"name": "spender", "type": "address"},
-                    {"name": "value", "type": "uint256"},
-                    {"name": "nonce", "type": "uint256"},
-                    {"name": "deadline", "type": "uint256"},
-                ],
-            },
-            "primaryType": "Permit",
-            "domain": {
-                "name": "dsq credit",
-                "version": "1",
-                "chainId": self.chain.chain_id,
-                "verifyingContract": self.token.address,
-            },
-            "message": {
-                "owner": self.address,
-                "spender": self.market.address,
-                "value": int(value),
-                "nonce": nonce,
-                "deadline": deadline,
-            },
-        }
+        typed = permit_typed_data(self.chain.chain_id, self.token.address, self.address, self.market.address,
+                                  int(value), nonce, deadline)
         v, r, sig_s = self.wallet.signer.sign_typed_data(typed)
         return (int(value), deadline, v, r, sig_s)
+
+
+def payment_need(owner: str, total: int, balance: int, tokens: int, allowance: int) -> int | None:
+    """How much a permit must let the market take for a payment of ``total`` (None: no permit needed).
+
+    The internal ``balance`` is spent first; the rest comes from tokens, by allowance or permit.
+    Raises InputError when the tokens do not cover the rest."""
+    need = max(0, total - balance)
+    if need == 0:
+        return None
+    if tokens < need:
+        raise InputError(f"{owner} holds {Credits(units=tokens)} credits in tokens but this needs "
+                         f"{Credits(units=need)} more")
+    return None if allowance >= need else need
+
+
+def permit_typed_data(
+    chain_id: int, token: str, owner: str, spender: str, value: int, nonce: int, deadline: int
+) -> dict[str, Any]:
+    """The EIP-712 message of an EIP-2612 permit of the credit token."""
+    return {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            "Permit": [
+                {"name": "owner", "type": "address"},
+                {"name": "spender", "type": "address"},
+                {"name": "value", "type": "uint256"},
+                {"name": "nonce", "type": "uint256"},
+                {"name": "deadline", "type": "uint256"},
+            ],
+        },
+        "primaryType": "Permit",
+        "domain": {"name": "dsq credit", "version": "1", "chainId": chain_id, "verifyingContract": token},
+        "message": {"owner": owner, "spender": spender, "value": value, "nonce": nonce, "deadline": deadline},
+    }
 
 
 class ProviderClient(_Client):
@@ -562,6 +555,62 @@ def provider_from_view(v: Sequence[Any]) -> Provider:
         free=Resources(*map(int, free)),
         prices=Prices(*map(int, prices)),
     )
+
+
+@dataclass(frozen=True)
+class PreparedSubmission:
+    """A submission checked before sending: the workflow, amounts and the contract call's arguments."""
+
+    workflow: Workflow
+    escrow: Credits
+    max_rate: Credits
+    count: int
+    args: tuple[Any, ...]  # (request, labels, workflow bytes, count) of submit / submitWithPermit
+
+    @property
+    def total(self) -> Credits:
+        """The escrow of every job of the array together."""
+        return Credits(units=self.escrow * self.count)
+
+
+def prepare_submission(
+    workflow: Workflow | bytes | str | os.PathLike[str],
+    credits: Credits | str,
+    max_rate: Credits | str,
+    count: int = 1,
+    resources: Resources | None = None,
+    labels: Sequence[LabelConstraint] | None = None,
+) -> PreparedSubmission:
+    """Everything :meth:`GridClient.submit` checks without the chain: amounts, the workflow (and that
+    ``resources``/``labels``, when given, agree with it), limits. Raises InputError, WorkflowError."""
+    from dsq_chain.workloads.labels import on_chain  # the label encoding lives with the label parser
+
+    escrow = Credits.of(credits, "credits")
+    cap = Credits.of(max_rate, "max_rate")
+    wf = _workflow_of(workflow)
+    if resources is not None and resources != wf.resources:
+        raise InputError(f"resources={resources} disagree with the workflow's, which asks for {wf.resources}: "
+                         "pass the Workflow alone and its resources are used")
+    if labels is not None and tuple(labels) != wf.labels:
+        raise InputError(f"labels={[str(c) for c in labels]} disagree with the workflow's "
+                         f"{[str(c) for c in wf.labels]}: pass the Workflow alone and its labels are used")
+    raw = wf.canonical()
+    chain_labels = on_chain(wf.labels)
+    request = _job_request(wf.resources, cap, escrow)
+    _check_submission(raw, chain_labels, count)
+    return PreparedSubmission(wf, escrow, cap, count, (request, chain_labels, raw, count))
+
+
+def bill_of(job: Job, settled: Mapping[str, Any] | None, so_far: int | None) -> Job:
+    """``job`` with ``billed``/``refunded`` from its ``JobSettled`` event's args, or the bill so far."""
+    from dataclasses import replace
+
+    if settled is not None:
+        return replace(job, billed=Credits(units=int(settled["billed"])),
+                       refunded=Credits(units=int(settled["refunded"])))
+    if so_far is not None:
+        return replace(job, billed=Credits(units=so_far))
+    return job
 
 
 def _workflow_of(workflow: Workflow | bytes | str | os.PathLike[str]) -> Workflow:

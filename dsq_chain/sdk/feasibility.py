@@ -21,21 +21,23 @@ from dsq_chain.sdk.events import EventDecoder, normalise_log
 from dsq_chain.types import LabelConstraint, Provider, ProviderStatus, Resources
 
 
-def provider_labels(client: Any, addresses: Iterable[str]) -> dict[str, dict[str, str]]:
-    """Each provider's labels now, folded from its ``ProviderLabelsSet`` events (one ``eth_getLogs``).
+def labels_query(deployment: Any, addresses: Iterable[str]) -> dict[str, Any]:
+    """The ``eth_getLogs`` parameters selecting the ``ProviderLabelsSet`` events of ``addresses``."""
+    decoder = EventDecoder()
+    return {"address": deployment.market, "fromBlock": hex(deployment.block), "toBlock": "latest",
+            "topics": [decoder.topics["ProviderLabelsSet"],
+                       ["0x" + "0" * 24 + to_checksum_address(a)[2:].lower() for a in sorted(set(addresses))]]}
 
-    ``client`` is any SDK client (it needs ``chain`` and ``deployment``)."""
+
+def fold_labels(raw_logs: Iterable[dict[str, Any]], addresses: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Each provider's labels now, folded from its ``ProviderLabelsSet`` logs (raw JSON-RPC logs, in order).
+
+    A value word no label value encodes to counts as absent, as the scheduler's grid state does."""
     from dsq_chain.workloads.labels import decode_value
 
-    wanted = {to_checksum_address(a) for a in addresses}
-    out: dict[str, dict[str, str]] = {a: {} for a in wanted}
-    if not wanted:
-        return out
+    out: dict[str, dict[str, str]] = {to_checksum_address(a): {} for a in addresses}
     decoder = EventDecoder()
-    params = {"address": client.deployment.market, "fromBlock": hex(client.deployment.block), "toBlock": "latest",
-              "topics": [decoder.topics["ProviderLabelsSet"],
-                         ["0x" + "0" * 24 + a[2:].lower() for a in sorted(wanted)]]}
-    for raw in client.chain.call_rpc("eth_getLogs", [params]) or []:
+    for raw in raw_logs:
         ev = decoder.decode(normalise_log(raw))
         if ev is None or ev.args["provider"] not in out:
             continue
@@ -43,13 +45,21 @@ def provider_labels(client: Any, addresses: Iterable[str]) -> dict[str, dict[str
         for key, value in zip(ev.args["keys"], ev.args["values"], strict=True):
             try:
                 decoded = None if value == b"\0" * 32 else decode_value(value)
-            except ValueError:  # a word no label value encodes to: the key counts as absent (as the scheduler does)
+            except ValueError:
                 decoded = None
             if decoded is None:
                 labels.pop(key, None)
             else:
                 labels[key] = decoded
     return out
+
+
+def provider_labels(client: Any, addresses: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Each provider's labels now (one ``eth_getLogs``); ``client`` is any SDK client."""
+    wanted = list(addresses)
+    if not wanted:
+        return {}
+    return fold_labels(client.chain.call_rpc("eth_getLogs", [labels_query(client.deployment, wanted)]) or [], wanted)
 
 
 def explain_submission(
@@ -72,30 +82,37 @@ def explain_submission(
     return Matcher().explain(job, states, now)
 
 
+def require_placeable(explanation: Explanation) -> Explanation:
+    """``explanation`` when some provider could run the job; raises
+    :class:`~dsq_chain.errors.Infeasible` naming each provider's reason otherwise."""
+    if explanation.error is not None:
+        raise Infeasible(f"the job cannot be matched: {explanation.error}", {}, explanation)
+    if not explanation.verdicts:
+        raise Infeasible("no approved provider yet: nothing could run this job "
+                         "(force=True, or dsq submit --force, queues it anyway)", {}, explanation)
+    if not explanation.placeable:
+        reasons = {v.address: v.rejection.reason for v in explanation.verdicts if v.rejection is not None}
+        each = "; ".join(f"{a}: {r}" for a, r in reasons.items())
+        raise Infeasible(
+            f"no approved provider can run this job ({each}); force=True, or dsq submit --force, queues it anyway",
+            reasons, explanation,
+        )
+    return explanation
+
+
 def check_feasible(
     client: Any,
     resources: Resources,
     constraints: Sequence[LabelConstraint],
     max_rate: Credits,
 ) -> Explanation:
-    """The explanation when at least one approved provider could run the job; raises
-    :class:`~dsq_chain.errors.Infeasible` naming each provider's reason otherwise."""
+    """The matcher's explanation when at least one approved provider could run the job (``client``: a
+    sync SDK client); raises :class:`~dsq_chain.errors.Infeasible` naming each provider's reason otherwise."""
     providers = [p for p in client.providers() if p.status is ProviderStatus.APPROVED]
-    if not providers:
-        raise Infeasible("no approved provider yet: nothing could run this job "
-                         "(force=True, or dsq submit --force, queues it anyway)")
     labels = provider_labels(client, (p.address for p in providers))
-    explanation = explain_submission(providers, labels, resources, constraints, max_rate, owner=client.address)
-    if explanation.error is not None:
-        raise Infeasible(f"the job cannot be matched: {explanation.error}", {}, explanation)
-    if not explanation.placeable:
-        reasons = {v.address: v.rejection.reason for v in explanation.verdicts if v.rejection is not None}
-        lines = "\n".join(f"  {a}: {r}" for a, r in reasons.items())
-        raise Infeasible(
-            f"no approved provider can run this job (force=True, or dsq submit --force, queues it anyway):\n{lines}",
-            reasons, explanation,
-        )
-    return explanation
+    return require_placeable(
+        explain_submission(providers, labels, resources, constraints, max_rate, owner=client.address))
 
 
-__all__ = ["check_feasible", "explain_submission", "provider_labels"]
+__all__ = ["check_feasible", "explain_submission", "fold_labels", "labels_query", "provider_labels",
+           "require_placeable"]

@@ -320,3 +320,16 @@ def test_async_client_submits_waits_cancels_and_withdraws(grid: Grid) -> None:
     assert events == ["JobSubmitted"]
     assert grid.user.job(ids[1]).status is JobStatus.PENDING
 
+
+
+def test_a_mined_revert_in_a_batch_names_its_own_error(grid: Grid) -> None:
+    """The second of two batched cancels of one job reverts when mined (each passed estimation alone):
+    its error comes from the node's trace of that transaction, not from a replay on the block before."""
+    from dsq_chain.sdk.chain import Call
+
+    job_id = grid.submit()
+    cancel = grid.user.market.functions.cancel(job_id)
+    with pytest.raises(errors.InvalidStatus) as info:
+        grid.user.wallet.transact_many([Call(cancel, gas=200_000), Call(cancel, gas=200_000)])
+    assert info.value.args_dict == {"jobId": job_id, "status": JobStatus.CANCELED}
+    assert grid.user.job(job_id).status is JobStatus.CANCELED

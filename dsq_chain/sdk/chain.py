@@ -385,7 +385,15 @@ class Wallet:
             raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable while waiting for receipts") from e
 
     def _explain_failure(self, call: Call, receipt: TxReceipt) -> DsqErrorLike:
-        """Replays a reverted transaction with eth_call at its block to recover the custom error."""
+        """The custom error a mined transaction reverted with: from the node's trace of that very
+        transaction when it has one (Anvil, geth with debug), else by replaying the call with eth_call on
+        the block before (which is wrong for the second of two batched transactions that conflict)."""
+        resp = self.chain.request("debug_traceTransaction",
+                                  [HexBytes(receipt["transactionHash"]).to_0x_hex(), {"tracer": "callTracer"}])
+        trace = resp.get("result")
+        output = trace.get("output") if isinstance(trace, dict) else None
+        if isinstance(output, str) and output.startswith("0x") and len(output) >= 10:
+            return decode_revert(output, contract_call=call.label)
         try:
             cast(ContractFunction, call.fn).call({"from": self.address}, block_identifier=receipt["blockNumber"] - 1)
         except (ContractCustomError, ContractLogicError, ContractPanicError) as e:

@@ -105,7 +105,8 @@ class ApeSigner:
     def sign_transaction(self, tx: dict[str, Any]) -> bytes:
         from ape import networks  # the ape extra: only where an ape account exists
 
-        fields = dict(tx)
+        fields = {k: v for k, v in tx.items() if k != "from" and not (k == "to" and not v)}  # deployments: no "to"
+        fields["sender"] = self.address  # ape checks the recovered signer against the sender
         if "maxFeePerGas" in fields:
             fields["type"] = 2
         txn = networks.ethereum.create_transaction(**fields)

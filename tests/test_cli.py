@@ -190,7 +190,7 @@ def test_watch_exit_codes(cli: Cli) -> None:
     tokens = cli.grid.user.token_balance()
     assert refunds > 0 and "withdrew" in cli.ok("withdraw", key=user_key(cli)).stdout
     assert cli.grid.user.credits() == 0 and cli.grid.user.token_balance() == tokens + refunds
-    assert "no credits" in cli.fails(EXIT_INPUT, "withdraw", key=user_key(cli))
+    assert "NothingToWithdraw" in cli.fails(EXIT_CONTRACT, "withdraw", key=user_key(cli))  # the contract's error
 
 
 def test_provider_and_admin_commands(cli: Cli) -> None:
@@ -213,7 +213,7 @@ def test_provider_and_admin_commands(cli: Cli) -> None:
     cli.ok("provider", "update", "--price-cpu", "2", "--label", "zone=us", key=provider_key)
     assert cli.grid.admin.provider(address).prices.per_cpu_minute == 2 * CREDIT_UNIT
     assert "nothing to update" in cli.fails(EXIT_INPUT, "provider", "update", key=provider_key)
-    assert "no credits" in cli.fails(EXIT_INPUT, "provider", "withdraw", key=provider_key)
+    assert "NothingToWithdraw" in cli.fails(EXIT_CONTRACT, "provider", "withdraw", key=provider_key)
     cli.ok("admin", "mint", address, "3", key=admin)
     assert cli.grid.admin.token_balance(address) == 3 * CREDIT_UNIT
     assert "not an address" in cli.fails(EXIT_INPUT, "admin", "ban", "0x123", key=admin)

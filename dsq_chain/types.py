@@ -135,6 +135,7 @@ class Resources:
     mem_mb: int = 0
 
     def fits_in(self, other: Resources) -> bool:
+        """True when every amount is at most ``other``'s."""
         return self.cpus <= other.cpus and self.gpus <= other.gpus and self.mem_mb <= other.mem_mb
 
     def __add__(self, other: Resources) -> Resources:
@@ -216,4 +217,5 @@ class Provider:
 
     @property
     def active(self) -> bool:
+        """Approved and not paused: the scheduler may assign it jobs."""
         return self.status is ProviderStatus.APPROVED and not self.paused

@@ -1,4 +1,4 @@
-"""Every Python block of docs/sdk.md runs, in order, in one namespace, against the test grid with a
+"""Every Python block of docs/sdk.md (and of the README) runs, in order, in one namespace, against the test grid with a
 meta-scheduler and a provider worker running (as a dApp would meet the grid)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tests.grid import Grid
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "sdk.md"
+README = ROOT / "README.md"
 
 
 def python_blocks(text: str) -> list[tuple[int, str]]:
@@ -70,12 +71,13 @@ def test_every_python_block_of_docs_sdk_runs(grid: Grid, services: None, tmp_pat
     cwd = os.getcwd()
     os.chdir(ROOT)  # the guide's paths (examples/hello.yaml) are relative to the repository
     try:
-        for line, code in python_blocks(DOC.read_text()):
-            with contextlib.redirect_stdout(out):
-                try:
-                    exec(compile(code, f"{DOC}:{line}", "exec"), namespace)
-                except Exception as e:
-                    raise AssertionError(f"docs/sdk.md block at line {line} failed: {e!r}\n{code}") from e
+        for doc, scope in ((DOC, namespace), (README, dict(namespace))):
+            for line, code in python_blocks(doc.read_text()):
+                with contextlib.redirect_stdout(out):
+                    try:
+                        exec(compile(code, f"{doc}:{line}", "exec"), scope)
+                    except Exception as e:
+                        raise AssertionError(f"{doc.name} block at line {line} failed: {e!r}\n{code}") from e
     finally:
         os.chdir(cwd)
     printed = out.getvalue()

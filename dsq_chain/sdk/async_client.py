@@ -87,6 +87,7 @@ class AsyncGridClient:
 
     @property
     def address(self) -> str:
+        """The address this client acts for (the zero address for a read-only client)."""
         return self.signer.address
 
     # -- reads ------------------------------------------------------------------------------------
@@ -175,7 +176,9 @@ class AsyncGridClient:
         labels: Sequence[LabelConstraint] | None = None,
     ) -> Submission:
         """``GridClient.submit``, awaited: same checks (feasibility unless ``force``), same payment
-        (internal balance, then a permit), same exceptions."""
+        (internal balance, then a permit). Raises what it raises: InputError, ``errors.Infeasible``, and
+        the contract's ``ZeroCredits``, ``ZeroPriceCap``, ``InvalidResources``, ``EscrowOverflow``,
+        ``ERC20InsufficientBalance``, ``ERC2612InvalidSigner``, ..."""
         sub = prepare_submission(workflow, credits, max_rate, count, resources, labels)
         if not force:
             await self._feasible(sub.workflow.resources, sub.workflow.labels, sub.max_rate)
@@ -185,7 +188,8 @@ class AsyncGridClient:
         return submission_of(await self._transact(fn, "submit"))
 
     async def top_up(self, job_id: int, amount: Credits | str) -> Receipt:
-        """``GridClient.top_up``, awaited."""
+        """``GridClient.top_up``, awaited. Raises InputError, the contract's ``JobNotFound``,
+        ``InvalidStatus``, ``EscrowOverflow``."""
         units = Credits.of(amount, "amount")
         if not 0 < units <= UINT64_MAX:
             raise InputError(f"top-up amount must be positive and at most {Credits(units=UINT64_MAX)}, got {units}")
@@ -195,7 +199,8 @@ class AsyncGridClient:
         return receipt_of(await self._transact(fn, f"topUp({job_id})"))
 
     async def cancel(self, job_id: int) -> Receipt:
-        """``GridClient.cancel``, awaited. Raises ``JobNotFound``, ``NotJobOwner``, ``InvalidStatus``."""
+        """``GridClient.cancel``, awaited. Raises the contract's ``JobNotFound``, ``NotJobOwner``,
+        ``InvalidStatus``."""
         return receipt_of(await self._transact(self.market.functions.cancel(job_id), f"cancel({job_id})"))
 
     async def withdraw(self) -> Withdrawal:

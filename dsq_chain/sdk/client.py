@@ -49,6 +49,7 @@ from dsq_chain.types import (
 )
 
 if TYPE_CHECKING:
+    from dsq_chain.matching import Explanation
     from dsq_chain.workloads.workflow import Workflow
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
@@ -88,10 +89,12 @@ class _Client:
 
     @property
     def address(self) -> str:
+        """The address this client acts for (the zero address for a read-only client)."""
         return self.wallet.address
 
     @property
     def chain(self) -> Chain:
+        """The node connection (raw JSON-RPC, block time, Anvil helpers)."""
         return self.wallet.chain
 
     @property
@@ -228,7 +231,7 @@ class GridClient(_Client):
 
     def check(
         self, workflow: Workflow | bytes | str | os.PathLike[str], *, max_rate: Credits | str
-    ) -> Any:
+    ) -> Explanation:
         """What :meth:`submit` checks before sending, alone: the matcher's
         :class:`~dsq_chain.matching.Explanation` (placeable providers best first). Raises
         ``errors.Infeasible`` naming each approved provider's reason when none could run the job."""

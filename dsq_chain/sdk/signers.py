@@ -57,12 +57,15 @@ class LocalSigner:
 
     @property
     def address(self) -> str:
+        """The key's address."""
         return str(self.account.address)
 
     def sign_transaction(self, tx: dict[str, Any]) -> bytes:
+        """The raw signed transaction."""
         return bytes(self.account.sign_transaction(tx).raw_transaction)
 
     def sign_typed_data(self, typed: dict[str, Any]) -> tuple[int, bytes, bytes]:
+        """(v, r, s) of the EIP-712 message."""
         signed = self.account.sign_message(encode_typed_data(full_message=typed))
         return (int(signed.v), signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big"))
 
@@ -100,9 +103,11 @@ class ApeSigner:
 
     @property
     def address(self) -> str:
+        """The ape account's address, checksummed."""
         return to_checksum_address(str(self.account.address))
 
     def sign_transaction(self, tx: dict[str, Any]) -> bytes:
+        """The raw transaction signed by the ape account. Raises InputError if the account declines."""
         from ape import networks  # the ape extra: only where an ape account exists
 
         fields = {k: v for k, v in tx.items() if k != "from" and not (k == "to" and not v)}  # deployments: no "to"
@@ -116,6 +121,7 @@ class ApeSigner:
         return bytes(signed.serialize_transaction())
 
     def sign_typed_data(self, typed: dict[str, Any]) -> tuple[int, bytes, bytes]:
+        """(v, r, s) of the EIP-712 message, signed by the ape account. Raises InputError if it declines."""
         sig = self.account.sign_message(encode_typed_data(full_message=typed))
         if sig is None:
             raise InputError(f"ape account {self.address} declined to sign the permit")

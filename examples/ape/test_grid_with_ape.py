@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from dsq_chain import AdminClient, Credits, GridClient, JobStatus, ProviderClient, SchedulerClient, errors
-from dsq_chain.sdk.chain import Chain
+from dsq_chain.sdk.chain import Call, Chain
 from dsq_chain.sdk.deployment import Deployment, deploy
 from dsq_chain.sdk.signers import ApeSigner
 from dsq_chain.types import Prices, Resources
@@ -62,7 +62,14 @@ def test_submit_run_settle_and_withdraw_with_ape_accounts(
 
 def test_a_revert_raises_the_contracts_error_not_a_receipt(rpc: str, accounts: Any, deployment: Deployment) -> None:
     stranger = GridClient.connect(rpc, deployment, accounts[3])
-    with pytest.raises(errors.NothingToWithdraw):
+    with pytest.raises(errors.NothingToWithdraw):  # refused at estimation: nothing sent
         stranger.withdraw()
     with pytest.raises(errors.JobNotFound):
         stranger.cancel(999)
+    # sent anyway (explicit gas, no estimation) and mined: status 0, raised as the contract's error
+    block = stranger.chain.block_number()
+    with pytest.raises(errors.NothingToWithdraw):
+        stranger.wallet.transact(Call(stranger.market.functions.withdraw(), gas=200_000))
+    assert stranger.chain.block_number() == block + 1
+    mined = stranger.chain.w3.eth.get_block(block + 1, full_transactions=True)["transactions"][0]
+    assert stranger.chain.w3.eth.get_transaction_receipt(mined["hash"])["status"] == 0

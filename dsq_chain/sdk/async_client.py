@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Self, cast
 
@@ -33,6 +32,7 @@ from dsq_chain.sdk.chain import _decode as _decoded
 from dsq_chain.sdk.client import (
     PERMIT_TTL,
     UINT64_MAX,
+    Waiter,
     bill_of,
     job_from_view,
     payment_need,
@@ -217,20 +217,10 @@ class AsyncGridClient:
         progress: Callable[[Job], None] | None = None,
     ) -> Job:
         """``GridClient.wait_for``, awaited (other tasks run while it polls). Raises TimeoutError."""
-        job_id = job.id if isinstance(job, Job) else int(job)
-        wanted = frozenset(statuses)
-        deadline = time.monotonic() + timeout
-        last: JobStatus | None = None
-        while True:
-            current = await self.job(job_id)
-            if progress is not None and current.status is not last:
-                progress(current)
-            last = current.status
-            if current.status in wanted:
-                return current
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {current.status.name} after {timeout:.0f} s")
+        waiter = Waiter(job, statuses, timeout, progress)
+        while (done := waiter.seen(await self.job(waiter.job_id))) is None:
             await asyncio.sleep(poll)
+        return done
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _event_topic(self, name: str) -> str:

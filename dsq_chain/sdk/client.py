@@ -284,20 +284,10 @@ class GridClient(_Client):
 
         ``progress`` is called with the job each time its status changes (the first read included).
         Raises TimeoutError naming the last status, ``errors.JobNotFound`` for an unknown id."""
-        job_id = job.id if isinstance(job, Job) else int(job)
-        wanted = frozenset(statuses)
-        deadline = time.monotonic() + timeout
-        last: JobStatus | None = None
-        while True:
-            current = self.job(job_id)
-            if progress is not None and current.status is not last:
-                progress(current)
-            last = current.status
-            if current.status in wanted:
-                return current
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {current.status.name} after {timeout:.0f} s")
+        waiter = Waiter(job, statuses, timeout, progress)
+        while (done := waiter.seen(self.job(waiter.job_id))) is None:
             time.sleep(poll)
+        return done
 
     # -- payment -------------------------------------------------------------------------------
     def _with_payment(self, total: int, plain: Any, with_permit: Any) -> Any:
@@ -558,6 +548,31 @@ def provider_from_view(v: Sequence[Any]) -> Provider:
         free=Resources(*map(int, free)),
         prices=Prices(*map(int, prices)),
     )
+
+
+class Waiter:
+    """What ``wait_for`` does with each read of the job (sync and async clients alike)."""
+
+    def __init__(self, job: int | Job, statuses: Iterable[JobStatus], timeout: float,
+                 progress: Callable[[Job], None] | None) -> None:
+        self.job_id = job.id if isinstance(job, Job) else int(job)
+        self.wanted = frozenset(statuses)
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.progress = progress
+        self.last: JobStatus | None = None
+
+    def seen(self, current: Job) -> Job | None:
+        """``current`` when it is in a wanted status, else None (poll again); reports status changes to
+        ``progress``; raises TimeoutError naming the last status once the deadline passed."""
+        if self.progress is not None and current.status is not self.last:
+            self.progress(current)
+        self.last = current.status
+        if current.status in self.wanted:
+            return current
+        if time.monotonic() > self.deadline:
+            raise TimeoutError(f"job {self.job_id} still {current.status.name} after {self.timeout:.0f} s")
+        return None
 
 
 @dataclass(frozen=True)

@@ -33,15 +33,17 @@ class JobStatus(IntEnum):
 
     @property
     def is_final(self) -> bool:
-        return self >= JobStatus.FINISHED
+        """True for a status the job never leaves (asks :mod:`dsq_chain.lifecycle`)."""
+        from dsq_chain.lifecycle import FINAL
+
+        return self in FINAL
 
     @property
     def holds_capacity(self) -> bool:
-        """True while the job reserves capacity on its provider."""
-        return JobStatus.META_SCHEDULED <= self <= JobStatus.RUNNING
+        """True while the job reserves capacity on its provider (asks :mod:`dsq_chain.lifecycle`)."""
+        from dsq_chain.lifecycle import HOLDS_CAPACITY
 
-
-FINAL_STATUSES = frozenset(s for s in JobStatus if s.is_final)
+        return self in HOLDS_CAPACITY
 
 
 class ProviderStatus(IntEnum):

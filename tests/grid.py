@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient, SchedulerClient
 from dsq_chain.sdk.deployment import Deployment, deploy
+from dsq_chain.sdk.events import ChainEvent, snake
 from dsq_chain.types import JobStatus, LabelConstraint, Prices, Resources
 from dsq_chain.workloads import workflow as wfmod
 
@@ -165,3 +167,56 @@ def conservation_gap(grid: Grid) -> int:
     accounts.update(p.address for p in grid.user.providers())  # every provider, even one made in a test
     balances = sum(grid.user.credits(a) for a in accounts)
     return int(held - escrows - balances)
+
+
+def abi_args(ev: ChainEvent) -> dict[str, Any]:
+    """An event record's values under the ABI's own names (structs as dicts), for checks written
+    against the contract's ABI rather than the SDK's spelling."""
+    from dsq_chain import artifacts
+
+    item = next(i for i in artifacts.abi("JobMarket") if i["type"] == "event" and i["name"] == ev.name)
+
+    def plain(inp: dict[str, Any], value: Any) -> Any:
+        typ = str(inp["type"])
+        if typ.endswith("]"):
+            element = dict(inp, type=typ[: typ.rindex("[")])
+            return tuple(plain(element, v) for v in value)
+        if typ == "tuple":
+            return {c["name"]: plain(c, v) for c, v in zip(inp["components"], _values(value), strict=True)}
+        return value
+
+    return {i["name"]: plain(i, getattr(ev, snake(i["name"]))) for i in item["inputs"]}
+
+
+def _values(record: Any) -> tuple[Any, ...]:
+    """A struct record's values in field order (dataclass or named tuple)."""
+    if isinstance(record, tuple):
+        return tuple(record)
+    return tuple(getattr(record, f.name) for f in fields(record))
+
+
+def web3_args(log: dict[str, Any]) -> dict[str, Any]:
+    """web3's own decoding of a market log (the reference the SDK's decoder is checked against),
+    as plain values: structs as dicts, arrays as tuples, addresses checksummed."""
+    from eth_utils.abi import event_abi_to_log_topic
+    from hexbytes import HexBytes
+    from web3 import Web3
+    from web3._utils.events import get_event_data
+
+    from dsq_chain import artifacts
+
+    topic = bytes(HexBytes(log["topics"][0]))
+    item = next(i for i in artifacts.abi("JobMarket")
+                if i["type"] == "event" and bytes(event_abi_to_log_topic(i)) == topic)  # type: ignore[arg-type]
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (bytes, bytearray)):
+            return bytes(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return tuple(plain(x) for x in v)
+        return v
+
+    data = get_event_data(Web3().codec, item, log)  # type: ignore[arg-type]
+    return {k: plain(v) for k, v in data["args"].items()}

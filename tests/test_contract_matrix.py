@@ -1,7 +1,7 @@
 """The full permission matrix of the job market: every job status x every action x every kind of caller.
 
-The expectations come from the lifecycle table of DESIGN.md (``RULES`` below), not from the contract:
-an allowed call must succeed with exactly the effects DESIGN.md describes (new status, escrow, internal
+The expectations come from the one lifecycle table, ``dsq_chain.lifecycle`` (``RULES`` below), not from the contract:
+an allowed call must succeed with exactly the effects the lifecycle table (docs/architecture.md) describes (new status, escrow, internal
 balances, token balances, provider capacity); a forbidden one must revert with the named custom error
 and change nothing.
 
@@ -22,7 +22,8 @@ from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 from eth_utils.abi import get_abi_input_types, get_abi_output_types
 
-from dsq_chain import errors
+from dsq_chain import errors, lifecycle
+from dsq_chain.lifecycle import Caller
 from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.client import ZERO_ADDRESS
@@ -48,7 +49,7 @@ TOP_UP = 3 * CREDIT_UNIT
 
 @dataclass(frozen=True)
 class Rule:
-    """What DESIGN.md allows for one action.
+    """What the lifecycle allows for one action, in this test's terms.
 
     ``who``: callers allowed (PROVIDER = the job's assigned provider); any other caller gets
     ``wrong_caller``, whatever the status (the caller is checked first).
@@ -63,37 +64,28 @@ class Rule:
     blocked: dict[JobStatus, str] = field(default_factory=dict)
 
 
-# fmt: off
-#: The lifecycle table of DESIGN.md, one action per row.
-RULES: dict[str, Rule] = {
-    # PENDING -> META_SCHEDULED | scheduler role
-    "assign":              Rule(frozenset({SCHEDULER}), {S.PENDING: S.META_SCHEDULED},
-                                "AccessControlUnauthorizedAccount"),
-    # META_SCHEDULED -> SCHEDULED | only the assigned provider
-    "claim":               Rule(frozenset({PROVIDER}), {S.META_SCHEDULED: S.SCHEDULED}, "NotAssignedProvider"),
-    # META_SCHEDULED/SCHEDULED -> PENDING | the assigned provider
-    "refuse":              Rule(frozenset({PROVIDER}), {S.META_SCHEDULED: S.PENDING, S.SCHEDULED: S.PENDING},
-                                "NotAssignedProvider"),
-    # SCHEDULED -> RUNNING | the assigned provider
-    "start":               Rule(frozenset({PROVIDER}), {S.SCHEDULED: S.RUNNING}, "NotAssignedProvider"),
-    # RUNNING -> FINISHED / FAILED | the assigned provider, with exit code
-    "finish_exit0":        Rule(frozenset({PROVIDER}), {S.RUNNING: S.FINISHED}, "NotAssignedProvider"),
-    "finish_exit3":        Rule(frozenset({PROVIDER}), {S.RUNNING: S.FAILED}, "NotAssignedProvider"),
-    # RUNNING -> OUT_OF_CREDITS | anyone once the escrow is exhausted (the provider too, not before)
-    "outOfCredits_spent":  Rule(ANYONE, {S.RUNNING: S.OUT_OF_CREDITS}),
-    "outOfCredits_early":  Rule(ANYONE, {}, blocked={S.RUNNING: "EscrowNotExhausted"}),
-    # any non-final -> CANCELED | the owner
-    "cancel":              Rule(frozenset({OWNER}), dict.fromkeys(NON_FINAL, S.CANCELED), "NotJobOwner"),
-    # any non-final -> PANICKED | scheduler/admin, or the (assigned) provider
-    "panic":               Rule(frozenset({SCHEDULER, ADMIN, PROVIDER}), dict.fromkeys(NON_FINAL, S.PANICKED),
-                                "NotAllowedToPanic"),
-    # top-up | anyone paying, on a non-final job
-    "topUp":               Rule(ANYONE, {s: s for s in NON_FINAL}),
-    # META_SCHEDULED -> PENDING | anyone once the claim timeout passed
-    "timeoutClaim_early":  Rule(ANYONE, {}, blocked={S.META_SCHEDULED: "ClaimNotExpired"}),
-    "timeoutClaim_late":   Rule(ANYONE, {S.META_SCHEDULED: S.PENDING}),
-}
-# fmt: on
+def _rules() -> dict[str, Rule]:
+    """The matrix's rules, derived from the one lifecycle table (``dsq_chain.lifecycle``).
+
+    An action with a precondition beyond status and caller is tried twice: ``_unmet`` (it must revert
+    with the precondition's error) and ``_met`` (it must move the job).
+    """
+    rules: dict[str, Rule] = {}
+    for t in lifecycle.TRANSITIONS:
+        if S.NONE in t.moves:
+            continue  # submission: covered by the billing and bad-input tests
+        who = ANYONE if Caller.ANYONE in t.callers else frozenset(str(c) for c in t.callers)
+        moves = dict(t.moves)
+        if t.requires:
+            assert t.blocked is not None
+            rules[f"{t.name}_unmet"] = Rule(who, {}, t.wrong_caller, dict.fromkeys(moves, t.blocked))
+            rules[f"{t.name}_met"] = Rule(who, moves, t.wrong_caller)
+        else:
+            rules[t.name] = Rule(who, moves, t.wrong_caller)
+    return rules
+
+
+RULES = _rules()
 ACTIONS = tuple(RULES)
 
 
@@ -262,28 +254,28 @@ def _call(w: World, action: str, job_id: int) -> Any:
         "refuse": lambda: f.refuse(job_id),
         "start": lambda: f.start(job_id),
         "finish_exit0": lambda: f.finish(job_id, 0),
-        "finish_exit3": lambda: f.finish(job_id, 3),
-        "outOfCredits_spent": lambda: f.reportOutOfCredits(job_id),
-        "outOfCredits_early": lambda: f.reportOutOfCredits(job_id),
+        "finish_failed": lambda: f.finish(job_id, 3),
+        "outOfCredits_met": lambda: f.reportOutOfCredits(job_id),
+        "outOfCredits_unmet": lambda: f.reportOutOfCredits(job_id),
         "cancel": lambda: f.cancel(job_id),
         "panic": lambda: f.panic(job_id),
         "topUp": lambda: f.topUp(job_id, TOP_UP),
-        "timeoutClaim_early": lambda: f.timeoutClaim(job_id),
-        "timeoutClaim_late": lambda: f.timeoutClaim(job_id),
+        "timeoutClaim_unmet": lambda: f.timeoutClaim(job_id),
+        "timeoutClaim_met": lambda: f.timeoutClaim(job_id),
     }
     return calls[action]()
 
 
 def _expected_state(w: World, before: State, action: str, caller: str, new: JobStatus, ts: int) -> State:
-    """``before`` with the effects DESIGN.md gives the action, mined at timestamp ``ts``."""
+    """``before`` with the effects the lifecycle gives the action, mined at timestamp ``ts``."""
     job = before.job
     old = JobStatus(job["status"])
     owner, cpu, payer = w.address(OWNER), w.grid.cpu.address, w.address(caller)
     credits, tokens = dict(before.credits), dict(before.tokens)
     if new.is_final:
-        if action in ("finish_exit0", "finish_exit3") or (action == "cancel" and old is S.RUNNING):
+        if action in ("finish_exit0", "finish_failed") or (action == "cancel" and old is S.RUNNING):
             bill = min(job["rate"] * (ts - job["since"]) // 60, job["escrow"])  # rate x elapsed chain time, capped
-        elif action == "outOfCredits_spent":
+        elif action == "outOfCredits_met":
             bill = job["escrow"]  # whole escrow billed
         else:
             bill = 0  # cancel before RUNNING, panic: full refund
@@ -292,7 +284,7 @@ def _expected_state(w: World, before: State, action: str, caller: str, new: JobS
         job = job | {"status": new, "escrow": 0}
     elif action == "assign":
         job = job | {"status": new, "provider": cpu, "rate": SMALL_RATE, "since": ts}
-    elif action in ("refuse", "timeoutClaim_late"):
+    elif action in ("refuse", "timeoutClaim_met"):
         job = job | {"status": new, "provider": ZERO_ADDRESS, "rate": 0, "since": 0}
     elif action == "start":
         job = job | {"status": new, "since": ts}
@@ -319,9 +311,9 @@ def _expected_state(w: World, before: State, action: str, caller: str, new: JobS
 )
 def test_matrix(w: World, status: JobStatus, action: str, caller: str, outcome: Outcome) -> None:
     job_id = w.jobs[status]
-    if action == "outOfCredits_spent":
+    if action == "outOfCredits_met":
         w.chain.increase_time(w.exhaust_seconds)
-    elif action == "timeoutClaim_late":
+    elif action == "timeoutClaim_met":
         w.chain.increase_time(w.claim_timeout + 1)
     watched = list(dict.fromkeys([w.address(OWNER), w.grid.cpu.address, w.address(caller)]))
     before = w.reader.state(job_id, watched)

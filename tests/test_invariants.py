@@ -17,7 +17,7 @@ custom error it must revert with. After **every** step the chain is read in one 
   jobs hold no escrow; total supply == sum of all balances and changes only by a successful mint;
 * capacity: for every provider, 0 <= free <= declared, and free == declared minus the resources of
   its META_SCHEDULED/SCHEDULED/RUNNING jobs;
-* final statuses never change, and every transition seen in the step's events is one DESIGN.md
+* final statuses never change, and every transition seen in the step's events is one the lifecycle table
   allows, made by the caller it allows (scheduler assigns, the assigned provider claims, starts,
   refuses and finishes, the owner cancels, scheduler/admin/provider panic, anyone times out a claim
   or reports an exhausted escrow);
@@ -59,9 +59,10 @@ from dsq_chain.errors import decode_revert
 from dsq_chain.sdk.anvil import AnvilNode, dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.deployment import Deployment, deploy
-from dsq_chain.sdk.events import EventDecoder
+from dsq_chain.sdk.events import EventDecoder, Undecodable
 from dsq_chain.types import JobStatus, ProviderStatus, ReleaseReason, ReportAction
 from dsq_chain.workloads.labels import encode_value
+from tests.grid import abi_args
 
 S = JobStatus
 PS = ProviderStatus
@@ -880,9 +881,9 @@ def check_events(env: Env, prev: Reading, cur: Reading, receipt: dict[str, Any],
             "transactionHash": raw["transactionHash"], "transactionIndex": int(raw["transactionIndex"], 16),
             "logIndex": int(raw["logIndex"], 16),
         })
-        if ev is None:
-            continue
-        a = ev.args
+        if isinstance(ev, Undecodable):
+            raise AssertionError(f"the market emitted a log the SDK cannot decode: {ev.reason}")
+        a = abi_args(ev)
         if ev.name == "JobSubmitted":
             first, count = int(a["firstJobId"]), int(a["count"])
             assert a["workflowHash"] == keccak(a["workflow"]), "JobSubmitted carries a hash of other bytes"

@@ -19,9 +19,9 @@ LAYERS: list[set[str]] = [
     {"workloads"},
     {"matching"},
     {"executors"},
-    {"sdk", "akash"},
+    {"sdk"},
     {"services"},
-    {"web", "simulation"},
+    {"web", "simulation", "akash"},
     {"cli", "demo", "__main__"},
 ]
 

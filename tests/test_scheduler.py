@@ -20,7 +20,7 @@ from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import dev_keys, free_port
 from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.client import GridClient, ProviderClient
-from dsq_chain.sdk.events import ChainEvent, EventDecoder
+from dsq_chain.sdk.events import ChainEvent, EventDecoder, JobAssigned, JobReleased
 from dsq_chain.services.follower import EventFollower
 from dsq_chain.services.metrics import SchedulerMetrics
 from dsq_chain.services.scheduler import MetaScheduler, RoundResult
@@ -66,11 +66,11 @@ def job_events(grid: Grid, name: str) -> list[ChainEvent]:
 
 
 def assignments_per_job(grid: Grid) -> Counter[int]:
-    return Counter(int(e.args["jobId"]) for e in job_events(grid, "JobAssigned"))
+    return Counter(e.job_id for e in job_events(grid, "JobAssigned") if isinstance(e, JobAssigned))
 
 
 def releases_per_job(grid: Grid) -> Counter[int]:
-    return Counter(int(e.args["jobId"]) for e in job_events(grid, "JobReleased"))
+    return Counter(e.job_id for e in job_events(grid, "JobReleased") if isinstance(e, JobReleased))
 
 
 def status(grid: Grid, job_id: int) -> tuple[JobStatus, str | None]:

@@ -18,7 +18,8 @@ from web3.exceptions import ContractLogicError
 import dsq_chain
 from dsq_chain import AsyncGridClient, Credits, GridClient, JobStatus, errors, signers
 from dsq_chain.cli.common import parse_credits
-from dsq_chain.sdk.receipts import Receipt, Submission
+from dsq_chain.sdk.events import JobAssigned, JobSettled, JobSubmitted, Withdrawn
+from dsq_chain.sdk.receipts import LogEvent, Receipt, Submission
 from dsq_chain.services.scheduler import explain
 from dsq_chain.types import Resources
 from dsq_chain.workloads import workflow as wfmod
@@ -165,10 +166,11 @@ def test_job_records_carry_escrow_rate_bill_and_refund_as_credits(grid: Grid) ->
     assert running.rate == Credits(units=SMALL_RATE) and isinstance(running.rate, Credits)
     assert running.billed is not None and running.billed >= Credits(units=SMALL_RATE) and running.refunded is None
     receipt = grid.cpu.finish(job_id, 0)
-    settled = receipt.event("JobSettled").args
+    settled = receipt.event("JobSettled")
+    assert isinstance(settled, JobSettled)
     done = grid.user.job(job_id)
     assert done.status is JobStatus.FINISHED
-    assert (done.billed, done.refunded) == (Credits(units=settled["billed"]), Credits(units=settled["refunded"]))
+    assert (done.billed, done.refunded) == (Credits(units=settled.billed), Credits(units=settled.refunded))
     assert done.billed + done.refunded == Credits(10)
     assert grid.user.jobs([job_id])[0].billed == done.billed
 
@@ -182,9 +184,11 @@ def test_every_transaction_returns_a_typed_receipt(grid: Grid) -> None:
     assert "JobSubmitted" in names and "Transfer" in names  # the market's and the token's events, decoded
     first, *_ = sub
     assert list(sub) == [first, first + 1, first + 2] == list(sub.job_ids) and sub == list(sub)
-    assert sub.event("Transfer").args["value"] == Credits(6)
-    assigned = grid.scheduler.assign(first, grid.cpu.address)
-    assert assigned.event("JobAssigned").args == {"jobId": first, "provider": grid.cpu.address, "rate": SMALL_RATE}
+    transfer = sub.event("Transfer")
+    assert isinstance(transfer, LogEvent) and transfer.args["value"] == Credits(6)  # the token's event
+    assigned = grid.scheduler.assign(first, grid.cpu.address).event("JobAssigned")
+    assert isinstance(assigned, JobAssigned)  # the market's typed record
+    assert (assigned.job_id, assigned.provider, assigned.rate) == (first, grid.cpu.address, SMALL_RATE)
     for r in (grid.cpu.claim(first), grid.cpu.pause(), grid.cpu.resume(), grid.user.cancel(first + 1),
               grid.user.top_up(first + 2, Credits("0.5"))):
         assert isinstance(r, Receipt) and r.status == 1 and r.events
@@ -195,7 +199,8 @@ def test_every_transaction_returns_a_typed_receipt(grid: Grid) -> None:
 def test_withdraw_returns_the_amount_and_nothing_raises_the_contracts_error(grid: Grid) -> None:
     grid.user.cancel(grid.submit())
     w = grid.user.withdraw()
-    assert w.amount == Credits(10) and w.event("Withdrawn").args["amount"] == Credits(10)
+    withdrawn = w.event("Withdrawn")
+    assert w.amount == Credits(10) and isinstance(withdrawn, Withdrawn) and withdrawn.amount == Credits(10)
     with pytest.raises(errors.NothingToWithdraw) as info:
         grid.user.withdraw()
     assert info.value.args_dict == {"account": grid.user.address}
@@ -283,7 +288,7 @@ def test_jobs_in_arrays_have_events_and_owners_without_knowing_the_head(grid: Gr
     names = [e.name for e in grid.user.events(third)]
     assert names == ["JobSubmitted", "JobAssigned", "JobStatusChanged"]
     submitted = grid.user.events(third)[0]
-    assert submitted.args["firstJobId"] == array[0] and submitted.args["count"] == 4
+    assert isinstance(submitted, JobSubmitted) and third in submitted.job_ids and submitted.count == 4
 
 
 def test_wait_for_reports_progress(grid: Grid) -> None:

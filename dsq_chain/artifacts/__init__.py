@@ -34,3 +34,11 @@ def bytecode(contract: str) -> str:
     """The creation bytecode of ``contract`` as 0x-hex."""
     result: str = load()["contracts"][contract]["bytecode"]
     return result
+
+
+def constant(name: str) -> int:
+    """A public numeric constant of the contracts (``MAX_WORKFLOW_BYTES``, ``MAX_ARRAY_JOBS``, ...)."""
+    for values in load().get("constants", {}).values():
+        if name in values:
+            return int(values[name])
+    raise KeyError(f"no public constant {name} in the compiled contracts")

@@ -118,6 +118,7 @@ def compile_contracts(root: Path | None = None) -> dict[str, Any]:
         "compiler": _compiler_info(),
         "sourcesSha256": digest,
         "enums": _enums(output),
+        "constants": _constants(output),
         "contracts": contracts,
     }
 
@@ -142,6 +143,24 @@ def _enums(output: dict[str, Any]) -> dict[str, list[str]]:
 
     for src in output.get("sources", {}).values():
         walk(src.get("ast"))
+    return found
+
+
+def _constants(output: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Public numeric constants (limits the SDK must agree with) of the project's contracts, by contract."""
+    found: dict[str, dict[str, int]] = {}
+    for path, src in output.get("sources", {}).items():
+        if not path.startswith("contracts/"):
+            continue
+        for node in (src.get("ast") or {}).get("nodes", []):
+            if node.get("nodeType") != "ContractDefinition":
+                continue
+            for member in node.get("nodes", []):
+                value = member.get("value") or {}
+                if (member.get("nodeType") == "VariableDeclaration" and member.get("constant")
+                        and member.get("visibility") == "public" and value.get("nodeType") == "Literal"
+                        and value.get("kind") == "number"):
+                    found.setdefault(node["name"], {})[member["name"]] = int(str(value["value"]).replace("_", ""), 0)
     return found
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
+from dsq_chain.cli.akash import akash_app
 from dsq_chain.cli.common import Settings
 from dsq_chain.cli.jobs import register as register_job_commands
 from dsq_chain.cli.provider import admin_app, provider_app
@@ -53,6 +54,7 @@ app.add_typer(admin_app, name="admin")
 app.add_typer(scheduler_app, name="scheduler")
 app.add_typer(worker_app, name="worker")
 app.add_typer(devnet_app, name="devnet")
+app.add_typer(akash_app, name="akash")
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from dsq_chain import errors, money, types
+from dsq_chain import errors, lifecycle, money, types
 from dsq_chain.sdk import async_client, client, receipts, signers
 
 HEADER = """# SDK reference
@@ -40,7 +40,7 @@ SECTIONS: list[tuple[str, list[Any]]] = [
 ]
 
 #: Defaults shown by name rather than by value.
-_NAMED_DEFAULTS = {id(types.FINAL_STATUSES): "FINAL_STATUSES"}
+_NAMED_DEFAULTS = {id(lifecycle.FINAL): "lifecycle.FINAL"}
 
 
 def public_members(obj: Any) -> Iterator[tuple[str, Any]]:

@@ -24,7 +24,7 @@ from web3 import AsyncWeb3
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, TimeExhausted
 from web3.types import TxReceipt
 
-from dsq_chain import artifacts
+from dsq_chain import artifacts, lifecycle
 from dsq_chain.errors import ChainUnavailable, InputError, TransactionFailed
 from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import GAS_ADDEND, GAS_MARGIN
@@ -41,11 +41,11 @@ from dsq_chain.sdk.client import (
     provider_from_view,
 )
 from dsq_chain.sdk.deployment import Deployment
-from dsq_chain.sdk.events import ChainEvent, EventDecoder, normalise_log, sort_events
+from dsq_chain.sdk.events import ChainEvent, EventDecoder, JobSettled, JobSubmitted, normalise_log, sort_events
 from dsq_chain.sdk.job_events import JOB_EVENTS
 from dsq_chain.sdk.receipts import Receipt, Submission, Withdrawal, receipt_of, submission_of, withdrawal_of
 from dsq_chain.sdk.signers import Signer, SignerLike, as_signer
-from dsq_chain.types import FINAL_STATUSES, Job, JobStatus, LabelConstraint, Provider, ProviderStatus, Resources
+from dsq_chain.types import Job, JobStatus, LabelConstraint, Provider, ProviderStatus, Resources
 
 if TYPE_CHECKING:
     from dsq_chain.matching import Explanation
@@ -66,6 +66,7 @@ class AsyncGridClient:
         self.token = w3.eth.contract(address=deployment.token, abi=artifacts.abi("CreditToken"))  # type: ignore[call-overload]
         self.market = w3.eth.contract(address=deployment.market, abi=artifacts.abi("JobMarket"))  # type: ignore[call-overload]
         self._lock = asyncio.Lock()
+        self._domain: dict[str, str] | None = None
 
     @classmethod
     async def connect(
@@ -102,8 +103,9 @@ class AsyncGridClient:
         job = job_from_view(await self._call(self.market.functions.getJob(job_id), f"getJob({job_id})"))
         settled = None
         if job.status.is_final:
-            logs = await self._logs([self._event_topic("JobSettled"), _topic(job_id)])
-            settled = logs[-1].args if logs else None
+            logs = [e for e in await self._logs([self._event_topic("JobSettled"), _topic(job_id)])
+                    if isinstance(e, JobSettled)]
+            settled = logs[-1] if logs else None
         so_far = None
         if job.status is JobStatus.RUNNING:
             so_far = int(await self.market.functions.billSoFar(job_id).call())
@@ -118,8 +120,8 @@ class AsyncGridClient:
         padded = "0x" + "0" * 24 + to_checksum_address(owner or self.address)[2:].lower()
         ids: list[int] = []
         for ev in await self._logs([self._event_topic("JobSubmitted"), None, padded]):
-            first, count = int(ev.args["firstJobId"]), int(ev.args["count"])
-            ids.extend(range(first, first + count))
+            if isinstance(ev, JobSubmitted):
+                ids.extend(ev.job_ids)
         return await self.jobs(ids)
 
     async def events(self, job_id: int) -> list[ChainEvent]:
@@ -210,7 +212,7 @@ class AsyncGridClient:
     async def wait_for(
         self,
         job: int | Job,
-        statuses: Iterable[JobStatus] = FINAL_STATUSES,
+        statuses: Iterable[JobStatus] = lifecycle.FINAL,
         *,
         timeout: float = 60.0,
         poll: float = 0.1,
@@ -236,8 +238,7 @@ class AsyncGridClient:
         params = {"address": self.deployment.market, "fromBlock": hex(self.deployment.block), "toBlock": "latest",
                   "topics": topics}
         decoder = EventDecoder()
-        out = [decoder.decode(normalise_log(raw)) for raw in await self._raw_logs(params)]
-        return sort_events([e for e in out if e is not None])
+        return sort_events([decoder.decode(normalise_log(raw)) for raw in await self._raw_logs(params)])
 
     async def _permit_for(self, total: int) -> tuple[int, int, int, bytes, bytes] | None:
         balance = await self.balance()
@@ -250,8 +251,11 @@ class AsyncGridClient:
         block = await self.w3.eth.get_block("latest")
         deadline = int(block["timestamp"]) + PERMIT_TTL
         nonce = int(await self.token.functions.nonces(self.address).call())
-        typed = permit_typed_data(await self.w3.eth.chain_id, self.token.address, self.address, self.market.address,
-                                  need, nonce, deadline)
+        if self._domain is None:  # the token's EIP-712 name and version, as it reports them (ERC-5267)
+            _fields, name, version, *_ = await self.token.functions.eip712Domain().call()
+            self._domain = {"name": str(name), "version": str(version)}
+        typed = permit_typed_data(self._domain, await self.w3.eth.chain_id, self.token.address, self.address,
+                                  self.market.address, need, nonce, deadline)
         v, r, s = self.signer.sign_typed_data(typed)
         return (need, deadline, v, r, s)
 

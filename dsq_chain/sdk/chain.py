@@ -10,7 +10,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -38,6 +38,21 @@ REPLACE_AFTER_S = 30.0
 FEE_BUMP = 1.125
 
 log = logging.getLogger("dsq.chain")
+
+
+#: Errors of the transport meaning "the node cannot be reached right now" (retry later, lose nothing).
+UNREACHABLE: tuple[type[BaseException], ...] = (requests.ConnectionError, requests.Timeout, OSError)
+#: What a service treats as "the chain is down": the SDK's own error and any transport error that escaped it.
+CHAIN_DOWN: tuple[type[BaseException], ...] = (ChainUnavailable, requests.RequestException, OSError)
+
+
+@contextlib.contextmanager
+def node_errors(rpc_url: str) -> Iterator[None]:
+    """Turns a transport error inside the block into :class:`ChainUnavailable` (the one place that does)."""
+    try:
+        yield
+    except UNREACHABLE as e:
+        raise ChainUnavailable(f"RPC node at {rpc_url} unreachable: {e.__class__.__name__}") from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +135,8 @@ class Chain:
 
     def request(self, method: str, params: list[Any]) -> dict[str, Any]:
         """One raw JSON-RPC request, its whole response (``result`` or ``error``)."""
-        try:
+        with node_errors(self.rpc_url):
             return dict(self.w3.provider.make_request(method, params))  # type: ignore[arg-type]
-        except (requests.ConnectionError, requests.Timeout, OSError) as e:
-            raise ChainUnavailable(f"RPC node at {self.rpc_url} unreachable: {e.__class__.__name__}") from e
 
     def is_up(self) -> bool:
         try:
@@ -136,8 +149,13 @@ class Chain:
         return int(self.call_rpc("eth_blockNumber", []), 16)
 
     def timestamp(self, block: str | int = "latest") -> int:
+        """The block's timestamp; a block the node does not have (yet, or no more after a reorg) raises
+        :class:`ChainUnavailable`."""
         tag = hex(block) if isinstance(block, int) else block
-        return int(self.call_rpc("eth_getBlockByNumber", [tag, False])["timestamp"], 16)
+        found = self.call_rpc("eth_getBlockByNumber", [tag, False])
+        if not isinstance(found, dict) or "timestamp" not in found:
+            raise ChainUnavailable(f"block {block} is not available from {self.rpc_url} (not mined, or reorged away)")
+        return int(found["timestamp"], 16)
 
     def wallet(self, signer: SignerLike | None) -> Wallet:
         """A wallet signing with ``signer`` (a key, a LocalAccount, a :class:`Signer`; None: read-only)."""
@@ -217,8 +235,8 @@ class Wallet:
                 est = call.fn.estimate_gas({"from": self.address}, block_identifier="pending")
             except (ContractCustomError, ContractLogicError, ContractPanicError) as e:
                 raise _decode(e, call.label) from None
-            except (requests.ConnectionError, requests.Timeout) as e:
-                raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable") from e
+            except UNREACHABLE as e:
+                raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable: {e.__class__.__name__}") from e
             return int(est * GAS_MARGIN) + GAS_ADDEND
         resp = self.chain.request("eth_estimateGas", [{"from": self.address, "to": call.to, "data": call.data},
                                                       "pending"])
@@ -306,12 +324,10 @@ class Wallet:
     def _send_raw(self, raws: list[HexBytes]) -> list[HexBytes]:
         if len(raws) == 1:
             return [HexBytes(self.chain.call_rpc("eth_sendRawTransaction", [raws[0].to_0x_hex()]))]
-        try:
+        with node_errors(self.chain.rpc_url):
             responses = cast(Any, self.chain.w3.provider).make_batch_request(
                 [("eth_sendRawTransaction", [r.to_0x_hex()]) for r in raws]  # type: ignore[misc]
             )
-        except (requests.ConnectionError, requests.Timeout, OSError) as e:
-            raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable") from e
         out: list[HexBytes] = []
         for resp in cast(list[dict[str, Any]], responses):
             if "error" in resp:
@@ -381,8 +397,9 @@ class Wallet:
                     return found
                 time.sleep(min(delay, max(0.0, until - time.monotonic())))
                 delay = min(delay * 2, 0.25)
-        except (requests.ConnectionError, requests.Timeout, OSError) as e:
-            raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable while waiting for receipts") from e
+        except UNREACHABLE as e:
+            raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable while waiting for receipts: "
+                                   f"{e.__class__.__name__}") from e
 
     def _explain_failure(self, call: Call, receipt: TxReceipt) -> DsqErrorLike:
         """The custom error a mined transaction reverted with: from the node's trace of that very

@@ -24,20 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, cast
 
-import requests
 from eth_utils.address import to_checksum_address
 from web3.types import TxReceipt
 
-from dsq_chain.errors import ChainUnavailable, InputError
+from dsq_chain import artifacts, lifecycle
+from dsq_chain.errors import InputError
 from dsq_chain.money import Credits
-from dsq_chain.sdk.chain import Call, Chain, Wallet
+from dsq_chain.sdk.chain import Call, Chain, Wallet, node_errors
 from dsq_chain.sdk.deployment import Deployment
-from dsq_chain.sdk.events import ChainEvent
+from dsq_chain.sdk.events import ChainEvent, JobSettled
 from dsq_chain.sdk.job_events import job_events, settlements
 from dsq_chain.sdk.receipts import Receipt, Submission, Withdrawal, receipt_of, submission_of, withdrawal_of
 from dsq_chain.sdk.signers import SignerLike
 from dsq_chain.types import (
-    FINAL_STATUSES,
     Job,
     JobStatus,
     LabelConstraint,
@@ -53,9 +52,9 @@ if TYPE_CHECKING:
     from dsq_chain.workloads.workflow import Workflow
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
-MAX_WORKFLOW_BYTES = 16_384
-MAX_JOB_LABELS = 16
-MAX_ARRAY_JOBS = 500
+MAX_WORKFLOW_BYTES = artifacts.constant("MAX_WORKFLOW_BYTES")
+MAX_JOB_LABELS = artifacts.constant("MAX_JOB_LABELS")
+MAX_ARRAY_JOBS = artifacts.constant("MAX_ARRAY_JOBS")
 UINT56_MAX = 2**56 - 1
 UINT64_MAX = 2**64 - 1
 UINT40_MAX = 2**40 - 1
@@ -72,6 +71,7 @@ class _Client:
         self.wallet = wallet
         self.deployment = deployment
         self.token, self.market = deployment.contracts(wallet.chain)
+        self._domain: dict[str, str] | None = None
 
     @classmethod
     def connect(
@@ -127,13 +127,10 @@ class _Client:
         if not ids:
             return []
         w3 = self.chain.w3
-        try:
-            with w3.batch_requests() as batch:
-                for i in ids:
-                    batch.add(self.market.functions.getJob(i))
-                results = batch.execute()
-        except (requests.ConnectionError, requests.Timeout, OSError) as e:
-            raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable") from e
+        with node_errors(self.chain.rpc_url), w3.batch_requests() as batch:
+            for i in ids:
+                batch.add(self.market.functions.getJob(i))
+            results = batch.execute()
         return self._with_bills([job_from_view(cast(Sequence[Any], r)) for r in results])
 
     def _with_bills(self, jobs: list[Job]) -> list[Job]:
@@ -141,7 +138,7 @@ class _Client:
         final = [j.id for j in jobs if j.status.is_final]
         settled = settlements(self.chain, self.deployment, final) if final else {}
         return [
-            bill_of(j, settled[j.id].args if j.id in settled else None,
+            bill_of(j, settled.get(j.id),
                     int(self.market.functions.billSoFar(j.id).call()) if j.status is JobStatus.RUNNING else None)
             for j in jobs
         ]
@@ -274,7 +271,7 @@ class GridClient(_Client):
     def wait_for(
         self,
         job: int | Job,
-        statuses: Iterable[JobStatus] = FINAL_STATUSES,
+        statuses: Iterable[JobStatus] = lifecycle.FINAL,
         *,
         timeout: float = 60.0,
         poll: float = 0.1,
@@ -299,13 +296,20 @@ class GridClient(_Client):
         need = payment_need(self.address, total, balance, self.token_balance(), allowance)
         return plain() if need is None else with_permit(self.sign_permit(need))
 
+    def _permit_domain(self) -> dict[str, str]:
+        """The token's EIP-712 name and version, as the token itself reports them (ERC-5267), read once."""
+        if self._domain is None:
+            _fields, name, version, *_ = self.token.functions.eip712Domain().call()
+            self._domain = {"name": str(name), "version": str(version)}
+        return self._domain
+
     def sign_permit(self, value: Credits | int, deadline: int | None = None) -> tuple[int, int, int, bytes, bytes]:
         """An EIP-2612 permit for the market to take ``value`` (Credits, or base units), valid until
         ``deadline`` (default: an hour of chain time), as the contract's PermitSig tuple."""
         deadline = deadline if deadline is not None else self.chain.timestamp() + PERMIT_TTL
         nonce = int(self.token.functions.nonces(self.address).call())
-        typed = permit_typed_data(self.chain.chain_id, self.token.address, self.address, self.market.address,
-                                  int(value), nonce, deadline)
+        typed = permit_typed_data(self._permit_domain(), self.chain.chain_id, self.token.address, self.address,
+                                  self.market.address, int(value), nonce, deadline)
         v, r, sig_s = self.wallet.signer.sign_typed_data(typed)
         return (int(value), deadline, v, r, sig_s)
 
@@ -325,9 +329,10 @@ def payment_need(owner: str, total: int, balance: int, tokens: int, allowance: i
 
 
 def permit_typed_data(
-    chain_id: int, token: str, owner: str, spender: str, value: int, nonce: int, deadline: int
+    domain: Mapping[str, str], chain_id: int, token: str, owner: str, spender: str, value: int, nonce: int,
+    deadline: int,
 ) -> dict[str, Any]:
-    """The EIP-712 message of an EIP-2612 permit of the credit token."""
+    """The EIP-712 message of an EIP-2612 permit of the credit token (``domain``: its name and version)."""
     return {
         "types": {
             "EIP712Domain": [
@@ -345,7 +350,7 @@ def permit_typed_data(
             ],
         },
         "primaryType": "Permit",
-        "domain": {"name": "dsq credit", "version": "1", "chainId": chain_id, "verifyingContract": token},
+        "domain": {**domain, "chainId": chain_id, "verifyingContract": token},
         "message": {"owner": owner, "spender": spender, "value": value, "nonce": nonce, "deadline": deadline},
     }
 
@@ -619,13 +624,12 @@ def prepare_submission(
     return PreparedSubmission(wf, escrow, cap, count, (request, chain_labels, raw, count))
 
 
-def bill_of(job: Job, settled: Mapping[str, Any] | None, so_far: int | None) -> Job:
-    """``job`` with ``billed``/``refunded`` from its ``JobSettled`` event's args, or the bill so far."""
+def bill_of(job: Job, settled: JobSettled | None, so_far: int | None) -> Job:
+    """``job`` with ``billed``/``refunded`` from its ``JobSettled`` event, or the bill so far."""
     from dataclasses import replace
 
     if settled is not None:
-        return replace(job, billed=Credits(units=int(settled["billed"])),
-                       refunded=Credits(units=int(settled["refunded"])))
+        return replace(job, billed=Credits(units=settled.billed), refunded=Credits(units=settled.refunded))
     if so_far is not None:
         return replace(job, billed=Credits(units=so_far))
     return job

@@ -17,7 +17,7 @@ from eth_utils.address import to_checksum_address
 from dsq_chain.errors import Infeasible
 from dsq_chain.matching import Explanation, Matcher, PendingJob, ProviderState
 from dsq_chain.money import Credits
-from dsq_chain.sdk.events import EventDecoder, normalise_log
+from dsq_chain.sdk.events import EventDecoder, ProviderLabelsSet, normalise_log
 from dsq_chain.types import LabelConstraint, Provider, ProviderStatus, Resources
 
 
@@ -39,10 +39,10 @@ def fold_labels(raw_logs: Iterable[dict[str, Any]], addresses: Iterable[str]) ->
     decoder = EventDecoder()
     for raw in raw_logs:
         ev = decoder.decode(normalise_log(raw))
-        if ev is None or ev.args["provider"] not in out:
-            continue
-        labels = out[ev.args["provider"]]
-        for key, value in zip(ev.args["keys"], ev.args["values"], strict=True):
+        if not isinstance(ev, ProviderLabelsSet) or ev.provider not in out:
+            continue  # an undecodable log changes no label (the scheduler's grid state skips it too)
+        labels = out[ev.provider]
+        for key, value in zip(ev.keys, ev.values, strict=True):
             try:
                 decoded = None if value == b"\0" * 32 else decode_value(value)
             except ValueError:

@@ -5,10 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dsq_chain.lifecycle import EVENT_STATUS
 from dsq_chain.sdk.client import _Client
-from dsq_chain.sdk.events import ChainEvent
+from dsq_chain.sdk.events import (
+    ChainEvent,
+    JobAssigned,
+    JobReleased,
+    JobSettled,
+    JobStatusChanged,
+    JobSubmitted,
+    JobToppedUp,
+    Undecodable,
+)
 from dsq_chain.sdk.job_events import job_events
-from dsq_chain.types import JobStatus
+from dsq_chain.types import JobStatus, ReleaseReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,28 +63,29 @@ def job_history(client: _Client, job_id: int) -> JobHistory:
         if ev.block_number not in times:
             times[ev.block_number] = client.chain.timestamp(ev.block_number)
         status, detail = _describe(ev)
-        if ev.name == "JobSettled":
-            hist.billed, hist.refunded = int(ev.args["billed"]), int(ev.args["refunded"])
-            hist.exit_code = int(ev.args["exitCode"])
-        elif ev.name == "JobToppedUp":
-            hist.topped_up += int(ev.args["amount"])
+        if isinstance(ev, JobSettled):
+            hist.billed, hist.refunded, hist.exit_code = ev.billed, ev.refunded, ev.exit_code
+        elif isinstance(ev, JobToppedUp):
+            hist.topped_up += ev.amount
         hist.entries.append(HistoryEntry(times[ev.block_number], ev.block_number, ev.name, status, detail))
     return hist
 
 
 def _describe(ev: ChainEvent) -> tuple[JobStatus | None, str]:
-    a = ev.args
-    if ev.name == "JobSubmitted":
-        return JobStatus.PENDING, f"by {a['owner']}, escrow {a['request']['credits']} units"
-    if ev.name == "JobAssigned":
-        return JobStatus.META_SCHEDULED, f"to {a['provider']} at {a['rate']} units/min"
-    if ev.name == "JobStatusChanged":
-        return JobStatus(a["status"]), f"by {a['provider']}"
-    if ev.name == "JobReleased":
-        reason = "refused" if a["reason"] == 0 else "claim timed out"
-        return JobStatus.PENDING, f"{reason} by {a['provider']}"
-    if ev.name == "JobSettled":
-        return JobStatus(a["status"]), f"exit {a['exitCode']}, billed {a['billed']}, refunded {a['refunded']}"
-    if ev.name == "JobToppedUp":
-        return None, f"+{a['amount']} units by {a['payer']} (escrow {a['escrow']})"
+    match ev:
+        case JobSubmitted():
+            return EVENT_STATUS[ev.name], f"by {ev.owner}, escrow {ev.request.credits} units"
+        case JobAssigned():
+            return EVENT_STATUS[ev.name], f"to {ev.provider} at {ev.rate} units/min"
+        case JobStatusChanged():
+            return ev.status, f"by {ev.provider}"
+        case JobReleased():
+            reason = "refused" if ev.reason is ReleaseReason.REFUSED else "claim timed out"
+            return EVENT_STATUS[ev.name], f"{reason} by {ev.provider}"
+        case JobSettled():
+            return ev.status, f"exit {ev.exit_code}, billed {ev.billed}, refunded {ev.refunded}"
+        case JobToppedUp():
+            return None, f"+{ev.amount} units by {ev.payer} (escrow {ev.escrow})"
+        case Undecodable():
+            return None, f"undecodable log ({ev.reason})"
     return None, ""

@@ -11,7 +11,7 @@ from typing import Any
 
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.deployment import Deployment
-from dsq_chain.sdk.events import ChainEvent, EventDecoder, normalise_log, sort_events
+from dsq_chain.sdk.events import ChainEvent, EventDecoder, JobSettled, normalise_log, sort_events
 
 #: The market's events that name a job.
 JOB_EVENTS = ("JobSubmitted", "JobAssigned", "JobStatusChanged", "JobReleased", "JobSettled", "JobToppedUp")
@@ -34,27 +34,22 @@ def job_events(
         params.append({**common, "topics": [own, _topic(job_id)]})
     if "JobSubmitted" in names:
         params.append({**common, "topics": [decoder.topics["JobSubmitted"], _topic(head_id or job_id)]})
-    events: list[ChainEvent] = []
-    for p in params:
-        for raw in chain.call_rpc("eth_getLogs", [p]) or []:
-            ev = decoder.decode(normalise_log(raw))
-            if ev is not None:
-                events.append(ev)
+    events = [decoder.decode(normalise_log(raw)) for p in params for raw in chain.call_rpc("eth_getLogs", [p]) or []]
     return sort_events(events)
 
 
-def settlements(chain: Chain, deployment: Deployment, job_ids: list[int]) -> dict[int, ChainEvent]:
+def settlements(chain: Chain, deployment: Deployment, job_ids: list[int]) -> dict[int, JobSettled]:
     """The ``JobSettled`` event of each settled job of ``job_ids`` (one ``eth_getLogs`` per 500 ids)."""
     decoder = EventDecoder()
-    out: dict[int, ChainEvent] = {}
+    out: dict[int, JobSettled] = {}
     for start in range(0, len(job_ids), 500):
         chunk = job_ids[start:start + 500]
         p = {"address": deployment.market, "fromBlock": hex(deployment.block), "toBlock": "latest",
              "topics": [decoder.topics["JobSettled"], [_topic(i) for i in chunk]]}
         for raw in chain.call_rpc("eth_getLogs", [p]) or []:
             ev = decoder.decode(normalise_log(raw))
-            if ev is not None:
-                out[int(ev.args["jobId"])] = ev
+            if isinstance(ev, JobSettled):
+                out[ev.job_id] = ev
     return out
 
 

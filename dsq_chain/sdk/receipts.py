@@ -1,7 +1,9 @@
 """Typed transaction receipts: what every transaction method of the SDK returns.
 
 A :class:`Receipt` holds the transaction hash, its block, the gas it used and its events decoded
-against every shipped contract (the market's and the token's). :class:`Submission` adds the job ids
+against every shipped contract: the market's as the typed records of :mod:`dsq_chain.sdk.events`
+(``receipt.event("JobSettled").billed``), the token's as :class:`LogEvent`
+(``receipt.event("Transfer").args["value"]``). :class:`Submission` adds the job ids
 of a submission and reads like that list (``ids = grid.submit(...)``; ``[job] = grid.submit(...)``);
 :class:`Withdrawal` adds the amount withdrawn.
 """
@@ -13,7 +15,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, cast, overload
 
-from eth_utils.abi import event_abi_to_log_topic
 from hexbytes import HexBytes
 from web3 import Web3
 from web3._utils.events import get_event_data
@@ -21,7 +22,7 @@ from web3.types import TxReceipt
 
 from dsq_chain import artifacts
 from dsq_chain.money import Credits
-from dsq_chain.sdk.events import ChainEvent, _plain
+from dsq_chain.sdk.events import ChainEvent, EventDecoder, JobSubmitted, Undecodable, Withdrawn
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,59 +103,45 @@ class Withdrawal(Receipt):
     amount: Credits = _NOTHING
 
 
-class _Spec:
-    __slots__ = ("abi", "name")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogEvent(ChainEvent):
+    """An event of a shipped contract that has no record type of its own (the token's ``Transfer`` and
+    ``Approval``, ...): its name and its arguments by ABI name."""
 
-    def __init__(self, abi: dict[str, Any]) -> None:
-        self.abi = abi
-        self.name: str = abi["name"]
+    event: str
+    args: dict[str, Any]
 
-
-@lru_cache(maxsize=1)
-def _events_by_topic() -> dict[bytes, list[_Spec]]:
-    """Every event of every shipped contract, by topic 0 (ERC-20 Transfer and the like appear once)."""
-    table: dict[bytes, list[_Spec]] = {}
-    seen: set[tuple[bytes, int]] = set()
-    for contract in artifacts.load()["contracts"].values():
-        for item in contract["abi"]:
-            if item["type"] != "event":
-                continue
-            topic = bytes(event_abi_to_log_topic(cast(Any, item)))
-            indexed = sum(1 for i in item["inputs"] if i["indexed"])
-            if (topic, indexed) not in seen:
-                seen.add((topic, indexed))
-                table.setdefault(topic, []).append(_Spec(item))
-    return table
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """The contract event's name."""
+        return self.event
 
 
 @lru_cache(maxsize=1)
-def _codec() -> Any:
-    return Web3().codec
+def _decoder() -> EventDecoder:
+    return EventDecoder(tuple(artifacts.load()["contracts"]))
+
+
+@lru_cache(maxsize=1)
+def _abi_by_name() -> dict[str, dict[str, Any]]:
+    return {i["name"]: i for c in artifacts.load()["contracts"].values() for i in c["abi"] if i["type"] == "event"}
 
 
 def decode_logs(logs: Sequence[Mapping[str, Any]]) -> tuple[ChainEvent, ...]:
-    """The logs that a shipped contract emitted, decoded (others, e.g. of unknown contracts, are left out)."""
+    """The logs as event records, in log order: the market's as their typed records
+    (:mod:`dsq_chain.sdk.events`), the other shipped contracts' as :class:`LogEvent`, anything else as
+    ``Undecodable``."""
     out: list[ChainEvent] = []
     for log in logs:
-        topics = log["topics"]
-        if not topics:
-            continue
-        for spec in _events_by_topic().get(bytes(HexBytes(topics[0])), []):
-            if len(topics) - 1 != sum(1 for i in spec.abi["inputs"] if i["indexed"]):
-                continue
+        ev = _decoder().decode(cast(Any, log))
+        if isinstance(ev, Undecodable) and ev.event in _abi_by_name():
             try:
-                data = get_event_data(_codec(), cast(Any, spec.abi), cast(Any, log))
-            except Exception:  # a log that merely shares the topic: not ours
-                continue
-            out.append(ChainEvent(
-                name=spec.name,
-                args={k: _plain(v) for k, v in data["args"].items()},
-                block_number=int(log["blockNumber"]),
-                block_hash=HexBytes(log["blockHash"]).to_0x_hex(),
-                tx_hash=HexBytes(log["transactionHash"]).to_0x_hex(),
-                log_index=int(log["logIndex"]),
-            ))
-            break
+                data = get_event_data(Web3().codec, cast(Any, _abi_by_name()[ev.event]), cast(Any, log))
+                ev = LogEvent(block_number=ev.block_number, block_hash=ev.block_hash, tx_hash=ev.tx_hash,
+                              log_index=ev.log_index, event=ev.event, args=dict(data["args"]))
+            except Exception:  # keep the Undecodable record and its reason
+                pass
+        out.append(ev)
     return tuple(out)
 
 
@@ -176,19 +163,17 @@ def _fields(raw: TxReceipt) -> dict[str, Any]:
 def submission_of(raw: TxReceipt) -> Submission:
     """A :class:`Submission`: the receipt and the ids of the jobs its ``JobSubmitted`` event created."""
     fields = _fields(raw)
-    ids: list[int] = []
-    for e in fields["events"]:
-        if e.name == "JobSubmitted":
-            first, count = int(e.args["firstJobId"]), int(e.args["count"])
-            ids.extend(range(first, first + count))
+    ids = [i for e in fields["events"] if isinstance(e, JobSubmitted) for i in e.job_ids]
     return Submission(**fields, job_ids=tuple(ids))
 
 
 def withdrawal_of(raw: TxReceipt) -> Withdrawal:
     """A :class:`Withdrawal`: the receipt and the amount of its ``Withdrawn`` event."""
     fields = _fields(raw)
-    amount = sum(int(e.args["amount"]) for e in fields["events"] if e.name == "Withdrawn")
+    amount = sum(e.amount for e in fields["events"] if isinstance(e, Withdrawn))
     return Withdrawal(**fields, amount=Credits(units=amount))
 
 
-__all__ = ["Receipt", "Submission", "Withdrawal", "decode_logs", "receipt_of", "submission_of", "withdrawal_of"]
+__all__ = [
+    "LogEvent", "Receipt", "Submission", "Withdrawal", "decode_logs", "receipt_of", "submission_of", "withdrawal_of",
+]

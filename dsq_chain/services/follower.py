@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from dsq_chain.errors import ChainUnavailable, TransactionFailed
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.deployment import Deployment
-from dsq_chain.sdk.events import ChainEvent, EventDecoder, normalise_log, sort_events
+from dsq_chain.sdk.events import ChainEvent, EventDecoder, Undecodable, normalise_log, sort_events
 
 log = logging.getLogger("dsq.follower")
 
@@ -99,6 +99,9 @@ class EventFollower:
         self._handlers: list[Handler] = [h if hasattr(h, "on_event") else _FnHandler(h) for h in handlers]  # type: ignore[arg-type]
         self.delivered = 0
         self.reorgs = 0
+        #: Logs that decoded to :class:`Undecodable` (each is still handed to the handlers, raw).
+        self.undecodable = 0
+        self._undecodable_kinds: set[tuple[str | None, str]] = set()
 
     def add_handler(self, handler: Handler | Callable[[ChainEvent], None]) -> None:
         self._handlers.append(handler if hasattr(handler, "on_event") else _FnHandler(handler))  # type: ignore[arg-type]
@@ -178,9 +181,19 @@ class EventFollower:
                 if raw.get("removed"):
                     continue
                 ev = self.decoder.decode(normalise_log(raw))
-                if ev is not None:
-                    out.append(ev)
+                if isinstance(ev, Undecodable):
+                    self._note_undecodable(ev)
+                out.append(ev)
         return sort_events(out)
+
+    def _note_undecodable(self, ev: Undecodable) -> None:
+        """Counts an undecodable log, and logs the first of each kind (handlers still receive it)."""
+        self.undecodable += 1
+        kind = (ev.event, ev.reason.split(":", 1)[0])
+        if kind not in self._undecodable_kinds:
+            self._undecodable_kinds.add(kind)
+            log.error("undecodable %s log at block %d (tx %s): %s; skipped, and counted from now on",
+                      ev.event or "unknown", ev.block_number, ev.tx_hash, ev.reason)
 
     def _deliver(self, events: list[ChainEvent], end: int, end_hash: str) -> int:
         cp = self.checkpoint

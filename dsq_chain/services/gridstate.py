@@ -12,9 +12,27 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dsq_chain.lifecycle import EVENT_STATUS
 from dsq_chain.matching import FairShare, PendingJob, ProviderState, ProviderStats
-from dsq_chain.sdk.events import ChainEvent
-from dsq_chain.types import JobStatus, LabelConstraint, Prices, ProviderStatus, ReleaseReason, Resources
+from dsq_chain.sdk.events import (
+    ChainEvent,
+    ChainLabel,
+    JobAssigned,
+    JobReleased,
+    JobSettled,
+    JobStatusChanged,
+    JobSubmitted,
+    ProviderHardwareUpdated,
+    ProviderLabelsSet,
+    ProviderPaused,
+    ProviderPricesUpdated,
+    ProviderRegistered,
+    ProviderStatusChanged,
+    Undecodable,
+)
+from dsq_chain.types import JobStatus, LabelConstraint, LabelOp, ProviderStatus, ReleaseReason, Resources
+from dsq_chain.workloads.labels import decode_value, is_label_key, on_chain
+from dsq_chain.workloads.workflow import WorkflowError, from_canonical
 
 log = logging.getLogger("dsq.state")
 
@@ -36,7 +54,7 @@ class JobRecord:
     resources: Resources
     max_rate: int
     labels: tuple[LabelConstraint, ...]
-    chain_labels: tuple[tuple[bytes, int, bytes], ...]
+    chain_labels: tuple[ChainLabel, ...]
     block: int
     provider: str | None = None
     rate: int = 0
@@ -69,7 +87,9 @@ class GridState:
         self.pending: dict[int, JobRecord] = {}
         self.fairshare = fairshare
         self.clock = clock
+        #: Events that could not be applied (undecodable ones included), and undecodable ones alone.
         self.errors = 0
+        self.undecodable = 0
 
     @property
     def providers(self) -> dict[str, ProviderState]:
@@ -80,42 +100,52 @@ class GridState:
         return (p.status, p.paused) if p else None
 
     def apply(self, ev: ChainEvent) -> bool:
-        """Applies one event; True when it may let a matching round place something."""
+        """Applies one event; True when it may let a matching round place something.
+
+        Nothing an event holds stops the state: an event that cannot be applied (undecodable, about a
+        provider or job this state never saw, ...) is logged, counted in :attr:`errors` and skipped.
+        """
         handler = getattr(self, "_on_" + ev.name, None)
         if handler is None:
             return False
         try:
             handler(ev)
-        except (KeyError, ValueError, TypeError) as e:  # an event we cannot make sense of must not stop the service
+        except Exception as e:  # an event we cannot make sense of must not stop the service
             self.errors += 1
-            log.error("cannot apply %s at block %d: %s", ev.name, ev.block_number, e)
+            log.error("cannot apply %s at block %d: %s: %s", ev.name, ev.block_number, type(e).__name__, e)
             return False
         return ev.name in TRIGGERS
 
-    # -- providers -----------------------------------------------------------------------------
-    def _on_ProviderRegistered(self, ev: ChainEvent) -> None:
-        hw = _hardware(ev.args["hardware"])
-        addr = ev.args["provider"]
-        old = self._providers.get(addr)
-        stats = old.state.stats if old else ProviderStats()
-        state = ProviderState(addr, hw, hw, _prices(ev.args["prices"]), {}, False, stats)
-        self._providers[addr] = _Provider(state)
+    def _on_Undecodable(self, ev: Undecodable) -> None:
+        self.errors += 1
+        self.undecodable += 1
+        log.error("skipping an undecodable %s log at block %d (tx %s): %s",
+                  ev.event or "unknown", ev.block_number, ev.tx_hash, ev.reason)
 
-    def _on_ProviderHardwareUpdated(self, ev: ChainEvent) -> None:
-        p = self._providers[ev.args["provider"]].state
+    # -- providers -----------------------------------------------------------------------------
+    def _on_ProviderRegistered(self, ev: ProviderRegistered) -> None:
+        old = self._providers.get(ev.provider)
+        stats = old.state.stats if old else ProviderStats()
+        state = ProviderState(ev.provider, ev.hardware, ev.hardware, ev.prices, {}, False, stats)
+        self._providers[ev.provider] = _Provider(state)
+
+    def _on_ProviderHardwareUpdated(self, ev: ProviderHardwareUpdated) -> None:
+        p = self._providers[ev.provider].state
         used = p.total - p.free
-        p.total = _hardware(ev.args["hardware"])
+        p.total = ev.hardware
         p.free = p.total - used
 
-    def _on_ProviderPricesUpdated(self, ev: ChainEvent) -> None:
-        self._providers[ev.args["provider"]].state.prices = _prices(ev.args["prices"])
+    def _on_ProviderPricesUpdated(self, ev: ProviderPricesUpdated) -> None:
+        self._providers[ev.provider].state.prices = ev.prices
 
-    def _on_ProviderLabelsSet(self, ev: ChainEvent) -> None:
-        from dsq_chain.workloads.labels import decode_value
-
-        labels = self._providers[ev.args["provider"]].state.labels
+    def _on_ProviderLabelsSet(self, ev: ProviderLabelsSet) -> None:
+        labels = self._providers[ev.provider].state.labels
         bad: list[str] = []
-        for key, value in zip(ev.args["keys"], ev.args["values"], strict=True):
+        for key, value in zip(ev.keys, ev.values, strict=True):
+            if not is_label_key(key):
+                # Not text, or not a key any job can name: no constraint can ever refer to it.
+                bad.append(repr(key))
+                continue
             if value == b"\0" * 32:
                 labels.pop(key, None)
                 continue
@@ -128,75 +158,70 @@ class GridState:
                 bad.append(key)
         if bad:  # counted and logged here, so that the event still triggers a round for the keys that did apply
             self.errors += 1
-            log.error("%s at block %d: label value(s) of %s decode to no label value; treated as absent",
+            log.error("%s at block %d: label(s) %s are not valid label keys or values; treated as absent",
                       ev.name, ev.block_number, ", ".join(bad))
 
-    def _on_ProviderStatusChanged(self, ev: ChainEvent) -> None:
-        p = self._providers[ev.args["provider"]]
-        p.status = ProviderStatus(ev.args["status"])
+    def _on_ProviderStatusChanged(self, ev: ProviderStatusChanged) -> None:
+        p = self._providers[ev.provider]
+        p.status = ev.status
         p.refresh()
 
-    def _on_ProviderPaused(self, ev: ChainEvent) -> None:
-        p = self._providers[ev.args["provider"]]
-        p.paused = bool(ev.args["paused"])
+    def _on_ProviderPaused(self, ev: ProviderPaused) -> None:
+        p = self._providers[ev.provider]
+        p.paused = ev.paused
         p.refresh()
 
     # -- jobs ------------------------------------------------------------------------------------
-    def _on_JobSubmitted(self, ev: ChainEvent) -> None:
-        req = ev.args["request"]
-        cpus, gpus, mem, max_rate = int(req["cpus"]), int(req["gpus"]), int(req["memMB"]), int(req["maxRate"])
-        chain_labels = tuple((bytes(c["key"]), int(c["op"]), bytes(c["value"])) for c in ev.args["labels"])
-        labels, problem = _workflow_labels(ev.args["workflow"], chain_labels, Resources(cpus, gpus, mem))
-        first = int(ev.args["firstJobId"])
-        for job_id in range(first, first + int(ev.args["count"])):
-            rec = JobRecord(job_id, ev.args["owner"], JobStatus.PENDING, Resources(cpus, gpus, mem), int(max_rate),
+    def _on_JobSubmitted(self, ev: JobSubmitted) -> None:
+        req = ev.request
+        resources = req.resources
+        chain_labels = tuple(ev.labels)
+        labels, problem = _workflow_labels(ev.workflow, chain_labels, resources)
+        for job_id in ev.job_ids:
+            status = EVENT_STATUS[ev.name]
+            rec = JobRecord(job_id, ev.owner, status, resources, req.max_rate,
                             labels, chain_labels, ev.block_number, problem=problem)
-            rec.history.append((ev.block_number, JobStatus.PENDING))
+            rec.history.append((ev.block_number, status))
             self.jobs[job_id] = rec
             self.pending[job_id] = rec
 
-    def _on_JobAssigned(self, ev: ChainEvent) -> None:
-        job = self.jobs[int(ev.args["jobId"])]
-        provider = ev.args["provider"]
-        self._set(job, JobStatus.META_SCHEDULED, ev)
-        job.provider, job.rate = provider, int(ev.args["rate"])
+    def _on_JobAssigned(self, ev: JobAssigned) -> None:
+        job = self.jobs[ev.job_id]
+        self._set(job, EVENT_STATUS[ev.name], ev)
+        job.provider, job.rate = ev.provider, ev.rate
         self.pending.pop(job.id, None)
-        p = self._providers[provider].state  # an unknown provider raises only after the job's own state
+        p = self._providers[ev.provider].state  # an unknown provider raises only after the job's own state
         p.free = p.free - job.resources
 
-    def _on_JobStatusChanged(self, ev: ChainEvent) -> None:
-        self._set(self.jobs[int(ev.args["jobId"])], JobStatus(ev.args["status"]), ev)
+    def _on_JobStatusChanged(self, ev: JobStatusChanged) -> None:
+        self._set(self.jobs[ev.job_id], ev.status, ev)
 
-    def _on_JobReleased(self, ev: ChainEvent) -> None:
-        job = self.jobs[int(ev.args["jobId"])]
-        provider = ev.args["provider"]
-        reason = ReleaseReason(ev.args["reason"])
+    def _on_JobReleased(self, ev: JobReleased) -> None:
+        job = self.jobs[ev.job_id]
         # The job's own state first: a provider this state does not know must not strand the job.
-        job.excluded.add(provider)
+        job.excluded.add(ev.provider)
         job.provider, job.rate = None, 0
-        self._set(job, JobStatus.PENDING, ev)
+        self._set(job, EVENT_STATUS[ev.name], ev)
         self.pending[job.id] = job
-        self._release(job, provider)
-        stats = self._providers[provider].state.stats
-        if reason is ReleaseReason.REFUSED:
+        self._release(job, ev.provider)
+        stats = self._providers[ev.provider].state.stats
+        if ev.reason is ReleaseReason.REFUSED:
             stats.refused += 1
         else:
             stats.timed_out += 1
 
-    def _on_JobSettled(self, ev: ChainEvent) -> None:
-        job = self.jobs[int(ev.args["jobId"])]
-        status = JobStatus(ev.args["status"])
-        provider = ev.args["provider"]
-        held = job.status.holds_capacity and provider != ZERO
+    def _on_JobSettled(self, ev: JobSettled) -> None:
+        job = self.jobs[ev.job_id]
+        status = ev.status
+        held = job.status.holds_capacity and ev.provider != ZERO
         # The job's own state first: a provider this state does not know must not leave the job open.
         self._set(job, status, ev)
         self.pending.pop(job.id, None)
-        billed = int(ev.args["billed"])
-        if billed and self.fairshare is not None and self.clock is not None:
-            self.fairshare.record(job.owner, float(billed), self.clock(ev))
+        if ev.billed and self.fairshare is not None and self.clock is not None:
+            self.fairshare.record(job.owner, float(ev.billed), self.clock(ev))
         if held:
-            self._release(job, provider)
-            stats = self._providers[provider].state.stats
+            self._release(job, ev.provider)
+            stats = self._providers[ev.provider].state.stats
             if status is JobStatus.FINISHED:
                 stats.finished += 1
             elif status is JobStatus.FAILED:
@@ -214,28 +239,19 @@ class GridState:
         job.history.append((ev.block_number, status))
 
 
-def _hardware(hw: dict[str, int]) -> Resources:
-    return Resources(int(hw["cpus"]), int(hw["gpus"]), int(hw["memMB"]))
-
-
-def _prices(p: dict[str, int]) -> Prices:
-    return Prices(int(p["perCpuMinute"]), int(p["perGpuMinute"]), int(p["perGbMinute"]))
-
-
 def _workflow_labels(
-    workflow: bytes, chain_labels: tuple[tuple[bytes, int, bytes], ...], resources: Resources
+    workflow: bytes, chain_labels: tuple[ChainLabel, ...], resources: Resources
 ) -> tuple[tuple[LabelConstraint, ...], str | None]:
     """The workflow's full label expressions, or a reason why the job can never be placed."""
-    from dsq_chain.workloads.labels import on_chain
-    from dsq_chain.workloads.workflow import WorkflowError, from_canonical
-
     try:
         wf = from_canonical(workflow)
     except WorkflowError as e:
         return (), f"workflow does not parse: {e}"
+    except (RecursionError, MemoryError, ValueError, TypeError) as e:  # whatever bytes anyone submits
+        return (), f"workflow does not parse: {type(e).__name__}"
     if wf.resources != resources:
         return wf.labels, f"the workflow asks for {wf.resources} but the job was submitted with {resources}"
-    expected = tuple(on_chain(wf.labels))
+    expected = tuple(ChainLabel(k, LabelOp(o), v) for k, o, v in on_chain(wf.labels))
     if expected != chain_labels:
         return wf.labels, "the label constraints submitted on chain differ from the workflow's labels"
     return wf.labels, None

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from dsq_chain import lifecycle
+from dsq_chain.types import JobStatus
+
 
 class Phase(StrEnum):
     """Where the worker is with a job."""
@@ -26,6 +29,36 @@ class Phase(StrEnum):
     SUBMITTED = "SUBMITTED"  # handed to the executor
     RUNNING = "RUNNING"  # start reported (chain: RUNNING)
     DONE = "DONE"  # final on chain (or no longer ours); nothing left to do
+
+    @property
+    def status(self) -> JobStatus | None:
+        """The on-chain status this phase stands for (None for DONE: final, or no longer this provider's)."""
+        return _PHASE_STATUS[self]
+
+
+_PHASE_STATUS: dict[Phase, JobStatus | None] = {
+    Phase.NEW: JobStatus.META_SCHEDULED,
+    Phase.CLAIMED: JobStatus.SCHEDULED,
+    Phase.SUBMITTED: JobStatus.SCHEDULED,
+    Phase.RUNNING: JobStatus.RUNNING,
+    Phase.DONE: None,
+}
+
+
+class JournalError(RuntimeError):
+    """A phase change the lifecycle does not allow (a bug in the worker, never the chain's doing)."""
+
+
+def can_enter(old: Phase, new: Phase) -> bool:
+    """Whether the journal may move a job from ``old`` to ``new``: to DONE always; otherwise only where the
+    lifecycle table leads from the status ``old`` stands for to the one ``new`` stands for (a worker that
+    restarts may catch up several steps at once, never go back)."""
+    if new is Phase.DONE or old is new:
+        return True
+    src, dst = old.status, new.status
+    if src is None or dst is None:
+        return False
+    return src is dst or (lifecycle.reachable(src, dst) and {dst} <= lifecycle.HOLDS_CAPACITY)
 
 
 SCHEMA = """
@@ -66,6 +99,8 @@ class Journal:
         self.db = db
         self.db.executescript(SCHEMA)
         self.db.execute("PRAGMA synchronous=NORMAL")
+        #: Active jobs allowed one move back after a reorg (see :meth:`rewound`).
+        self._rewound: set[int] = set()
 
     def add(self, job_id: int) -> bool:
         """Records a newly seen assignment (again after a release: the row is reset). True if new."""
@@ -92,11 +127,33 @@ class Journal:
     def all(self) -> list[Entry]:
         return [_entry(r) for r in self.db.execute("SELECT * FROM worker_jobs ORDER BY job_id").fetchall()]
 
+    def transition(self, job_id: int, phase: Phase, **fields: object) -> None:
+        """Moves a job to ``phase`` (with other fields), checked against the lifecycle (:func:`can_enter`).
+
+        The one way back is a reorg: after :meth:`rewound`, each active job may move once to any phase
+        (the chain it follows is no longer the one its phase was recorded on).
+        """
+        row = self.get(job_id)
+        if row is None:
+            raise JournalError(f"job {job_id} is not in the journal")
+        if not can_enter(row.phase, phase):
+            if job_id not in self._rewound:
+                raise JournalError(f"job {job_id}: {row.phase} -> {phase} is not a move the lifecycle allows")
+            self._rewound.discard(job_id)
+        self._write(job_id, phase=phase.value, **fields)
+
+    def rewound(self) -> None:
+        """The chain reorganised: every active job may go back once, to where the surviving chain has it."""
+        self._rewound |= {e.job_id for e in self.active()}
+
     def update(self, job_id: int, **fields: object) -> None:
+        """Sets fields other than the phase (use :meth:`transition` for that)."""
+        if "phase" in fields:
+            raise JournalError("the phase changes through transition(), which checks it")
+        self._write(job_id, **fields)
+
+    def _write(self, job_id: int, **fields: object) -> None:
         fields["updated_at"] = time.time()
-        phase = fields.get("phase")
-        if isinstance(phase, Phase):
-            fields["phase"] = phase.value
         cols = ", ".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE worker_jobs SET {cols} WHERE job_id=?", (*fields.values(), job_id))
 

@@ -17,21 +17,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import requests
-
 from dsq_chain.errors import ContractError, DsqError
-from dsq_chain.matching import Assignment, Explanation, FairShare, Matcher, Weights
+from dsq_chain.matching import Assignment, Explanation, FairShare, Matcher, PendingJob, Weights
 from dsq_chain.matching.matcher import DEFAULT_HALF_LIFE_S
-from dsq_chain.sdk.chain import Chain, Wallet
+from dsq_chain.sdk.chain import CHAIN_DOWN, Chain, Wallet
 from dsq_chain.sdk.client import SchedulerClient
 from dsq_chain.sdk.deployment import Deployment
-from dsq_chain.sdk.events import ChainEvent
+from dsq_chain.sdk.events import ChainEvent, ClaimTimeoutChanged, JobSubmitted
 from dsq_chain.services.follower import EventFollower
 from dsq_chain.services.gridstate import GridState, JobRecord
 from dsq_chain.services.metrics import SchedulerMetrics
 from dsq_chain.types import JobStatus
 
 log = logging.getLogger("dsq.scheduler")
+
+#: Errors after which a round is retried: the chain is down, or a call was refused for now.
+SCHEDULER_RETRY: tuple[type[BaseException], ...] = (DsqError, *CHAIN_DOWN)
 
 
 @dataclass
@@ -85,10 +86,10 @@ class MetaScheduler:
     def on_event(self, event: ChainEvent) -> None:
         if self.state.apply(event):
             self._dirty = True
-        if event.name == "JobSubmitted" and self.metrics:
-            self.metrics.submitted.inc(int(event.args["count"]))
-        elif event.name == "ClaimTimeoutChanged":  # applies to every job from now on, not only new ones
-            self.claim_timeout = int(event.args["claimTimeout"])
+        if isinstance(event, JobSubmitted) and self.metrics:
+            self.metrics.submitted.inc(event.count)
+        elif isinstance(event, ClaimTimeoutChanged):  # applies to every job from now on, not only new ones
+            self.claim_timeout = event.claim_timeout
 
     def on_reorg(self, block: int) -> None:
         """Events after ``block`` are gone: rebuild the whole state by replaying from the start."""
@@ -214,7 +215,8 @@ class MetaScheduler:
         return released
 
     def run(self, stop: threading.Event) -> None:
-        """Runs rounds until ``stop`` is set; survives node outages and bad events."""
+        """Runs rounds until ``stop`` is set; survives node outages, bad events and a failing round (logged,
+        counted, retried with back-off: the state is rebuilt from events, so nothing is lost)."""
         backoff = self.poll_interval
         while not stop.is_set():
             try:
@@ -226,8 +228,11 @@ class MetaScheduler:
                     self.sweep_claim_timeouts()
                 backoff = self.poll_interval
                 stop.wait(self.poll_interval)
-            except (DsqError, requests.RequestException, OSError) as e:  # node gone mid-call: back off, go on
-                log.warning("scheduler: %s; retrying in %.1f s", e, backoff)
+            except Exception as e:  # node gone mid-call, or a bug with one round: back off, go on
+                if isinstance(e, SCHEDULER_RETRY):
+                    log.warning("scheduler: %s; retrying in %.1f s", e, backoff)
+                else:
+                    log.exception("scheduler round failed: %s; retrying in %.1f s", e, backoff)
                 if self.metrics:
                     self.metrics.errors.labels(kind=type(e).__name__).inc()
                 self.wallet.reset_nonce()
@@ -239,6 +244,11 @@ class MetaScheduler:
         """Why a job waits (provider by provider), or what became of it."""
         self.sync()
         return explain_from_state(self.state, self.matcher, job_id, self._now(), self.failures)
+
+    def explain_pending(self, job: PendingJob) -> Explanation:
+        """Each provider's verdict on a job that is not submitted yet (what it would meet now)."""
+        self.sync()
+        return self.matcher.explain(job, self.state.providers, self._now())
 
 
 def _assigned_block(job: JobRecord) -> int:

@@ -37,21 +37,30 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import requests
 from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 
 from dsq_chain import artifacts
-from dsq_chain.errors import ChainUnavailable, ContractError, DsqError, InputError, TransactionFailed
-from dsq_chain.executors import ExecSpec, ExecState, ExecStatus, Executor, ExecutorError, JobNotFoundError, map_to_chain
-from dsq_chain.sdk.chain import Call, Chain, Wallet
+from dsq_chain.errors import ContractError, DsqError, InputError, TransactionFailed
+from dsq_chain.executors import ExecSpec, ExecState, ExecStatus, Executor, ExecutorError, JobNotFoundError
+from dsq_chain.sdk.chain import CHAIN_DOWN as NODE_DOWN
+from dsq_chain.sdk.chain import Call, Chain, Wallet, node_errors
 from dsq_chain.sdk.client import ProviderClient, job_from_view
 from dsq_chain.sdk.deployment import Deployment
-from dsq_chain.sdk.events import ChainEvent
+from dsq_chain.sdk.events import ChainEvent, JobAssigned
+from dsq_chain.services.decisions import (
+    OUT_OF_CREDITS_GRACE_S,
+    REORG_HOLD_S,
+    Action,
+    Facts,
+    Plan,
+    decide,
+    journal_after,
+)
+from dsq_chain.services.decisions import start as start_reports
 from dsq_chain.services.follower import EventFollower
 from dsq_chain.services.journal import Entry, Journal, Phase
 from dsq_chain.services.metrics import WorkerMetrics
@@ -60,8 +69,6 @@ from dsq_chain.workloads.workflow import Workflow, WorkflowError, from_canonical
 
 log = logging.getLogger("dsq.worker")
 
-#: After this many seconds of EscrowNotExhausted following an executor timeout, finish instead.
-OUT_OF_CREDITS_GRACE_S = 30.0
 #: A report that keeps reverting alone is given up after this many tries (the reason is journaled).
 MAX_FAILURES = 5
 #: Seconds after chain time says a running job's escrow is used up before the worker ends it itself
@@ -72,22 +79,11 @@ SUBMIT_PARALLELISM = 8
 #: A tick stops handing new jobs to the executor after this many seconds (the rest wait for the next tick), so
 #: that the jobs it started are reported RUNNING - and billed - soon after they really started.
 SUBMIT_BUDGET_S = 2.0
-#: A job found PENDING again while its execution still runs (only a reorg does that: the worker runs nothing
-#: before its claim is mined) keeps running this long, so that it is adopted, not run twice, if it is assigned to
-#: this provider again; it is cancelled at once if assigned to another one.
-REORG_HOLD_S = 60.0
 #: At most this many report rows per transaction (a FINISH row costs ~19k gas: far below a 30M block).
 MAX_REPORT_ROWS = 400
-#: Errors meaning "the node is unreachable right now": jobs keep running, reports wait.
-CHAIN_DOWN: tuple[type[BaseException], ...] = (ChainUnavailable, TransactionFailed, requests.RequestException, OSError)
-
-
-@dataclass(frozen=True, slots=True)
-class Action:
-    job_id: int
-    action: ReportAction
-    exit_code: int = 0
-    reason: str = ""
+#: Errors meaning "the node is unreachable right now": jobs keep running, reports wait. (A JSON-RPC error
+#: answer, TransactionFailed, is treated the same here: the reports are retried.)
+CHAIN_DOWN: tuple[type[BaseException], ...] = (*NODE_DOWN, TransactionFailed)
 
 
 class ProviderWorker:
@@ -149,16 +145,17 @@ class ProviderWorker:
 
     # -- events ----------------------------------------------------------------------------------
     def on_event(self, event: ChainEvent) -> None:
-        if event.name == "JobAssigned" and event.args["provider"] == self.address:
-            job_id = int(event.args["jobId"])
-            if self.journal.add(job_id):
-                log.info("job %d assigned to us at %d units/min", job_id, event.args["rate"])
+        if not isinstance(event, JobAssigned) or event.provider != self.address:
+            return
+        if self.journal.add(event.job_id):
+            log.info("job %d assigned to us at %d units/min", event.job_id, event.rate)
 
     def on_reorg(self, block: int) -> None:
         """Blocks after ``block`` are gone, maybe with some of our reports: the nonce is read again."""
         log.warning("reorg back to block %d: re-reading the nonce; jobs are reconciled with the surviving chain",
                     block)
         self.wallet.reset_nonce()
+        self.journal.rewound()
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -234,95 +231,81 @@ class ProviderWorker:
         self._gauge()
         return actions + more
 
-    # -- decisions -------------------------------------------------------------------------------
+    # -- decisions (made by services/decisions.py; carried out here) --------------------------------
     def _reconcile(self, entry: Entry, job: Job | None, to_run: list[tuple[Entry, Job]]) -> list[Action]:
-        """What to report for one job; jobs to hand to the executor go to ``to_run``."""
-        status = self._exec_status(entry)
-        if job is None:  # chain unknown right now: only keep the executor's side moving
+        """Gathers the facts about one job, asks :func:`decide`, carries the plan out; returns its reports.
+        Jobs to hand to the executor go to ``to_run``."""
+        facts = self._facts(entry, job)
+        plan = decide(facts)
+        while plan.need is not None and job is not None:
+            if plan.need == "validate":
+                facts = dataclasses.replace(facts, problem=self._validate(job), validated=True)
+            else:  # look the execution up: submitted by a process that died before journaling it?
+                found = self._adopt(entry)
+                if found is None and job.status is JobStatus.SCHEDULED:
+                    self._absent.add(job.id)
+                entry = self.journal.get(entry.job_id) or entry
+                facts = dataclasses.replace(facts, phase=entry.phase, execution=found, looked_up=True,
+                                            journaled=entry.exec_id is not None)
+            plan = decide(facts)
+        return self._carry_out(entry, job, facts, plan, to_run)
+
+    def _facts(self, entry: Entry, job: Job | None) -> Facts:
+        held = self._orphaned.get(entry.job_id)
+        ooc = self._ooc_since.get(entry.job_id)
+        now = time.monotonic()
+        running = job is not None and job.status is JobStatus.RUNNING and job.provider == self.address
+        return Facts(
+            job_id=entry.job_id, me=self.address, phase=entry.phase, job=job,
+            execution=self._exec_status(entry), journaled=entry.exec_id is not None,
+            absent=entry.job_id in self._absent,
+            held_s=None if held is None else now - held,
+            escrow_used_up=running and job is not None and self._escrow_used_up(job),
+            ooc_waited_s=None if ooc is None else now - ooc,
+        )
+
+    def _carry_out(self, entry: Entry, job: Job | None, facts: Facts, plan: Plan,
+                   to_run: list[tuple[Entry, Job]]) -> list[Action]:
+        if job is None:
             return []
-        if job.provider != self.address or job.status is JobStatus.PENDING:
-            if job.provider is None and status is not None and not status.state.is_final:
-                if job.id not in self._orphaned:
-                    self._orphaned[job.id] = time.monotonic()
-                    log.warning("job %d is PENDING again on chain (a reorg?) while it runs here: holding it %.0f s "
-                                "in case it comes back to us", job.id, REORG_HOLD_S)
-                if time.monotonic() - self._orphaned[job.id] < REORG_HOLD_S:
-                    return []
-            self._drop(entry, status, "assignment released (refused or claim timed out)")
+        if plan.hold:
+            if job.id not in self._orphaned:
+                self._orphaned[job.id] = time.monotonic()
+                log.warning("job %d is PENDING again on chain (a reorg?) while it runs here: holding it %.0f s "
+                            "in case it comes back to us", job.id, REORG_HOLD_S)
+            return []
+        if plan.drop is not None:
+            self._drop(entry, facts.execution, plan.drop)
             return []
         self._orphaned.pop(job.id, None)
-        if job.status.is_final:
-            self._drop(entry, status, f"final on chain: {job.status.name}")
-            return []
-        if job.status is JobStatus.META_SCHEDULED:
-            problem = self._validate(job)
-            if problem:
-                log.warning("job %d refused: %s", job.id, problem)
-                if self.metrics:
-                    self.metrics.refused.labels(reason=problem.split(":")[0]).inc()
-                return [Action(job.id, ReportAction.REFUSE, reason=problem)]
-            return [Action(job.id, ReportAction.CLAIM)]
-        if job.status is JobStatus.SCHEDULED:
-            if entry.phase is Phase.NEW:
-                self.journal.update(job.id, phase=Phase.CLAIMED, chain_status=job.status.name)
-            if status is None and entry.exec_id is None and job.id not in self._absent:
-                status = self._adopt(entry)  # submitted by a process that died before journaling it?
-                if status is None:
-                    self._absent.add(job.id)
-            if status is None:
-                to_run.append((entry, job))
-                return []
-            return self._start(job, status)
-        # RUNNING on chain
-        if status is None:
-            status = self._adopt(entry)
-            if status is None:
-                return [Action(job.id, ReportAction.PANIC, reason="the executor has no trace of this job")]
-        if entry.phase is not Phase.RUNNING:
-            self.journal.update(job.id, phase=Phase.RUNNING, chain_status=job.status.name)
-        if not status.state.is_final:
+        if plan.enter is not None:
+            self.journal.transition(job.id, plan.enter, chain_status=job.status.name)
+        if plan.extend:
             self._extend_if_topped_up(entry, job)
-            if self._escrow_used_up(job):
-                log.info("job %d: escrow used up on chain; ending it", job.id)
-                return [Action(job.id, ReportAction.OUT_OF_CREDITS, reason="escrow used up (chain time)")]
-            return []
-        return [self._outcome(job, status)]
+        self._note_outcome(job.id, plan)
+        for a in plan.reports:
+            if a.action is ReportAction.REFUSE:
+                log.warning("job %d refused: %s", job.id, a.reason)
+                if self.metrics:
+                    self.metrics.refused.labels(reason=a.reason.split(":")[0]).inc()
+            elif a.action is ReportAction.OUT_OF_CREDITS and a.reason:
+                log.info("job %d: %s; ending it", job.id, a.reason)
+        if plan.run:
+            to_run.append((entry, job))
+        return list(plan.reports)
 
     def _start(self, job: Job, status: ExecStatus) -> list[Action]:
-        """Reports of a SCHEDULED job the executor has: START once the work began (with its outcome in the same
-        transaction if it already ended); PANIC if it ended without ever starting."""
-        if not status.started:
-            if status.state.is_final:
-                return [Action(job.id, ReportAction.PANIC,
-                               reason=f"ended before it started: {status.state} {status.reason}".strip())]
-            return []
-        actions = [Action(job.id, ReportAction.START)]
-        if status.state.is_final:
-            outcome = self._outcome(dataclasses.replace(job, status=JobStatus.RUNNING), status)
-            if outcome.action is not ReportAction.OUT_OF_CREDITS:  # the chain needs time to agree: next ticks
-                actions.append(outcome)
-        return actions
+        """The reports of a SCHEDULED job the executor has (see :func:`decisions.start`)."""
+        ooc = self._ooc_since.get(job.id)
+        plan = start_reports(job, status, None if ooc is None else time.monotonic() - ooc)
+        self._note_outcome(job.id, plan)
+        return list(plan.reports)
 
-    def _outcome(self, job: Job, status: ExecStatus) -> Action:
-        outcome = map_to_chain(status.state)
-        code = status.exit_code if status.exit_code is not None else 1
-        if outcome is JobStatus.FINISHED:
-            code = 0
-        elif outcome is JobStatus.FAILED and code == 0:
-            code = 1  # failed without an exit status (e.g. out of memory): never report success
-        self.journal.update(job.id, exit_code=code)
-        if outcome in (JobStatus.FINISHED, JobStatus.FAILED):
-            return Action(job.id, ReportAction.FINISH, code)
-        if outcome is JobStatus.OUT_OF_CREDITS:
-            first = self._ooc_since.setdefault(job.id, time.monotonic())
-            if time.monotonic() - first > OUT_OF_CREDITS_GRACE_S:
-                # The chain says the escrow still pays (a top-up came too late): bill the time used.
-                return Action(job.id, ReportAction.FINISH, code or 124, reason="killed at its limit")
-            return Action(job.id, ReportAction.OUT_OF_CREDITS)
-        if outcome is JobStatus.CANCELED:
-            # Only the owner cancels on chain; an executor-side cancel we did not ask for is our fault.
-            return Action(job.id, ReportAction.PANIC, reason="cancelled on the executor side")
-        return Action(job.id, ReportAction.PANIC, reason=f"executor state {status.state}: {status.reason}")
+    def _note_outcome(self, job_id: int, plan: Plan) -> None:
+        if plan.exit_code is not None:
+            self.journal.update(job_id, exit_code=plan.exit_code)
+        if plan.ooc_started:
+            self._ooc_since.setdefault(job_id, time.monotonic())
 
     def _validate(self, job: Job) -> str | None:
         """Why this worker cannot run the job, or None."""
@@ -416,7 +399,7 @@ class ProviderWorker:
                 log.error("job %d: submitting to %s failed: %s", job.id, self.executor.name, e)
                 self._count_error(e)
                 continue
-            self.journal.update(job.id, phase=Phase.SUBMITTED, exec_id=exec_id, time_limit_s=spec.time_limit_s)
+            self.journal.transition(job.id, Phase.SUBMITTED, exec_id=exec_id, time_limit_s=spec.time_limit_s)
             log.info("job %d submitted to %s as %s (limit %d s)", job.id, self.executor.name, exec_id,
                      spec.time_limit_s)
             try:
@@ -430,8 +413,8 @@ class ProviderWorker:
         if not found:
             return None
         exec_id = found[-1]
-        self.journal.update(entry.job_id, exec_id=exec_id, phase=Phase.SUBMITTED if entry.phase in
-                            (Phase.NEW, Phase.CLAIMED) else entry.phase)
+        self.journal.transition(entry.job_id, Phase.SUBMITTED if entry.phase in (Phase.NEW, Phase.CLAIMED)
+                                else entry.phase, exec_id=exec_id)
         return self.executor.status(exec_id)
 
     def _exec_status(self, entry: Entry) -> ExecStatus | None:
@@ -473,7 +456,7 @@ class ProviderWorker:
         if entry.exec_id and status is not None and not status.state.is_final:
             self.executor.cancel(entry.exec_id)
             log.info("job %d: %s; cancelled %s", entry.job_id, reason, entry.exec_id)
-        self.journal.update(entry.job_id, phase=Phase.DONE, reason=reason)
+        self.journal.transition(entry.job_id, Phase.DONE, reason=reason)
         self._ooc_since.pop(entry.job_id, None)
         self._absent.discard(entry.job_id)
         self._orphaned.pop(entry.job_id, None)
@@ -558,24 +541,19 @@ class ProviderWorker:
     def _sent(self, actions: list[Action], t0: float) -> None:
         elapsed = time.monotonic() - t0
         for a in actions:
-            if a.action is ReportAction.CLAIM:
-                self.journal.update(a.job_id, phase=Phase.CLAIMED, chain_status=JobStatus.SCHEDULED.name)
-                if self.metrics:
-                    entry = self.journal.get(a.job_id)
-                    if entry:
-                        self.metrics.claim_latency.observe(max(0.0, time.time() - entry.seen_at))
-            elif a.action is ReportAction.START:
-                self.journal.update(a.job_id, phase=Phase.RUNNING, chain_status=JobStatus.RUNNING.name)
-            else:
-                final = {ReportAction.REFUSE: "REFUSED", ReportAction.OUT_OF_CREDITS: "OUT_OF_CREDITS",
-                         ReportAction.PANIC: "PANICKED"}.get(a.action)
-                if a.action is ReportAction.FINISH:
-                    final = "FINISHED" if a.exit_code == 0 else "FAILED"
-                if a.action in (ReportAction.OUT_OF_CREDITS, ReportAction.PANIC):
-                    self._stop_execution(a.job_id)
-                self.journal.update(a.job_id, phase=Phase.DONE, chain_status=final, reason=a.reason)
+            phase, chain_status = journal_after(a)
+            if phase is Phase.DONE and a.action in (ReportAction.OUT_OF_CREDITS, ReportAction.PANIC):
+                self._stop_execution(a.job_id)
+            if phase is Phase.DONE:
+                self.journal.transition(a.job_id, phase, chain_status=chain_status, reason=a.reason)
                 self._ooc_since.pop(a.job_id, None)
-            if self.metrics and a.action is not ReportAction.CLAIM:
+            else:
+                self.journal.transition(a.job_id, phase, chain_status=chain_status)
+            if self.metrics and a.action is ReportAction.CLAIM:
+                entry = self.journal.get(a.job_id)
+                if entry:
+                    self.metrics.claim_latency.observe(max(0.0, time.time() - entry.seen_at))
+            elif self.metrics:
                 self.metrics.report_latency.observe(elapsed)
             log.info("job %d: reported %s%s", a.job_id, a.action.name,
                      f" (exit {a.exit_code})" if a.action is ReportAction.FINISH else "")
@@ -601,7 +579,7 @@ class ProviderWorker:
         log.warning("job %d: %s failed: %s", action.job_id, "+".join(a.action.name for a in actions), error)
         self._count_error(error)
         if failures >= MAX_FAILURES:
-            self.journal.update(action.job_id, phase=Phase.DONE, failures=failures,
+            self.journal.transition(action.job_id, Phase.DONE, failures=failures,
                                 reason=f"gave up {action.action.name}: {error}")
         else:
             self.journal.update(action.job_id, failures=failures)
@@ -663,10 +641,8 @@ class JobReader:
             chunk = ids[start:start + self.CHUNK]
             payload = [("eth_call", [{"to": self.market, "data": "0x" + (self.selector + i.to_bytes(32, "big")).hex()},
                                      "latest"]) for i in chunk]
-            try:
+            with node_errors(self.chain.rpc_url):
                 responses: Any = cast(Any, self.chain.w3.provider).make_batch_request(payload)
-            except (requests.RequestException, OSError) as e:
-                raise ChainUnavailable(f"RPC node at {self.chain.rpc_url} unreachable: {e.__class__.__name__}") from e
             if not isinstance(responses, list):
                 raise TransactionFailed(f"batch of getJob calls refused: {responses.get('error')}")
             for job_id, resp in zip(chunk, responses, strict=True):
@@ -736,4 +712,5 @@ def time_limit_s(escrow: int, rate: int) -> int:
     return max(1, escrow * 60 // rate)
 
 
-__all__ = ["Action", "ExecState", "JobReader", "ProviderWorker", "time_limit_s"]
+__all__ = ["OUT_OF_CREDITS_GRACE_S", "REORG_HOLD_S", "Action", "ExecState", "JobReader", "ProviderWorker",
+           "time_limit_s"]

@@ -38,6 +38,7 @@ __all__ = [
     "decode_value",
     "encode_key",
     "encode_value",
+    "is_label_key",
     "on_chain",
     "parse_constraint",
     "parse_labels",
@@ -115,6 +116,11 @@ def _check_value(value: str, expression: str) -> str:
             expression, f"a value of at most {MAX_VALUE_BYTES} bytes of UTF-8 (the 32-byte limit)"
         )
     return value
+
+
+def is_label_key(key: str) -> bool:
+    """True when ``key`` is a valid label key (what a job can name in a constraint)."""
+    return _KEY_RE.match(key) is not None
 
 
 def _is_uint(value: str) -> bool:

@@ -28,6 +28,7 @@ from typing import Any, Literal, NoReturn
 import yaml
 from eth_utils.crypto import keccak
 
+from dsq_chain import artifacts
 from dsq_chain.types import CREDIT_UNIT, LabelConstraint, Prices, Resources
 from dsq_chain.workloads.labels import LabelExpressionError, parse_constraint
 
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 #: Largest canonical encoding a job may carry (mirror of the contract's limit).
-MAX_WORKFLOW_BYTES = 16384
+MAX_WORKFLOW_BYTES = artifacts.constant("MAX_WORKFLOW_BYTES")
 #: Largest workflow document accepted as input (comments and layout included).
 MAX_SOURCE_BYTES = 65536
 #: Upper bound of every resource number and of the job's totals (uint32).

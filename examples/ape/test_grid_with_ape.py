@@ -13,6 +13,7 @@ import pytest
 from dsq_chain import AdminClient, Credits, GridClient, JobStatus, ProviderClient, SchedulerClient, errors
 from dsq_chain.sdk.chain import Call, Chain
 from dsq_chain.sdk.deployment import Deployment, deploy
+from dsq_chain.sdk.events import JobSettled
 from dsq_chain.sdk.signers import ApeSigner
 from dsq_chain.types import Prices, Resources
 
@@ -52,7 +53,8 @@ def test_submit_run_settle_and_withdraw_with_ape_accounts(
     provider.start(job_id)
     chain.mine(1, deltatime=90)  # ape's chain moves Anvil's clock: 90 s of run time
     receipt = provider.finish(job_id, 0)
-    assert receipt.status == 1 and receipt.event("JobSettled").args["status"] == JobStatus.FINISHED
+    settled = receipt.event("JobSettled")
+    assert receipt.status == 1 and isinstance(settled, JobSettled) and settled.status is JobStatus.FINISHED
 
     job = user.job(job_id)
     assert job.status is JobStatus.FINISHED and job.billed is not None and job.refunded is not None

@@ -18,7 +18,7 @@ CREDIT_UNIT = UNIT
 
 
 class JobStatus(IntEnum):
-    """Lifecycle of a job (``JobStatus`` in ``contracts/IJobMarket.sol``)."""
+    """Lifecycle of a job (``JobStatus`` in ``contracts/GridTypes.sol``)."""
 
     NONE = 0
     PENDING = 1

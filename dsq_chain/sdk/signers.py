@@ -7,7 +7,7 @@ sign EIP-712 typed data (permits). :func:`as_signer` turns what users have into 
 - a private key (hex text or bytes), or an eth-account ``LocalAccount``;
 - :func:`from_keystore` — an encrypted eth-account keystore file and its password;
 - any object that already follows the protocol (a remote signer: an HSM, a KMS, a wallet server);
-- :class:`ApeSigner` — an account of eth-ape (``accounts.test_accounts[0]``, a keyfile account).
+- :class:`ApeSigner` — an account of eth-ape (a test account, or a keyfile account: ``accounts.load("alias")``).
 
 :data:`READ_ONLY` signs nothing: clients built on it read the chain and raise
 :class:`~dsq_chain.errors.InputError` naming what to pass when asked to send.
@@ -93,7 +93,7 @@ READ_ONLY = ReadOnlySigner()
 
 
 class ApeSigner:
-    """An eth-ape account (``ape.accounts.test_accounts[0]``, ``accounts.load("alias")``) as a signer.
+    """An eth-ape account (a test account in ``ape test``, ``accounts.load("alias")``) as a signer.
 
     Transactions are built by the SDK and signed by ape's account (which may prompt for its password);
     ape itself sends nothing, so receipts and reverts behave as with any other signer."""

@@ -126,22 +126,16 @@ class _Client:
         ids = list(job_ids)
         if not ids:
             return []
-        w3 = self.chain.w3
-        with node_errors(self.chain.rpc_url), w3.batch_requests() as batch:
-            for i in ids:
-                batch.add(self.market.functions.getJob(i))
-            results = batch.execute()
+        results = self._batch([self.market.functions.getJob(i) for i in ids])
         return self._with_bills([job_from_view(cast(Sequence[Any], r)) for r in results])
 
     def _with_bills(self, jobs: list[Job]) -> list[Job]:
         """``jobs`` with ``billed``/``refunded`` from their settlements (final) or ``billSoFar`` (RUNNING)."""
         final = [j.id for j in jobs if j.status.is_final]
         settled = settlements(self.chain, self.deployment, final) if final else {}
-        return [
-            bill_of(j, settled.get(j.id),
-                    int(self.market.functions.billSoFar(j.id).call()) if j.status is JobStatus.RUNNING else None)
-            for j in jobs
-        ]
+        running = [j.id for j in jobs if j.status is JobStatus.RUNNING]
+        so_far = dict(zip(running, self._batch([self.market.functions.billSoFar(i) for i in running]), strict=True))
+        return [bill_of(j, settled.get(j.id), int(so_far[j.id]) if j.id in so_far else None) for j in jobs]
 
     def job_count(self) -> int:
         """How many jobs were ever submitted (ids run from 1 to this)."""
@@ -162,8 +156,19 @@ class _Client:
     def providers(self) -> list[Provider]:
         """Every provider that ever registered, in id order."""
         n = int(self.market.functions.providerCount().call())
-        addrs = [self.market.functions.providerAt(i).call() for i in range(1, n + 1)]
-        return [self.provider(a) for a in addrs]
+        addrs = self._batch([self.market.functions.providerAt(i) for i in range(1, n + 1)])
+        return [provider_from_view(cast(Sequence[Any], v))
+                for v in self._batch([self.market.functions.getProvider(a) for a in addrs])]
+
+    def _batch(self, calls: list[Any], size: int = 500) -> list[Any]:
+        """The results of many view calls, in JSON-RPC batches of ``size``."""
+        out: list[Any] = []
+        for start in range(0, len(calls), size):
+            with node_errors(self.chain.rpc_url), self.chain.w3.batch_requests() as batch:
+                for fn in calls[start:start + size]:
+                    batch.add(fn)
+                out.extend(batch.execute())
+        return out
 
     def balance(self, account: str | None = None) -> Credits:
         """The withdrawable internal balance (refunds, earnings) of ``account`` (default: this client's)."""

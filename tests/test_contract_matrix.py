@@ -1,9 +1,9 @@
 """The full permission matrix of the job market: every job status x every action x every kind of caller.
 
-The expectations come from the one lifecycle table, ``dsq_chain.lifecycle`` (``RULES`` below), not from the contract:
-an allowed call must succeed with exactly the effects the lifecycle table (docs/architecture.md) describes (new status, escrow, internal
-balances, token balances, provider capacity); a forbidden one must revert with the named custom error
-and change nothing.
+The expectations come from the one lifecycle table, ``dsq_chain.lifecycle`` (``RULES`` below), not from
+the contract: an allowed call must succeed with exactly the effects the lifecycle describes (new status,
+escrow, internal balances, token balances, provider capacity); a forbidden one must revert with the named
+custom error and change nothing.
 
 Speed: one job per status is prepared once per module (all owned by ``grid.user``, all on the ``cpu``
 provider) and every case reverts to that state. Reads go through one raw JSON-RPC batch per state

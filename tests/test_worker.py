@@ -550,9 +550,9 @@ def test_reports_are_split_to_stay_far_below_the_block_gas_limit(grid: Grid, rig
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """After an outage hundreds of outcomes may be due at once: a report carries at most MAX_REPORT_ROWS rows (here
     set to 3), a job's START and FINISH never split."""
-    from dsq_chain.services import worker as worker_module
+    from dsq_chain.services import reports as reports_module
 
-    monkeypatch.setattr(worker_module, "MAX_REPORT_ROWS", 3)
+    monkeypatch.setattr(reports_module, "MAX_REPORT_ROWS", 3)
     ids = submit(grid.user, workflow("sleep 1"), BIG, count=5)
     grid.scheduler.assign_batch([(i, grid.cpu.address, ()) for i in ids])
     n0 = nonce(grid.chain, grid.cpu.address)

@@ -200,7 +200,7 @@ class CrashingWorker(ProviderWorker):
             _die()
         return super()._send(actions)
 
-    def _sent(self, actions: list[Action], t0: float) -> None:
+    def sent(self, actions: list[Action], t0: float) -> None:
         # The transaction is mined; the journal does not know yet.
         kinds = {a.action for a in actions}
         if (self.crash_at == "claimed" and ReportAction.CLAIM in kinds) or (
@@ -208,7 +208,7 @@ class CrashingWorker(ProviderWorker):
             self.crash_at == "after_final" and kinds & _FINAL
         ):
             _die()
-        super()._sent(actions, t0)
+        super().sent(actions, t0)
 
 
 _FINAL = {ReportAction.FINISH, ReportAction.OUT_OF_CREDITS, ReportAction.PANIC}

@@ -46,8 +46,7 @@ from eth_utils.crypto import keccak
 from dsq_chain import artifacts
 from dsq_chain.errors import ContractError, DsqError, InputError, TransactionFailed
 from dsq_chain.executors import ExecSpec, ExecState, ExecStatus, Executor, ExecutorError, JobNotFoundError
-from dsq_chain.sdk.chain import CHAIN_DOWN as NODE_DOWN
-from dsq_chain.sdk.chain import Call, Chain, Wallet, node_errors
+from dsq_chain.sdk.chain import Chain, Wallet, node_errors
 from dsq_chain.sdk.client import ProviderClient, job_from_view
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.sdk.events import ChainEvent, JobAssigned
@@ -64,6 +63,7 @@ from dsq_chain.services.decisions import start as start_reports
 from dsq_chain.services.follower import EventFollower
 from dsq_chain.services.journal import Entry, Journal, Phase
 from dsq_chain.services.metrics import WorkerMetrics
+from dsq_chain.services.reports import CHAIN_DOWN, ReportSender
 from dsq_chain.types import Job, JobStatus, Prices, ReportAction, Resources
 from dsq_chain.workloads.workflow import Workflow, WorkflowError, from_canonical, render_script
 
@@ -79,11 +79,6 @@ SUBMIT_PARALLELISM = 8
 #: A tick stops handing new jobs to the executor after this many seconds (the rest wait for the next tick), so
 #: that the jobs it started are reported RUNNING - and billed - soon after they really started.
 SUBMIT_BUDGET_S = 2.0
-#: At most this many report rows per transaction (a FINISH row costs ~19k gas: far below a 30M block).
-MAX_REPORT_ROWS = 400
-#: Errors meaning "the node is unreachable right now": jobs keep running, reports wait. (A JSON-RPC error
-#: answer, TransactionFailed, is treated the same here: the reports are retried.)
-CHAIN_DOWN: tuple[type[BaseException], ...] = (*NODE_DOWN, TransactionFailed)
 
 
 class ProviderWorker:
@@ -118,6 +113,7 @@ class ProviderWorker:
         # the per-tick read of the active jobs, so decoding those events too would be wasted work.
         self.follower.filters = [[[self.follower.decoder.topics["JobAssigned"]], None, _topic(self.address)]]
         self.journal = Journal(self.follower.db)
+        self.sender = ReportSender(self.client, self)
         self.reader = JobReader(wallet.chain, deployment.market)
         self._workflows: dict[int, bytes] = {}
         self._parsed: dict[tuple[int, bytes], Workflow | str] = {}
@@ -463,82 +459,18 @@ class ProviderWorker:
 
     # -- sending ---------------------------------------------------------------------------------
     def _send(self, actions: list[Action]) -> list[Action]:
-        """Sends the reports, :data:`MAX_REPORT_ROWS` per transaction; returns those that went through."""
-        sent: list[Action] = []
-        chunk: list[Action] = []
-        for group in _by_job(actions):
-            if chunk and len(chunk) + len(group) > MAX_REPORT_ROWS:
-                sent += self._send_batch(chunk)
-                chunk = []
-                if not self.chain_up:
-                    return sent
-            chunk += group
-        if chunk:
-            sent += self._send_batch(chunk)
-        return sent
+        """Sends the reports (:class:`ReportSender`); returns those that went through."""
+        return self.sender.send(actions)
 
-    def _send_batch(self, actions: list[Action]) -> list[Action]:
-        """Sends the reports in one transaction; returns those that went through.
-
-        If the batch reverts, each job's reports are checked alone (gas estimation, nothing sent): those that
-        would revert are counted as failures, the rest go in one transaction again (one by one only if that
-        reverts too: a race with another transaction).
-        """
-        t0 = time.monotonic()
-        try:
-            self.client.report(_rows(actions))
-            self._sent(actions, t0)
-            return actions
-        except ContractError as e:
-            groups = _by_job(actions)
-            if len(groups) == 1:
-                self._failed(actions, e)
-                return []
-            log.info("batched report of %d reverted (%s); leaving out the jobs that fail alone", len(actions), e)
-        except CHAIN_DOWN as e:
-            self._down(e)
-            return []
-        good: list[list[Action]] = []
-        for group in groups:
-            try:
-                self.wallet.estimate(Call(self.client.market.functions.report(_rows(group))))
-                good.append(group)
-            except ContractError as e:
-                self._failed(group, e)
-            except CHAIN_DOWN as e:
-                self._down(e)
-                return []
-        if not good:
-            return []
-        flat = [a for g in good for a in g]
-        try:
-            self.client.report(_rows(flat))
-            self._sent(flat, t0)
-            return flat
-        except ContractError as e:
-            log.info("batched report of %d reverted again (%s); sending one job at a time", len(flat), e)
-        except CHAIN_DOWN as e:
-            self._down(e)
-            return []
-        sent: list[Action] = []
-        for group in good:
-            try:
-                self.client.report(_rows(group))
-                self._sent(group, t0)
-                sent += group
-            except ContractError as e:
-                self._failed(group, e)
-            except CHAIN_DOWN as e:
-                self._down(e)
-                break
-        return sent
-
-    def _down(self, e: BaseException) -> None:
+    # -- what the sender tells (ReportListener) --------------------------------------------------------
+    def down(self, e: BaseException) -> None:
+        """The node went away while sending: reports wait, the nonce is read again."""
         self.chain_up = False
         self.wallet.reset_nonce()
         self._count_error(e)
 
-    def _sent(self, actions: list[Action], t0: float) -> None:
+    def sent(self, actions: list[Action], t0: float) -> None:
+        """Reports mined: the journal follows (and an execution that must end is stopped)."""
         elapsed = time.monotonic() - t0
         for a in actions:
             phase, chain_status = journal_after(a)
@@ -570,7 +502,8 @@ class ProviderWorker:
         except ExecutorError as e:
             log.error("job %d: could not stop %s: %s", job_id, entry.exec_id, e)
 
-    def _failed(self, actions: list[Action], error: ContractError) -> None:
+    def failed(self, actions: list[Action], error: ContractError) -> None:
+        """One job's reports revert alone: counted; given up after :data:`MAX_FAILURES` tries."""
         if type(error).__name__ == "EscrowNotExhausted":
             return  # chain time has not caught up with the executor's limit yet: retry next tick
         action = actions[0]
@@ -682,18 +615,6 @@ def _word(t: str, w: bytes) -> Any:
 def _topic(address: str) -> str:
     """An address as an indexed event topic."""
     return "0x" + "0" * 24 + address[2:].lower()
-
-
-def _rows(actions: Sequence[Action]) -> list[tuple[int, ReportAction, int]]:
-    return [(a.job_id, a.action, a.exit_code) for a in actions]
-
-
-def _by_job(actions: Sequence[Action]) -> list[list[Action]]:
-    """Actions grouped by job, in order (a job's START and FINISH must go together)."""
-    groups: dict[int, list[Action]] = {}
-    for a in actions:
-        groups.setdefault(a.job_id, []).append(a)
-    return list(groups.values())
 
 
 def _run_now(fn: Any, *args: Any) -> Future[Any]:

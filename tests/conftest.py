@@ -13,6 +13,8 @@ import pytest
 from dsq_chain.sdk.anvil import AnvilNode, dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
 from tests.grid import Grid, build_grid, conservation_gap
+from tests.oci_fixtures import busybox_image, container_tools, image_cache, oci_auth_registry, oci_registry  # noqa: F401
+from tests.storage_fixtures import http_server, s3_auth_server, s3_bucket, s3_env, s3_server  # noqa: F401
 
 
 @pytest.fixture(scope="session")

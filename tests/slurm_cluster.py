@@ -3,8 +3,9 @@
 Import it into a conftest or test module (``from tests.slurm_cluster import slurm_cluster``).
 The fixture
 
-* installs Debian's ``slurm-wlm`` with ``apt-get`` when ``slurmctld`` is missing
-  (skips, saying why, only when that is impossible: no ``apt-get`` or not root);
+* installs Debian's ``slurm-wlm`` and ``libpmix-dev`` (for ``srun --mpi=pmix_v4``) with
+  ``apt-get`` when missing (skips, saying why, only when that is impossible: no ``apt-get``
+  or not root);
 * writes a ``slurm.conf`` into a fresh ``/tmp/dsq-slurm-*`` folder: free ports,
   state/spool/pid/log files in that folder, ``auth/none`` (no munge), the node
   exactly as ``slurmd -C`` sees this machine, ``MinJobAge=3600`` (``scontrol``
@@ -29,7 +30,6 @@ cluster up ≈ 1 s.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
@@ -44,12 +44,13 @@ from pathlib import Path
 
 import pytest
 
-APT_PACKAGES = ("slurm-wlm",)
-_INSTALL_LOCK = Path(tempfile.gettempdir()) / "dsq-slurm-apt.lock"
+from tests.apt import AptUnavailable, ensure_packages
+
+APT_PACKAGES = ("slurm-wlm", "libpmix-dev")
 _SBIN = (Path("/usr/sbin"), Path("/usr/local/sbin"), Path("/sbin"))
 
 
-class SlurmUnavailable(Exception):
+class SlurmUnavailable(AptUnavailable):
     """Slurm is missing and cannot be installed here (the fixture turns this into a skip)."""
 
 
@@ -64,48 +65,29 @@ def find_binary(name: str) -> str | None:
     return None
 
 
-def ensure_slurm_installed(timeout_s: float = 900) -> None:
-    """Install ``slurm-wlm`` with apt-get unless ``slurmctld``, ``slurmd`` and ``sbatch`` are all present.
+def pmix_library_present() -> bool:
+    """The unversioned ``libpmix.so`` that Slurm's ``mpi_pmix`` plugin opens (from ``libpmix-dev``)."""
+    libdirs = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib")
+    return any(any(Path(d).glob("pmix*/lib/libpmix.so")) for d in libdirs)
 
-    Raises :class:`SlurmUnavailable` when apt-get is missing or we are not root,
-    :class:`RuntimeError` (with apt's output) when the installation fails.
+
+def ensure_slurm_installed(timeout_s: float = 900) -> None:
+    """Install ``slurm-wlm`` and ``libpmix-dev`` with apt-get unless the daemons, clients and PMIx are present.
+
+    ``libpmix-dev`` makes ``srun --mpi=pmix`` / ``pmix_v4`` work: without it the plugin fails with
+    "can not load PMIx library". It is installed before the fixture starts ``slurmd`` (which loads
+    the plugin), so no restart is needed. Raises :class:`SlurmUnavailable` when apt-get is missing
+    or we are not root, :class:`RuntimeError` (with apt's output) when the installation fails.
     """
 
     def present() -> bool:
-        return all(find_binary(b) for b in ("slurmctld", "slurmd", "sbatch", "scontrol", "sacct"))
+        binaries = all(find_binary(b) for b in ("slurmctld", "slurmd", "sbatch", "scontrol", "sacct"))
+        return binaries and pmix_library_present()
 
-    if present():
-        return
-    apt = shutil.which("apt-get")
-    if apt is None:
-        raise SlurmUnavailable(
-            "Slurm is not installed (no slurmctld) and apt-get is not available to install it: "
-            "install slurm-wlm (slurmctld, slurmd and the client commands) to run the Slurm tests"
-        )
-    if os.geteuid() != 0:
-        raise SlurmUnavailable(
-            "Slurm is not installed (no slurmctld) and installing it with apt-get needs root: "
-            "run `apt-get install slurm-wlm` as root, or run the tests as root"
-        )
-    _INSTALL_LOCK.touch(exist_ok=True)
-    with open(_INSTALL_LOCK) as lock:  # pytest-xdist workers: one apt at a time
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if present():
-            return
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for cmd in (
-            [apt, "-o", "DPkg::Lock::Timeout=300", "update"],
-            [apt, "-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends", *APT_PACKAGES],
-        ):
-            proc = subprocess.run(
-                cmd, env=env, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(
-                    f"`{' '.join(cmd)}` failed with exit code {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}"
-                )
-        if not present():
-            raise RuntimeError(f"installed {' '.join(APT_PACKAGES)} but slurmctld/slurmd/sbatch are still missing")
+    try:
+        ensure_packages(APT_PACKAGES, present, timeout_s=timeout_s)
+    except AptUnavailable as exc:
+        raise SlurmUnavailable(f"Slurm cannot be set up: {exc}") from None
 
 
 def free_port() -> int:
@@ -173,8 +155,11 @@ class SlurmCluster:
         assert slurmctld and slurmd
         node, node_line, cpus, mem = node_config(slurmd)
         d = Path(tempfile.mkdtemp(prefix="dsq-slurm-", dir="/tmp"))  # short: slurmstepd sockets live in spool/
-        for sub in ("state", "spool", "log"):
+        for sub in ("state", "spool", "log", "tmp"):
             (d / sub).mkdir()
+        # PMIx keeps per-step folders named after job and step ids (/tmp/spmix_appdir_<uid>_<job>.<step>);
+        # every test cluster counts jobs from 1, so clusters sharing /tmp would collide: give each its own.
+        (d / "mpi.conf").write_text(f"PMIxCliTmpDirBase={d}/tmp\n")
         cluster = cls(d, d / "slurm.conf", node, cpus, mem, free_port(), free_port())
         user = _username()
         cluster.conf.write_text(
@@ -189,6 +174,7 @@ AuthType=auth/none
 CredType=cred/none
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
+TmpFS={d}/tmp
 SlurmctldPidFile={d}/slurmctld.pid
 SlurmdPidFile={d}/slurmd.pid
 SlurmctldLogFile={d}/log/slurmctld.log

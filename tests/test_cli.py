@@ -290,3 +290,21 @@ def test_devnet_up_and_down(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     time.sleep(0.2)
     assert not (tmp_path / "net" / "devnet.json").exists()
+
+
+def test_submit_refuses_every_error_of_a_deepsquare_file_and_warns_of_retired_fields(cli: Cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("resources: {tasks: 0, cpusPerTask: 1, memPerCpu: 1}\nvirtualNetworks: []\n"
+                   "steps: [{run: {command: 'true', container: {image: x, x11: true}}}]\n")
+    before = cli.grid.chain.block_number()
+    proc = cli.run("submit", str(bad), "--credits", "1", key=user_key(cli))
+    assert proc.returncode == 2 and cli.grid.chain.block_number() == before  # nothing sent, no credit locked
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith(f"dsq: error: {bad}:1: resources.tasks: expected an integer >= 1, got 0")
+    assert any("virtualNetworks: expected no virtualNetworks: refused" in ln for ln in lines)
+    assert any("x11: expected false: refused" in ln for ln in lines)
+    retired = tmp_path / "retired.yaml"
+    retired.write_text("resources: {tasks: 1, cpusPerTask: 1, memPerCpu: 256, gpusPerTask: 0}\n"
+                       "steps: [{run: {command: 'true'}}]\n")
+    proc = cli.ok("submit", str(retired), "--credits", "1", "--max-rate", "10", key=user_key(cli))
+    assert "warning: " in proc.stderr and "gpusPerTask is retired: write gpus: 0" in proc.stderr

@@ -61,6 +61,8 @@ def register(app: typer.Typer) -> None:
             if count < 1:
                 raise InputError(f"--count must be >= 1, got {count}")
             wf = wfmod.load(workflow)  # validated fully before anything touches the chain
+            for warning in wf.warnings:  # retired fields that still work, with the hint
+                typer.echo(f"warning: {warning}", err=True)
             grid = _grid(ctx)
             ids = list(grid.submit(wf, credits=units, max_rate=rate, count=count, force=force))
             emit({"job_ids": ids, "workflow_hash": "0x" + wf.hash().hex()},

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -255,6 +256,45 @@ class Executor(ABC):
 
 
 # --- helpers shared by the implementations -------------------------------------------------
+
+
+def deepsquare_env(work: Path, cache: Path, uid: int) -> dict[str, str]:
+    """The storage variables a DeepSquare job expects, the same way in every executor.
+
+    ``$STORAGE_PATH`` is the job's own folder ``work/deepsquare`` (input,
+    output, the env file); the temporary folders live
+    under the executor's ``cache`` and outlive the job: ``user-<uid>`` for one
+    user's jobs, ``world`` for everyone's. ``DSQ_PYTHON`` is the worker's
+    interpreter, which runs the container and storage tools; ``DSQ_IMAGE_CACHE``
+    (``cache/images/user-<uid>``) is where the container tool keeps pulled images,
+    once per digest, for every job of that user on this executor.
+    """
+
+    storage = work / "deepsquare"
+    user, world = cache / "tmp" / f"user-{uid}", cache / "tmp" / "world"
+    disk_user, disk_world = cache / "disk" / f"user-{uid}", cache / "disk" / "world"
+    images = cache / "images" / f"user-{uid}"  # per user: no job can plant an image for another user's pull
+    for folder in (cache, cache / "tmp", cache / "disk", cache / "images"):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o711)  # a job user may pass through to its own folders, not list them
+    for folder, mode in ((world, 0o1777), (disk_world, 0o1777), (user, 0o700), (disk_user, 0o700), (images, 0o700)):
+        folder.mkdir(exist_ok=True)
+        folder.chmod(mode)
+        if uid != os.getuid() and mode == 0o700:
+            os.chown(folder, uid, -1)
+    return {
+        "DSQ_PYTHON": sys.executable,
+        "DSQ_IMAGE_CACHE": str(images),
+        "STORAGE_PATH": str(storage),
+        "DEEPSQUARE_INPUT": str(storage / "input"),
+        "DEEPSQUARE_OUTPUT": str(storage / "output"),
+        "DEEPSQUARE_ENV": str(storage / "env"),
+        "DEEPSQUARE_TMP": str(user),
+        "DEEPSQUARE_SHARED_TMP": str(user),
+        "DEEPSQUARE_SHARED_WORLD_TMP": str(world),
+        "DEEPSQUARE_DISK_TMP": str(disk_user),
+        "DEEPSQUARE_DISK_WORLD_TMP": str(disk_world),
+    }
 
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

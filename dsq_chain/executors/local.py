@@ -52,6 +52,7 @@ from dsq_chain.executors.base import (
     ExecutorError,
     JobNotFoundError,
     base_env,
+    deepsquare_env,
     detect_gpus,
 )
 from dsq_chain.types import Resources
@@ -106,6 +107,8 @@ class LocalExecutor(Executor):
             (tmp / sv.WORK).mkdir(parents=True)
             env = base_env(spec.job_env())
             env["DSQ_EXEC_ID"] = exec_id
+            uid = self.job_user[1] if self.job_user else os.getuid()
+            env.update(deepsquare_env(final / sv.WORK, self.root / "cache", uid))
             if self.job_user:
                 name, uid, gid = self.job_user
                 env.update(HOME=str(final / sv.WORK), USER=name, LOGNAME=name)

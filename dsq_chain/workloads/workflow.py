@@ -1,36 +1,57 @@
-"""Workflows: what a job runs, in YAML or JSON, close to DeepSquare workflows and Slurm.
+"""Workflows: what a job runs, in YAML or JSON, in DeepSquare's job format (plus provider labels).
 
-This module parses and validates a workflow document (with the file, line and
-field of every error), encodes it canonically (the bytes whose keccak256 the
-chain stores), decodes it back from those bytes, renders it into a bash batch
-script, and previews what a given escrow buys on a given provider.
+This module validates a workflow document (reporting every error of a file at
+once, each with its file, line and field), encodes it canonically (the bytes
+whose keccak256 the chain stores), decodes it back from those bytes, and
+previews what a given escrow buys on a given provider. Rendering into the bash
+script that executors run is :mod:`dsq_chain.workloads.script`; the step tree
+is :mod:`dsq_chain.workloads.steps`.
 
-Everything is checked here, before anything touches the chain. The format is
-documented in ``docs/workflow.md``; its JSON Schema ships as package data
-(:func:`json_schema`) and accepts the same documents, except for the rules a
-schema cannot state (see the schema's ``$comment``).
+DeepSquare documents load as they are written: ``enableLogging``, ``env`` as a
+list of ``{key, value}``, free-text step names, per-step ``resources``,
+containers, ``for``, ``launch``/``dependsOn``, ``catch``/``finally``, ``if``,
+``use`` of vendored or local modules, ``input``/``output`` storage. What a
+provider cannot honour (virtual networks, WireGuard, bore, custom DNS, X11...)
+is refused with the reason. The format is documented in ``docs/workflow.md``;
+its JSON Schema ships as package data (:func:`json_schema`) and accepts the
+same documents, except for the rules a schema cannot state (its ``$comment``).
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
 import json
-import math
 import os
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources as importlib_resources
-from typing import Any, Literal, NoReturn
+from pathlib import Path
+from typing import Any
 
-import yaml
 from eth_utils.crypto import keccak
 
 from dsq_chain import artifacts
 from dsq_chain.types import CREDIT_UNIT, LabelConstraint, Prices, Resources
+from dsq_chain.workloads.document import (
+    MAX_RESOURCE,
+    Ctx,
+    Node,
+    Pairs,
+    WorkflowError,
+    boolean_of,
+    child,
+    fields_of,
+    from_json,
+    integer_of,
+    items_of,
+    parse,
+    quote,
+    reject_constant,
+    text_of,
+)
 from dsq_chain.workloads.labels import LabelExpressionError, parse_constraint
+from dsq_chain.workloads.step_checks import ENV_NAME_RE, JobLimits, StepsContext, env_of, steps_of
+from dsq_chain.workloads.steps import DEFAULT_SHELL, Step, walk
 
 __all__ = [
     "DEFAULT_SHELL",
@@ -38,7 +59,9 @@ __all__ = [
     "MAX_SOURCE_BYTES",
     "MAX_WORKFLOW_BYTES",
     "CostPreview",
+    "Module",
     "Step",
+    "Transport",
     "Workflow",
     "WorkflowError",
     "cost_preview",
@@ -57,580 +80,355 @@ __all__ = [
 MAX_WORKFLOW_BYTES = artifacts.constant("MAX_WORKFLOW_BYTES")
 #: Largest workflow document accepted as input (comments and layout included).
 MAX_SOURCE_BYTES = 65536
-#: Upper bound of every resource number and of the job's totals (uint32).
-MAX_RESOURCE = 2**32 - 1
-#: Shell that runs a step's command unless the step names another one.
-DEFAULT_SHELL = "/bin/sh"
-#: Deepest nesting of YAML/JSON collections read (the format needs 4).
-MAX_DEPTH = 16
 
-_STEP_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_SHELL_RE = re.compile(r"/[A-Za-z0-9._+/-]{0,254}")
 _NAME_FORBIDDEN_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_NON_SPACE_RE = re.compile(r"\S")
-_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HTTP_URL_RE = re.compile(r"https?://[^\s\x00-\x1f'\"]{1,2000}")
+_S3_BUCKET_RE = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,62}")
+_S3_PATH_RE = re.compile(r"/[^\x00-\x1f]{0,1023}")
+_LOCAL_SOURCE_RE = re.compile(r"\.{0,2}/.*")
 
-_TOP_FIELDS = ("name", "resources", "labels", "env", "steps")
-_RESOURCE_FIELDS = ("tasks", "cpusPerTask", "memPerCpu", "gpus")
-_STEP_FIELDS = ("name", "run", "dependsOn")
-_RUN_FIELDS = ("command", "shell", "env")
-
-#: What each field holds, for "expected ..." messages.
-_EXPECTED = {
-    "resources": "a mapping with tasks, cpusPerTask, memPerCpu and optionally gpus",
-    "steps": "a list of at least one step",
-    "tasks": "an integer >= 1",
-    "cpusPerTask": "an integer >= 1",
-    "memPerCpu": "an integer >= 1 (MB per CPU)",
-    "name": "a step name",
-    "run": "a mapping with command and optionally shell and env",
-    "command": "a command line (text)",
+_TOP_FIELDS = (
+    "name",
+    "resources",
+    "labels",
+    "env",
+    "enableLogging",
+    "input",
+    "inputMode",
+    "output",
+    "continuousOutputSync",
+    "modules",
+    "steps",
+)
+_RESOURCE_FIELDS = ("tasks", "cpusPerTask", "memPerCpu", "gpus", "gpusPerTask")
+#: Top-level fields a provider of this grid cannot honour, with the reason.
+REFUSED_TOP = {
+    "virtualNetworks": (
+        "virtual networks between steps and jobs need DeepSquare's network gateway, which providers of this "
+        "grid do not run"
+    ),
 }
 
 
-# --------------------------------------------------------------------------- errors
-
-
-class WorkflowError(ValueError):
-    """A workflow document is malformed.
-
-    Attributes: ``source`` (file name or ``"<input>"``), ``line`` (1-based, or
-    None), ``field`` (dotted path such as ``resources.tasks`` or
-    ``steps[1].run.command``; empty for the whole document), ``expected``
-    (what was expected) and ``got`` (what was found, or None). ``str()`` is
-    one line: ``job.yaml:4: resources.tasks: expected an integer >= 1, got 0``.
-    """
-
-    def __init__(
-        self,
-        expected: str,
-        *,
-        source: str = "<input>",
-        line: int | None = None,
-        field: str = "",
-        got: str | None = None,
-    ) -> None:
-        self.source = source
-        self.line = line
-        self.field = field
-        self.expected = expected
-        self.got = got
-        location = source if line is None else f"{source}:{line}"
-        where = f"{field}: " if field else ""
-        tail = "" if got is None else f", got {got}"
-        super().__init__(f"{location}: {where}expected {expected}{tail}".replace("\n", " "))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle with every attribute (for process pools and test workers)."""
-        rebuild = functools.partial(
-            type(self), self.expected, source=self.source, line=self.line, field=self.field, got=self.got
-        )
-        return rebuild, ()
-
-
-# --------------------------------------------------------------------------- document tree
+# --------------------------------------------------------------------------- storage
 
 
 @dataclass(frozen=True)
-class _Node:
-    """A parsed YAML/JSON value with the line it starts on (None when unknown)."""
+class Transport:
+    """Where input comes from or output goes: an http(s) URL, or an S3 bucket and path with its credentials."""
 
-    kind: Literal["scalar", "seq", "map"]
-    line: int | None
-    value: str | int | float | bool | None = None
-    text: str = ""
-    items: tuple[_Node, ...] = ()
-    entries: tuple[_Entry, ...] = ()
+    url: str
+    """``https://...`` or ``s3://bucket/path``."""
+    region: str | None = None
+    endpoint: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    delete_sync: bool = False
+    """S3 output: remove objects that have no file in the output folder any more."""
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url.startswith("s3://")
+
+    def to_data(self) -> dict[str, Any]:
+        if not self.is_s3:
+            return {"http": {"url": self.url}}
+        bucket, _, path = self.url[len("s3://") :].partition("/")
+        return {
+            "s3": {
+                "region": self.region,
+                "bucketUrl": f"s3://{bucket}",
+                "path": f"/{path}",
+                "accessKeyId": self.access_key_id,
+                "secretAccessKey": self.secret_access_key,
+                "endpointUrl": self.endpoint,
+                **({"deleteSync": True} if self.delete_sync else {}),
+            }
+        }
+
+
+def _transport(ctx: Ctx, node: Node, path: str) -> Transport:
+    found = fields_of(ctx, node, path, ("http", "s3"), ())
+    if len(found) != 1:
+        ctx.fail(node.line, path, "exactly one of http and s3", got="both" if found else "neither")
+    if "http" in found:
+        http = fields_of(ctx, found["http"], f"{path}.http", ("url",), ("url",))
+        url = text_of(ctx, http["url"], f"{path}.http.url", "an http(s) URL")
+        if not _HTTP_URL_RE.fullmatch(url):
+            ctx.fail(http["url"].line, f"{path}.http.url", "an http(s) URL", got=quote(url))
+        return Transport(url)
+    spath = f"{path}.s3"
+    keys = ("region", "bucketUrl", "path", "accessKeyId", "secretAccessKey", "endpointUrl")
+    s3 = fields_of(ctx, found["s3"], spath, (*keys, "deleteSync"), keys)
+    values = {k: ctx.guard(lambda k=k: text_of(ctx, s3[k], f"{spath}.{k}", "text")) for k in keys}  # type: ignore[misc]
+    bucket, s3_path, endpoint = values["bucketUrl"], values["path"], values["endpointUrl"]
+    if bucket is not None and not _S3_BUCKET_RE.fullmatch(bucket):
+        expected = "s3://bucket-name (not ending with /)"
+        ctx.note(s3["bucketUrl"].line, f"{spath}.bucketUrl", expected, got=quote(bucket))
+    if s3_path is not None and not _S3_PATH_RE.fullmatch(s3_path):
+        expected = "an absolute path in the bucket (starting with /)"
+        ctx.note(s3["path"].line, f"{spath}.path", expected, got=quote(s3_path))
+    if endpoint is not None and not _HTTP_URL_RE.fullmatch(endpoint):
+        ctx.note(s3["endpointUrl"].line, f"{spath}.endpointUrl", "an http(s) URL", got=quote(endpoint))
+    delete_sync = False
+    if "deleteSync" in s3:
+        delete_sync = bool(ctx.guard(lambda: boolean_of(ctx, s3["deleteSync"], f"{spath}.deleteSync")))
+    if any(v is None for v in values.values()):
+        ctx.fail(node.line, spath, "a valid S3 location")
+    return Transport(
+        f"{bucket}{s3_path}", values["region"], endpoint, values["accessKeyId"], values["secretAccessKey"], delete_sync
+    )
+
+
+# --------------------------------------------------------------------------- modules
 
 
 @dataclass(frozen=True)
-class _Entry:
-    """One ``key: value`` of a mapping."""
-
+class ModuleInput:
     key: str
-    line: int | None
-    node: _Node
+    description: str
+    default: str | None = None
 
 
 @dataclass(frozen=True)
-class _Ctx:
-    """Where the document comes from, for error messages."""
+class Module:
+    """A DeepSquare module: a named group of steps with inputs (variables) and outputs (exported variables)."""
 
-    source: str
+    name: str
+    description: str
+    min_resources: JobLimits
+    inputs: tuple[ModuleInput, ...]
+    outputs: tuple[tuple[str, str], ...]
+    steps: tuple[Step, ...]
 
-    def fail(self, line: int | None, path: str, expected: str, got: str | None = None) -> NoReturn:
-        raise WorkflowError(expected, source=self.source, line=line, field=path, got=got)
-
-
-def _child(path: str, key: str) -> str:
-    """The path of ``key`` inside ``path`` (``a.b``, or ``a["odd key"]``)."""
-    if _IDENT_RE.fullmatch(key):
-        return f"{path}.{key}" if path else key
-    return f"{path}[{_quote(key)}]"
-
-
-def _quote(text: str, limit: int = 40) -> str:
-    """A one-line, ASCII, JSON-quoted rendering of ``text``, shortened past ``limit`` characters."""
-    short = text if len(text) <= limit else text[:limit] + "..."
-    return json.dumps(short)
-
-
-def _describe(node: _Node) -> str:
-    """How a found value reads in an error message."""
-    if node.kind == "map":
-        return "a mapping"
-    if node.kind == "seq":
-        return "a list"
-    if node.value is None:
-        return "null"
-    if isinstance(node.value, bool):
-        return "true" if node.value else "false"
-    if isinstance(node.value, str):
-        return _quote(node.value)
-    return node.text if len(node.text) <= 40 else node.text[:40] + "..."
+    def to_data(self) -> dict[str, Any]:
+        m = self.min_resources
+        return {
+            "name": self.name,
+            "description": self.description,
+            "minimumResources": {"tasks": m.tasks, "cpusPerTask": m.cpus_per_task, "memPerCpu": m.mem_per_cpu,
+                                 "gpus": m.gpus},
+            "inputs": [
+                {"key": i.key, "description": i.description, **({} if i.default is None else {"default": i.default})}
+                for i in self.inputs
+            ],
+            "outputs": [{"key": k, "description": d} for k, d in self.outputs],
+            "steps": [s.to_data() for s in self.steps],
+        }
 
 
-def _fix_surrogates(text: str) -> str:
-    """Join UTF-16 surrogate pairs that YAML escapes leave apart (lone ones stay, and fail validation)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            return text.encode("utf-16", "surrogatepass").decode("utf-16")
-        except UnicodeDecodeError:
-            return text
-    return text
+_MODULE_FIELDS = ("name", "description", "minimumResources", "inputs", "outputs", "steps")
 
 
-def _has_bad_text(text: str) -> bool:
-    """True when ``text`` holds a NUL or a lone surrogate (neither survives the trip to a shell)."""
-    return "\x00" in text or any(0xD800 <= ord(ch) <= 0xDFFF for ch in text)
+def _module(ctx: Ctx, limits: JobLimits, node: Node, path: str) -> Module:
+    found = fields_of(ctx, node, path, _MODULE_FIELDS, ("name", "description", "minimumResources", "steps"))
+    name = text_of(ctx, found["name"], f"{path}.name", "a module name")
+    description = text_of(ctx, found["description"], f"{path}.description", "a description")
+    rpath = f"{path}.minimumResources"
+    res = fields_of(ctx, found["minimumResources"], rpath, ("tasks", "cpusPerTask", "memPerCpu", "gpus"), ())
+    mins = [integer_of(ctx, res[k], f"{rpath}.{k}", 0) if k in res else 0
+            for k in ("tasks", "cpusPerTask", "memPerCpu", "gpus")]
+    inputs: list[ModuleInput] = []
+    if "inputs" in found:
+        for index, item in enumerate(items_of(ctx, found["inputs"], f"{path}.inputs", "a list of inputs")):
+            ipath = f"{path}.inputs[{index}]"
+            entry = fields_of(ctx, item, ipath, ("key", "description", "default"), ("key", "description"))
+            key = text_of(ctx, entry["key"], f"{ipath}.key", "a variable name")
+            if not ENV_NAME_RE.fullmatch(key) or key.startswith("DSQ_"):
+                expected = "a variable name [A-Za-z_][A-Za-z0-9_]* not starting with DSQ_"
+                ctx.fail(entry["key"].line, f"{ipath}.key", expected, got=quote(key))
+            default = text_of(ctx, entry["default"], f"{ipath}.default", "text") if "default" in entry else None
+            inputs.append(ModuleInput(key, text_of(ctx, entry["description"], f"{ipath}.description", "text"), default))
+    outputs: list[tuple[str, str]] = []
+    if "outputs" in found:
+        for index, item in enumerate(items_of(ctx, found["outputs"], f"{path}.outputs", "a list of outputs")):
+            opath = f"{path}.outputs[{index}]"
+            entry = fields_of(ctx, item, opath, ("key", "description"), ("key", "description"))
+            outputs.append((text_of(ctx, entry["key"], f"{opath}.key", "a variable name"),
+                            text_of(ctx, entry["description"], f"{opath}.description", "text")))
+    # A module's own steps may not use other modules (no nesting to resolve at run time).
+    steps = steps_of(ctx, StepsContext(limits, {}), found["steps"], f"{path}.steps")
+    return Module(name, description, JobLimits(*mins), tuple(inputs), tuple(outputs), steps)
 
 
-# --------------------------------------------------------------------------- YAML reading
-
-
-_TAG = "tag:yaml.org,2002:"
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 core-schema scalars (JSON compatible: ``yes``/``no``/``on`` stay text), no aliases, bounded depth."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
-        mark: Any = event.start_mark
-        if isinstance(event, yaml.AliasEvent):
-            raise yaml.composer.ComposerError(None, None, "no aliases (*name are not supported)", mark)
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(None, None, f"at most {MAX_DEPTH} levels of nesting", mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-_Loader.yaml_implicit_resolvers = {}
-for _tag, _pattern in (
-    ("null", r"(?:~|null|Null|NULL|)\Z"),
-    ("bool", r"(?:true|True|TRUE|false|False|FALSE)\Z"),
-    ("int", r"(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)\Z"),
-    ("float", r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?\Z"),
-    ("float", r"(?:[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))\Z"),
-):
-    _Loader.add_implicit_resolver(_TAG + _tag, re.compile(_pattern), None)
-
-
-def _yaml_scalar(ctx: _Ctx, node: yaml.ScalarNode, path: str, line: int) -> _Node:
-    """Construct a scalar by its resolved tag (str, null, bool, int, float)."""
-    text = str(node.value)
-    kind = node.tag[len(_TAG) :] if node.tag.startswith(_TAG) else node.tag
-    value: str | int | float | bool | None
-    if kind == "str":
-        value = _fix_surrogates(text)
-    elif kind == "null" and re.fullmatch(r"~|null|Null|NULL|", text):
-        value = None
-    elif kind == "bool" and text.lower() in ("true", "false"):
-        value = text.lower() == "true"
-    elif kind == "int" and re.fullmatch(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", text):
-        # Too many digits for any field: keep it as an out-of-range number rather than parse it.
-        value = math.inf if len(text) > 100 else int(text, 0) if text[:2] in ("0o", "0x") else int(text)
-    elif kind == "float" and len(text) <= 100:
-        value = _yaml_float(ctx, text, path, line)
-    else:
-        ctx.fail(line, path, f"a plain value (YAML tag {_quote(node.tag)} is not supported here)", got=_quote(text))
-    return _Node("scalar", line, value=value, text=text)
-
-
-def _yaml_float(ctx: _Ctx, text: str, path: str, line: int) -> float:
-    lowered = text.lower().lstrip("+")
-    if lowered in (".inf", "-.inf"):
-        return -math.inf if lowered.startswith("-") else math.inf
-    if lowered == ".nan":
-        return math.nan
-    try:
-        return float(text)
-    except ValueError:
-        ctx.fail(line, path, "a number", got=_quote(text))
-
-
-def _from_yaml(ctx: _Ctx, node: yaml.Node, path: str = "") -> _Node:
-    """Convert a composed YAML node (marks give lines) into a :class:`_Node` tree."""
-    line = node.start_mark.line + 1
-    if isinstance(node, yaml.ScalarNode):
-        return _yaml_scalar(ctx, node, path, line)
-    if isinstance(node, yaml.SequenceNode) and node.tag == _TAG + "seq":
-        return _Node("seq", line, items=tuple(_from_yaml(ctx, n, f"{path}[{i}]") for i, n in enumerate(node.value)))
-    if isinstance(node, yaml.MappingNode) and node.tag == _TAG + "map":
-        entries: list[_Entry] = []
-        for key_node, value_node in node.value:
-            key_line = key_node.start_mark.line + 1
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _TAG + "str":
-                ctx.fail(key_line, path, "text as a mapping key", got=_describe(_from_yaml(ctx, key_node, path)))
-            key = _fix_surrogates(str(key_node.value))
-            entries.append(_Entry(key, key_line, _from_yaml(ctx, value_node, _child(path, key))))
-        return _mapping_node(ctx, path, line, entries)
-    ctx.fail(line, path, f"a plain list or mapping (YAML tag {_quote(node.tag)} is not supported)")
-
-
-def _mapping_node(ctx: _Ctx, path: str, line: int | None, entries: Sequence[_Entry]) -> _Node:
-    seen: set[str] = set()
-    for entry in entries:
-        if entry.key in seen:
-            ctx.fail(entry.line, _child(path, entry.key), "each key once in a mapping", got="a duplicate key")
-        seen.add(entry.key)
-    return _Node("map", line, entries=tuple(entries))
-
-
-def _yaml_error(ctx: _Ctx, err: yaml.YAMLError, text: str) -> WorkflowError:
-    """A WorkflowError for a YAML syntax error, at the line the parser points to."""
-    line: int | None = None
-    detail = str(err).splitlines()[0] if str(err) else "a syntax error"
-    if isinstance(err, yaml.MarkedYAMLError):
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark is not None else None
-        detail = err.problem or err.context or detail
-    elif isinstance(err, yaml.reader.ReaderError):
-        line = text.count("\n", 0, max(err.position, 0)) + 1
-        detail = f"no control character #x{err.character:04x}" if isinstance(err.character, int) else detail
-    return WorkflowError(f"valid YAML or JSON ({detail})", source=ctx.source, line=line)
-
-
-def _compose(text: str) -> yaml.Node | None:
-    loader = _Loader(text)
-    try:
-        return loader.get_single_node()
-    finally:
-        loader.dispose()
-
-
-def _as_yaml(text: str) -> str:
-    """JSON text rewritten so that YAML reads it exactly as JSON would, line for line; other text as is.
-
-    In valid JSON, tabs only occur between tokens (YAML refuses them there) and
-    characters outside printable ASCII only inside strings, where YAML would
-    refuse or fold some of them: they become spaces and ``\\u`` escapes.
-    """
-    try:
-        json.loads(text)
-    except (ValueError, RecursionError):
-        return text
-    return _JSON_ESCAPE_RE.sub(lambda m: json.dumps(m.group())[1:-1], text.replace("\t", " "))
-
-
-_JSON_ESCAPE_RE = re.compile(r"[^\x20-\x7e\n\r]")
-
-
-def _parse(ctx: _Ctx, text: str) -> _Node:
-    """Parse YAML or JSON text into a :class:`_Node` tree."""
-    text = text.removeprefix("\ufeff")
-    try:
-        root = _compose(_as_yaml(text))
-    except yaml.YAMLError as err:
-        raise _yaml_error(ctx, err, text) from None
-    if root is None:
-        ctx.fail(1, "", "a workflow (a mapping with resources and steps)", got="an empty document")
-    return _from_yaml(ctx, root)
-
-
-# --------------------------------------------------------------------------- canonical JSON reading
-
-
-class _Pairs(list[tuple[str, Any]]):
-    """A JSON object as its list of pairs (so that duplicate keys can be reported)."""
-
-
-def _from_json(ctx: _Ctx, value: Any, path: str = "", depth: int = 0) -> _Node:
-    """Convert ``json.loads`` output into a :class:`_Node` tree (no lines)."""
-    if depth > MAX_DEPTH:
-        ctx.fail(None, path, f"at most {MAX_DEPTH} levels of nesting")
-    if isinstance(value, _Pairs):
-        entries = [_Entry(k, None, _from_json(ctx, item, _child(path, k), depth + 1)) for k, item in value]
-        return _mapping_node(ctx, path, None, entries)
-    if isinstance(value, list):
-        items = tuple(_from_json(ctx, item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
-        return _Node("seq", None, items=items)
-    return _Node("scalar", None, value=value, text=json.dumps(value))
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
-
-
-# --------------------------------------------------------------------------- field validation
-
-
-def _fields(ctx: _Ctx, node: _Node, path: str, known: Sequence[str], required: Sequence[str]) -> dict[str, _Node]:
-    """The entries of a mapping, rejecting unknown fields (with a suggestion) and missing required ones."""
+def _modules(ctx: Ctx, limits: JobLimits, node: Node, broken: set[str]) -> dict[str, Module]:
+    """The vendored modules that are valid; the sources of the others go to ``broken``."""
     if node.kind != "map":
-        ctx.fail(node.line, path, f"a mapping with the fields {', '.join(known)}", got=_describe(node))
-    found: dict[str, _Node] = {}
+        ctx.fail(node.line, "modules", "a mapping of module source: module")
+    modules: dict[str, Module] = {}
     for entry in node.entries:
-        if entry.key not in known:
-            ctx.fail(entry.line, _child(path, entry.key), f"one of {', '.join(known)}", got=_unknown(entry.key, known))
-        found[entry.key] = entry.node
-    for name in required:
-        if name not in found:
-            ctx.fail(node.line, _child(path, name), f"{_EXPECTED[name]}, which is required", got="nothing")
-    return found
+        module = ctx.guard(lambda e=entry: _module(ctx, limits, e.node, child("modules", e.key)))  # type: ignore[misc]
+        if module is not None:
+            modules[entry.key] = module
+        else:
+            broken.add(entry.key)
+    return modules
 
 
-def _unknown(key: str, known: Sequence[str]) -> str:
-    """``unknown field X``, with the closest known field as a suggestion."""
-    lowered = {k.lower(): k for k in known}
-    close = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.6)
-    hint = f" (did you mean {lowered[close[0]]}?)" if close else ""
-    return f"unknown field {_quote(key)}{hint}"
+def read_module_file(base: Path, source: str) -> bytes:
+    """The bytes of a local module ``source`` (a file, or a folder holding ``module.yaml``) relative to ``base``."""
+    target = (base / source).resolve() if not os.path.isabs(source) else Path(source)
+    if target.is_dir():
+        target = target / "module.yaml"
+    with open(target, "rb") as fh:
+        return fh.read(MAX_SOURCE_BYTES + 1)
 
 
-def _integer(ctx: _Ctx, node: _Node, path: str, minimum: int) -> int:
-    """An integer in ``[minimum, MAX_RESOURCE]``; integral floats count, as in JSON Schema."""
-    value = node.value
-    if node.kind == "scalar" and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if node.kind != "scalar" or not isinstance(value, int) or isinstance(value, bool):
-        ctx.fail(node.line, path, f"an integer >= {minimum}", got=_describe(node))
-    if value < minimum:
-        ctx.fail(node.line, path, f"an integer >= {minimum}", got=_describe(node))
-    if value > MAX_RESOURCE:
-        ctx.fail(node.line, path, f"an integer <= {MAX_RESOURCE}", got=_describe(node))
-    return value
+# --------------------------------------------------------------------------- top level
 
 
-def _text(ctx: _Ctx, node: _Node, path: str, expected: str) -> str:
-    """A string without NUL characters or lone surrogates."""
-    if node.kind != "scalar" or not isinstance(node.value, str):
-        ctx.fail(node.line, path, expected, got=_describe(node))
-    if _has_bad_text(node.value):
-        ctx.fail(node.line, path, f"{expected} without NUL characters or lone surrogates", got=_describe(node))
-    return node.value
-
-
-def _list(ctx: _Ctx, node: _Node, path: str, expected: str) -> tuple[_Node, ...]:
-    if node.kind != "seq":
-        ctx.fail(node.line, path, expected, got=_describe(node))
-    return node.items
-
-
-def _name(ctx: _Ctx, node: _Node) -> str:
+def _name(ctx: Ctx, node: Node) -> str:
     expected = "a name of 1 to 64 characters without control characters"
-    name = _text(ctx, node, "name", expected)
+    name = text_of(ctx, node, "name", expected)
     if not 1 <= len(name) <= 64 or _NAME_FORBIDDEN_RE.search(name):
-        ctx.fail(node.line, "name", expected, got=_describe(node))
+        ctx.fail(node.line, "name", expected, got=quote(name))
     return name
 
 
-def _resources(ctx: _Ctx, node: _Node) -> tuple[int, int, int, int]:
+def _resources(ctx: Ctx, node: Node) -> tuple[int, int, int, int]:
     """``(tasks, cpusPerTask, memPerCpu, gpus)``, with the job's totals bounded too."""
-    found = _fields(ctx, node, "resources", _RESOURCE_FIELDS, ("tasks", "cpusPerTask", "memPerCpu"))
-    tasks = _integer(ctx, found["tasks"], "resources.tasks", 1)
-    cpus_per_task = _integer(ctx, found["cpusPerTask"], "resources.cpusPerTask", 1)
-    mem_per_cpu = _integer(ctx, found["memPerCpu"], "resources.memPerCpu", 1)
-    gpus = _integer(ctx, found["gpus"], "resources.gpus", 0) if "gpus" in found else 0
+    found = fields_of(ctx, node, "resources", _RESOURCE_FIELDS, ("tasks", "cpusPerTask", "memPerCpu"))
+    tasks = integer_of(ctx, found["tasks"], "resources.tasks", 1)
+    cpus_per_task = integer_of(ctx, found["cpusPerTask"], "resources.cpusPerTask", 1)
+    mem_per_cpu = integer_of(ctx, found["memPerCpu"], "resources.memPerCpu", 1)
+    gpus = integer_of(ctx, found["gpus"], "resources.gpus", 0) if "gpus" in found else 0
+    if "gpusPerTask" in found:
+        per_task = integer_of(ctx, found["gpusPerTask"], "resources.gpusPerTask", 0)
+        if "gpus" in found:
+            ctx.fail(found["gpusPerTask"].line, "resources.gpusPerTask", "gpus or the retired gpusPerTask, not both")
+        gpus = per_task * tasks
+        ctx.warn(found["gpusPerTask"].line, "resources.gpusPerTask",
+                 f"gpusPerTask is retired: write gpus: {gpus} (GPUs for the whole job = tasks x gpusPerTask)")
     cpus = tasks * cpus_per_task
     if cpus > MAX_RESOURCE:
         ctx.fail(node.line, "resources", f"tasks x cpusPerTask <= {MAX_RESOURCE}", got=str(cpus))
     if cpus * mem_per_cpu > MAX_RESOURCE:
         expected = f"tasks x cpusPerTask x memPerCpu <= {MAX_RESOURCE} MB"
         ctx.fail(node.line, "resources", expected, got=str(cpus * mem_per_cpu))
+    if gpus > MAX_RESOURCE:
+        ctx.fail(node.line, "resources", f"gpus <= {MAX_RESOURCE}", got=str(gpus))
     return tasks, cpus_per_task, mem_per_cpu, gpus
 
 
-def _labels(ctx: _Ctx, node: _Node) -> tuple[LabelConstraint, ...]:
+def _labels(ctx: Ctx, node: Node) -> tuple[LabelConstraint, ...]:
     constraints: list[LabelConstraint] = []
-    for index, item in enumerate(_list(ctx, node, "labels", "a list of label expressions 'key op value'")):
+    for index, item in enumerate(items_of(ctx, node, "labels", "a list of label expressions 'key op value'")):
         path = f"labels[{index}]"
-        text = _text(ctx, item, path, "a label expression 'key op value'")
+        text = text_of(ctx, item, path, "a label expression 'key op value'")
         try:
             constraints.append(parse_constraint(text))
         except LabelExpressionError as err:
-            ctx.fail(item.line, path, err.expected, got=_quote(text))
+            ctx.note(item.line, path, err.expected, got=quote(text))
     return tuple(constraints)
 
 
-def _env(ctx: _Ctx, node: _Node, path: str) -> dict[str, str]:
-    """Environment variables: names ``[A-Za-z_][A-Za-z0-9_]*`` (not ``DSQ_...``), text values."""
-    if node.kind != "map":
-        ctx.fail(node.line, path, "a mapping of environment variables NAME: value", got=_describe(node))
-    env: dict[str, str] = {}
-    for entry in node.entries:
-        var_path = _child(path, entry.key)
-        if not _ENV_NAME_RE.fullmatch(entry.key):
-            ctx.fail(entry.line, var_path, "a variable name matching [A-Za-z_][A-Za-z0-9_]* (at most 128 characters)")
-        if entry.key.startswith("DSQ_"):
-            ctx.fail(entry.line, var_path, "a variable name not starting with DSQ_ (reserved for dsq-chain)")
-        env[entry.key] = _text(ctx, entry.node, var_path, "a text value (quote numbers and booleans)")
-    return env
+def _input_mode(ctx: Ctx, node: Node) -> int:
+    mode = integer_of(ctx, node, "inputMode", 0)
+    if mode > 0o777:
+        ctx.fail(node.line, "inputMode", "a file mode below 512 (0o777)", got=str(mode))
+    return mode
 
 
-@dataclass(frozen=True)
-class _StepDraft:
-    """A validated step with the lines of what later cross-checks may complain about."""
-
-    step: Step
-    name_line: int | None
-    dep_lines: tuple[int | None, ...]
-
-
-def _step(ctx: _Ctx, node: _Node, path: str) -> _StepDraft:
-    found = _fields(ctx, node, path, _STEP_FIELDS, ("name", "run"))
-    name_node = found["name"]
-    name = _text(ctx, name_node, f"{path}.name", "a step name of 1 to 64 characters A-Z a-z 0-9 _ -")
-    if not _STEP_NAME_RE.fullmatch(name):
-        ctx.fail(name_node.line, f"{path}.name", "a step name of 1 to 64 characters A-Z a-z 0-9 _ -", got=_quote(name))
-    run = _fields(ctx, found["run"], f"{path}.run", _RUN_FIELDS, ("command",))
-    command_node = run["command"]
-    command = _text(ctx, command_node, f"{path}.run.command", "a command line (text)")
-    if not _NON_SPACE_RE.search(command):
-        ctx.fail(command_node.line, f"{path}.run.command", "a non-blank command line", got=_quote(command))
-    shell = DEFAULT_SHELL
-    if "shell" in run:
-        shell = _text(ctx, run["shell"], f"{path}.run.shell", "an absolute path to a shell")
-        if not _SHELL_RE.fullmatch(shell):
-            expected = "an absolute path to a shell (/ then A-Z a-z 0-9 . _ + / -, at most 255 characters)"
-            ctx.fail(run["shell"].line, f"{path}.run.shell", expected, got=_quote(shell))
-    env = _env(ctx, run["env"], f"{path}.run.env") if "env" in run else {}
-    deps, dep_lines = _depends_on(ctx, found.get("dependsOn"), f"{path}.dependsOn")
-    return _StepDraft(Step(name, command, shell, env, deps), name_node.line, dep_lines)
-
-
-def _depends_on(ctx: _Ctx, node: _Node | None, path: str) -> tuple[tuple[str, ...], tuple[int | None, ...]]:
-    if node is None:
-        return (), ()
-    names: dict[str, int | None] = {}
-    for index, item in enumerate(_list(ctx, node, path, "a list of step names")):
-        name = _text(ctx, item, f"{path}[{index}]", "a step name")
-        if name in names:
-            ctx.fail(item.line, f"{path}[{index}]", "each step once", got=_quote(name))
-        names[name] = item.line
-    return tuple(names), tuple(names.values())
-
-
-def _steps(ctx: _Ctx, node: _Node) -> tuple[Step, ...]:
-    """The steps: unique names, dependencies on other existing steps, no cycle."""
-    items = _list(ctx, node, "steps", _EXPECTED["steps"])
-    if not items:
-        ctx.fail(node.line, "steps", _EXPECTED["steps"], got="an empty list")
-    drafts = [_step(ctx, item, f"steps[{index}]") for index, item in enumerate(items)]
-    first: dict[str, int] = {}
-    for index, draft in enumerate(drafts):
-        name = draft.step.name
-        if name in first:
-            ctx.fail(draft.name_line, f"steps[{index}].name", f"a unique step name ({name} is steps[{first[name]}])")
-        first[name] = index
-    for index, draft in enumerate(drafts):
-        for dep_index, (dep, line) in enumerate(zip(draft.step.depends_on, draft.dep_lines, strict=True)):
-            dep_path = f"steps[{index}].dependsOn[{dep_index}]"
-            if dep == draft.step.name:
-                ctx.fail(line, dep_path, "the name of another step (a step cannot depend on itself)", got=_quote(dep))
-            if dep not in first:
-                ctx.fail(line, dep_path, f"the name of a step: one of {_some(list(first))}", got=_quote(dep))
-    steps = tuple(draft.step for draft in drafts)
-    cycle = _find_cycle(steps)
-    if cycle:
-        index = first[cycle[0]]
-        line = drafts[index].dep_lines[0] if drafts[index].dep_lines else items[index].line
-        ctx.fail(line, f"steps[{index}].dependsOn", "no dependency cycle", got=" -> ".join(cycle))
-    return steps
-
-
-def _some(names: Sequence[str], limit: int = 10) -> str:
-    """``a, b, c`` (the first ``limit`` names, then ``...``)."""
-    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
-
-
-def _find_cycle(steps: Sequence[Step]) -> list[str]:
-    """A dependency cycle ``[a, b, ..., a]`` starting at its earliest step, or ``[]``."""
-    deps = {step.name: step.depends_on for step in steps}
-    done: set[str] = set()
-    for step in steps:
-        stack: list[tuple[str, int]] = [(step.name, 0)]
-        on_path = [step.name]
-        while stack:
-            name, next_index = stack[-1]
-            if next_index >= len(deps[name]) or name in done:
-                done.add(name)
-                stack.pop()
-                on_path.pop()
-                continue
-            stack[-1] = (name, next_index + 1)
-            dep = deps[name][next_index]
-            if dep in on_path:
-                return _rotate_cycle(on_path[on_path.index(dep) :], steps)
-            if dep not in done:
-                stack.append((dep, 0))
-                on_path.append(dep)
-    return []
-
-
-def _rotate_cycle(cycle: list[str], steps: Sequence[Step]) -> list[str]:
-    """``[b, c, a]`` -> ``[a, b, c, a]`` when ``a`` is the earliest declared step of the cycle."""
-    order = {step.name: index for index, step in enumerate(steps)}
-    start = min(range(len(cycle)), key=lambda i: order[cycle[i]])
-    rotated = cycle[start:] + cycle[:start]
-    return [*rotated, rotated[0]]
-
-
-def _build(ctx: _Ctx, root: _Node) -> Workflow:
-    """Validate a document tree into a :class:`Workflow` (including the canonical size limit)."""
-    found = _fields(ctx, root, "", _TOP_FIELDS, ("resources", "steps"))
-    name = _name(ctx, found["name"]) if "name" in found else None
-    tasks, cpus_per_task, mem_per_cpu, gpus = _resources(ctx, found["resources"])
-    labels = _labels(ctx, found["labels"]) if "labels" in found else ()
-    env = _env(ctx, found["env"], "env") if "env" in found else {}
-    steps = _steps(ctx, found["steps"])
-    workflow = Workflow(name, tasks, cpus_per_task, mem_per_cpu, gpus, labels, env, steps)
+def _build(ctx: Ctx, root: Node, base: Path | None = None) -> Workflow:
+    """Validate a document tree into a :class:`Workflow`, recording every error, then raising them all."""
+    found = fields_of(ctx, root, "", _TOP_FIELDS, ("resources", "steps"), REFUSED_TOP)
+    name = ctx.guard(lambda: _name(ctx, found["name"])) if "name" in found else None
+    resources = ctx.guard(lambda: _resources(ctx, found["resources"]))
+    tasks, cpus_per_task, mem_per_cpu, gpus = resources or (1, 1, 1, 0)
+    limits = JobLimits(tasks, cpus_per_task, mem_per_cpu, gpus)
+    labels = (ctx.guard(lambda: _labels(ctx, found["labels"])) or ()) if "labels" in found else ()
+    env = (ctx.guard(lambda: env_of(ctx, found["env"], "env")) or {}) if "env" in found else {}
+    flags = {}
+    for key in ("enableLogging", "continuousOutputSync"):
+        if key in found:
+            flags[key] = bool(ctx.guard(lambda k=key: boolean_of(ctx, found[k], k)))  # type: ignore[misc]
+    transports = {}
+    for key in ("input", "output"):
+        if key in found:
+            transports[key] = ctx.guard(lambda k=key: _transport(ctx, found[k], k))  # type: ignore[misc]
+    input_mode = ctx.guard(lambda: _input_mode(ctx, found["inputMode"])) if "inputMode" in found else None
+    out = transports.get("output")
+    if flags.get("continuousOutputSync") and out is not None and not out.is_s3:
+        ctx.warn(found["continuousOutputSync"].line, "continuousOutputSync",
+                 "an http output is uploaded once, after the last step (as DeepSquare does): "
+                 "only S3 syncs continuously")
+    broken: set[str] = set()
+    modules = (ctx.guard(lambda: _modules(ctx, limits, found["modules"], broken)) or {}) if "modules" in found else {}
+    sctx = StepsContext(limits, modules, broken)
+    if base is not None and "steps" in found:
+        _vendor_local_modules(ctx, limits, found["steps"], base, modules, broken)
+    steps = ctx.guard(lambda: steps_of(ctx, sctx, found["steps"], "steps"))
+    ctx.raise_errors()
+    assert resources is not None and steps is not None
+    workflow = Workflow(
+        name, tasks, cpus_per_task, mem_per_cpu, gpus, labels, env, steps,
+        enable_logging=flags.get("enableLogging", False),
+        input=transports.get("input"),
+        input_mode=input_mode,
+        output=transports.get("output"),
+        continuous_output_sync=flags.get("continuousOutputSync", False),
+        modules=_used_modules(modules, steps),
+        warnings=tuple(ctx.warnings),
+    )
     size = len(workflow.canonical())
     if size > MAX_WORKFLOW_BYTES:
         ctx.fail(None, "", f"at most {MAX_WORKFLOW_BYTES} bytes in canonical form", got=f"{size} bytes")
     return workflow
 
 
+def _vendor_local_modules(
+    ctx: Ctx, limits: JobLimits, node: Node, base: Path, modules: dict[str, Module], broken: set[str]
+) -> None:
+    """Read every ``use.source`` that is a local path (``./x``, ``../x``, ``/x``) into ``modules``."""
+    for source, line, path in _use_sources(node, "steps"):
+        if source in modules or not _LOCAL_SOURCE_RE.fullmatch(source):
+            continue
+        try:
+            data = read_module_file(base, source)
+        except OSError as err:
+            ctx.note(line, path, "a readable local module (a file, or a folder with module.yaml)",
+                     got=f"{quote(source)}: {err.strerror or err}")
+            broken.add(source)
+            continue
+        sub = Ctx(f"{source}")
+        try:
+            text = data.decode("utf-8-sig")
+            module = _module(sub, limits, parse(sub, text), "")
+            sub.raise_errors()
+        except UnicodeDecodeError:
+            ctx.note(line, path, "a UTF-8 module file", got=quote(source))
+            broken.add(source)
+            continue
+        except WorkflowError as err:
+            ctx.errors.extend(err.errors)
+            broken.add(source)
+            continue
+        modules[source] = module
+
+
+def _use_sources(node: Node, path: str) -> list[tuple[str, int | None, str]]:
+    """``(source, line, path)`` of every ``use`` in a document's step tree, without validating it."""
+    found: list[tuple[str, int | None, str]] = []
+    if node.kind == "seq":
+        for index, item in enumerate(node.items):
+            found += _use_sources(item, f"{path}[{index}]")
+    elif node.kind == "map":
+        for entry in node.entries:
+            if entry.key == "use" and entry.node.kind == "map":
+                for sub in entry.node.entries:
+                    if sub.key == "source" and isinstance(sub.node.value, str):
+                        found.append((sub.node.value, sub.node.line, f"{path}.use.source"))
+            found += _use_sources(entry.node, child(path, entry.key))
+    return found
+
+
+def _used_modules(modules: Mapping[str, Module], steps: tuple[Step, ...]) -> dict[str, Module]:
+    """The modules the steps use (vendored modules nobody uses are dropped from the canonical form)."""
+    used = {s.use.source for s in walk(steps) if s.use is not None}
+    return {source: module for source, module in modules.items() if source in used}
+
+
 # --------------------------------------------------------------------------- the model
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step: a command run by a shell, with its own environment, after the steps it depends on."""
-
-    name: str
-    command: str
-    shell: str = DEFAULT_SHELL
-    env: dict[str, str] = field(default_factory=dict)
-    depends_on: tuple[str, ...] = ()
-
-    def __hash__(self) -> int:
-        return hash((self.name, self.command, self.shell, tuple(sorted(self.env.items())), self.depends_on))
-
-    def to_data(self) -> dict[str, Any]:
-        """The step in the document format, every default explicit."""
-        run = {"command": self.command, "shell": self.shell, "env": dict(self.env)}
-        return {"name": self.name, "run": run, "dependsOn": list(self.depends_on)}
 
 
 @dataclass(frozen=True)
@@ -645,6 +443,14 @@ class Workflow:
     labels: tuple[LabelConstraint, ...]
     env: dict[str, str]
     steps: tuple[Step, ...]
+    enable_logging: bool = False
+    input: Transport | None = None
+    input_mode: int | None = None
+    output: Transport | None = None
+    continuous_output_sync: bool = False
+    modules: dict[str, Module] = field(default_factory=dict)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """Retired fields that still work, each with the hint to replace it (not part of the canonical form)."""
 
     def __hash__(self) -> int:
         return hash(self.canonical())
@@ -656,7 +462,7 @@ class Workflow:
         return Resources(cpus=cpus, gpus=self.gpus, mem_mb=cpus * self.mem_per_cpu)
 
     def to_data(self) -> dict[str, Any]:
-        """The workflow in the document format (JSON-ready), every default explicit."""
+        """The workflow in the document format (JSON-ready); the original format's defaults explicit."""
         data: dict[str, Any] = {
             "resources": {
                 "tasks": self.tasks,
@@ -670,10 +476,21 @@ class Workflow:
         }
         if self.name is not None:
             data["name"] = self.name
+        if self.enable_logging:
+            data["enableLogging"] = True
+        for key, transport in (("input", self.input), ("output", self.output)):
+            if transport is not None:
+                data[key] = transport.to_data()
+        if self.input_mode is not None:
+            data["inputMode"] = self.input_mode
+        if self.continuous_output_sync:
+            data["continuousOutputSync"] = True
+        if self.modules:
+            data["modules"] = {source: module.to_data() for source, module in self.modules.items()}
         return data
 
     def canonical(self) -> bytes:
-        """Deterministic compact UTF-8 JSON: sorted keys, no whitespace, defaults explicit."""
+        """Deterministic compact UTF-8 JSON: sorted keys, no whitespace."""
         text = json.dumps(self.to_data(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return text.encode("utf-8")
 
@@ -685,14 +502,15 @@ class Workflow:
 # --------------------------------------------------------------------------- loading
 
 
-def loads(text: str | bytes, source: str = "<input>") -> Workflow:
+def loads(text: str | bytes, source: str = "<input>", *, base: str | os.PathLike[str] | None = None) -> Workflow:
     """Parse and validate a workflow from YAML or JSON text.
 
     Raises :class:`WorkflowError` (with ``source``, line, field and what was
     expected) for anything malformed, including input over
     :data:`MAX_SOURCE_BYTES` or a canonical form over :data:`MAX_WORKFLOW_BYTES`.
     """
-    ctx = _Ctx(source)
+    ctx = Ctx(source)
+    base_dir = Path(base) if base is not None else None
     if isinstance(text, (bytes, bytearray, memoryview)):
         raw = bytes(text)
         if len(raw) > MAX_SOURCE_BYTES:
@@ -706,7 +524,7 @@ def loads(text: str | bytes, source: str = "<input>") -> Workflow:
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_SOURCE_BYTES:
         ctx.fail(None, "", f"a document of at most {MAX_SOURCE_BYTES} bytes", got=f"{size} bytes")
-    return _build(ctx, _parse(ctx, text))
+    return _build(ctx, parse(ctx, text), base_dir)
 
 
 def load(path: str | os.PathLike[str]) -> Workflow:
@@ -716,7 +534,7 @@ def load(path: str | os.PathLike[str]) -> Workflow:
     """
     with open(path, "rb") as fh:
         data = fh.read(MAX_SOURCE_BYTES + 1)
-    return loads(data, source=os.fspath(path))
+    return loads(data, source=os.fspath(path), base=Path(path).resolve().parent)
 
 
 def from_canonical(data: bytes) -> Workflow:
@@ -725,19 +543,19 @@ def from_canonical(data: bytes) -> Workflow:
     Raises :class:`WorkflowError` unless ``data`` is exactly the canonical
     encoding of a valid workflow.
     """
-    ctx = _Ctx("<canonical>")
+    ctx = Ctx("<canonical>")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         ctx.fail(None, "", "bytes", got=type(data).__name__)
     raw = bytes(data)
     if len(raw) > MAX_WORKFLOW_BYTES:
         ctx.fail(None, "", f"at most {MAX_WORKFLOW_BYTES} bytes", got=f"{len(raw)} bytes")
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_Pairs, parse_constant=_reject_constant)
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=Pairs, parse_constant=reject_constant)
     except UnicodeDecodeError as err:
         ctx.fail(None, "", "UTF-8 JSON", got=f"an invalid byte at offset {err.start}")
     except (ValueError, RecursionError) as err:
         ctx.fail(None, "", "canonical JSON", got=str(err).splitlines()[0] if str(err) else "invalid JSON")
-    workflow = _build(ctx, _from_json(ctx, value))
+    workflow = _build(ctx, from_json(ctx, value))
     if workflow.canonical() != raw:
         ctx.fail(None, "", "the canonical encoding (sorted keys, no whitespace, every default explicit)")
     return workflow
@@ -748,71 +566,6 @@ def json_schema() -> dict[str, Any]:
     resource = importlib_resources.files("dsq_chain").joinpath("schemas/workflow.schema.json")
     schema: dict[str, Any] = json.loads(resource.read_text(encoding="utf-8"))
     return schema
-
-
-# --------------------------------------------------------------------------- batch script
-
-
-def execution_order(steps: Sequence[Step]) -> list[Step]:
-    """Steps in dependency order; among steps whose dependencies are done, the earliest declared first."""
-    pending = list(steps)
-    done: set[str] = set()
-    ordered: list[Step] = []
-    while pending:
-        ready = next((s for s in pending if all(d in done for d in s.depends_on)), None)
-        if ready is None:
-            raise ValueError(f"dependency cycle or unknown dependency among steps {[s.name for s in pending]}")
-        pending.remove(ready)
-        done.add(ready.name)
-        ordered.append(ready)
-    return ordered
-
-
-def _export_lines(env: Mapping[str, str], indent: str = "") -> list[str]:
-    return [f"{indent}export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
-
-
-def render_script(wf: Workflow, job_id: int) -> str:
-    """A bash batch script that runs the workflow's steps for job ``job_id``.
-
-    Exports the job's env and ``DSQ_JOB_ID``; runs each step in dependency
-    order, in a subshell with its own env (and ``DSQ_STEP``), its command
-    handed to its shell as one quoted ``-c`` argument with stdin from
-    /dev/null; stops at the first failing step and exits with its code.
-    Raises :class:`WorkflowError` if ``wf`` is not a valid workflow and
-    :class:`ValueError` for a negative job id.
-    """
-    if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id < 0:
-        raise ValueError(f"job id must be a non-negative integer, got {job_id!r}")
-    wf = _revalidated(wf)
-    steps = execution_order(wf.steps)
-    lines = [
-        "#!/bin/bash",
-        f"# dsq-chain job {job_id}, workflow 0x{wf.hash().hex()} (generated: do not edit)",
-        "# Runs the steps in dependency order and stops at the first failing step with its exit code.",
-        f"export DSQ_JOB_ID={job_id}",
-        *_export_lines(wf.env),
-    ]
-    for number, step in enumerate(steps, 1):
-        lines += [
-            f"# step {number}/{len(steps)}: {step.name}",
-            "(",
-            f"  export DSQ_STEP={shlex.quote(step.name)}",
-            *_export_lines(step.env, "  "),
-            f"  exec {shlex.quote(step.shell)} -c {shlex.quote(step.command)} </dev/null",
-            ") || exit $?",
-        ]
-    lines.append("exit 0")
-    return "\n".join(lines) + "\n"
-
-
-def _revalidated(wf: Workflow) -> Workflow:
-    """``wf`` as the validator sees it: guards against hand-built workflows with unsafe names."""
-    try:
-        canonical = wf.canonical()
-    except UnicodeEncodeError:
-        raise WorkflowError("text without lone surrogates", source="<workflow>") from None
-    return from_canonical(canonical)
 
 
 # --------------------------------------------------------------------------- cost preview
@@ -875,3 +628,17 @@ def cost_preview(wf: Workflow, credits_units: int, prices: Prices) -> CostPrevie
     resources = wf.resources
     rate = prices.rate_for(resources)
     return CostPreview(rate, max_runtime_seconds(credits_units, rate), credits_units, resources)
+
+
+def render_script(wf: Workflow, job_id: int) -> str:
+    """The bash script that runs ``wf`` as job ``job_id``: see :func:`dsq_chain.workloads.script.render_script`."""
+    from dsq_chain.workloads import script  # the renderer imports this module
+
+    return script.render_script(wf, job_id)
+
+
+def execution_order(steps: Sequence[Step]) -> list[Step]:
+    """Steps in run order: see :func:`dsq_chain.workloads.script.execution_order`."""
+    from dsq_chain.workloads import script
+
+    return script.execution_order(steps)

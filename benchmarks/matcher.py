@@ -8,6 +8,7 @@ Everything is seeded, so runs are comparable.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import sys
 import time
@@ -103,15 +104,35 @@ def make_fairshare(jobs: list[PendingJob], rng: random.Random) -> FairShare:
     return fairshare
 
 
+#: Digests of the placements (job, provider, rate, in order) of seeded runs, recorded when the matcher's
+#: policy last changed: a faster matcher must place exactly the same.
+DIGESTS = {
+    (2_000, 500): "fbc2c882c6aab1e0",
+    (5_000, 1_000): "f9426cd81133cabc",
+    (10_000, 20_000): "5e235509b9618129",
+    (100_000, 10_000): "0e4c9c7bd99cc612",
+}
+digest_checks: list[str] = []
+
+
 def run(n_jobs: int, n_providers: int, seed: int = 1) -> tuple[float, float, int]:
-    """Wall and CPU seconds of one batch of ``n_jobs`` over ``n_providers`` (index build included), jobs placed."""
+    """Wall and CPU seconds of one batch of ``n_jobs`` over ``n_providers`` (index build included), jobs placed.
+
+    Checks the placements against :data:`DIGESTS` when one is recorded for the run (seed 1)."""
     rng = random.Random(seed)
     providers = make_providers(n_providers, rng)
     jobs = make_jobs(n_jobs, rng, providers)
     matcher = Matcher(fairshare=make_fairshare(jobs, rng))
     wall, cpu = time.perf_counter(), time.process_time()
     assignments = matcher.match(jobs, providers, now=HOUR)
-    return time.perf_counter() - wall, time.process_time() - cpu, len(assignments)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    expected = DIGESTS.get((n_jobs, n_providers)) if seed == 1 else None
+    if expected is not None:
+        digest = hashlib.sha256(repr([(a.job_id, a.provider, a.rate) for a in assignments]).encode()).hexdigest()
+        verdict = "same as recorded" if digest[:16] == expected else f"DIFFERENT from recorded {expected}"
+        digest_checks.append(f"placements of {n_jobs:,} jobs over {n_providers:,} providers: {digest[:16]}, "
+                             f"{verdict}")
+    return wall, cpu, len(assignments)
 
 
 HEADER = f"{'jobs':>9} {'providers':>10} {'placed':>9} {'wall':>9} {'cpu':>9} {'jobs/s':>9} {'cpu/10k':>9}"
@@ -134,10 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         print(HEADER)
         for n_jobs, n_providers in ((2_000, 500), (5_000, 1_000)):
             print(_row(n_jobs, n_providers))
-        return 0
+        print("\n".join(digest_checks))
+        return 0 if all("same as recorded" in c for c in digest_checks) else 1
     wall, cpu, placed = run(100_000, 10_000)
     print(f"headline: 100,000 jobs over 10,000 providers: {wall:.2f} s wall ({100_000 / wall:,.0f} jobs/s), "
-          f"{cpu:.2f} s cpu ({100_000 / cpu:,.0f} jobs/s), {placed:,} placed")  # fmt: skip
+          f"{cpu:.2f} s cpu ({100_000 / cpu:,.0f} jobs/s), {placed:,} placed (target < 3 s cpu)")  # fmt: skip
+    wall, cpu, placed = run(10_000, 20_000)
+    print(f"per-job growth: 10,000 jobs over 20,000 providers: {cpu:.2f} s cpu, {placed:,} placed "
+          "(target < 0.5 s cpu)")
     print("\nscaling in jobs (10,000 providers)")
     print(HEADER)
     for n_jobs in (10_000, 25_000, 50_000, 100_000):
@@ -146,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     for n_providers in (1_000, 5_000, 10_000, 20_000):
         print(_row(10_000, n_providers))
-    return 0
+    print("\n" + "\n".join(digest_checks))
+    return 0 if all("same as recorded" in c for c in digest_checks) else 1
 
 
 if __name__ == "__main__":

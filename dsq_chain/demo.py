@@ -189,7 +189,7 @@ class Demo:
                 if demo.name == "saved by top-up" and j.status is JobStatus.RUNNING and ran > 1 and \
                         "top-up" not in demo.done_actions:
                     amount = 5 * CREDIT_UNIT
-                    owner.top_up(j.id, amount)
+                    owner.top_up(j.id, Credits(units=amount))
                     demo.done_actions.add("top-up")
                     self.step(f"job {j.id}: owner tops up {_credits(amount)} credits while it runs (`dsq top-up`)")
                 if demo.name == "cancelled running" and j.status is JobStatus.RUNNING and ran > 1.5 and \

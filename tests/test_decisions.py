@@ -77,6 +77,12 @@ def test_assigned_is_validated_then_claimed_or_refused() -> None:
     assert refused.reports == (Action(7, ReportAction.REFUSE, reason="resources: needs 8 cpus"),)
 
 
+def test_a_passing_engine_problem_holds_the_job_instead_of_refusing_it() -> None:
+    f = facts(JobStatus.META_SCHEDULED, validated=True, problem="the slurm engine does not answer", passing=True)
+    plan = decide(f)
+    assert plan.reports == () and plan.wait == "the slurm engine does not answer"
+
+
 def test_claimed_is_looked_up_once_then_run() -> None:
     f = facts(JobStatus.SCHEDULED)
     assert decide(f).need == "lookup"

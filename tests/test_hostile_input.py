@@ -681,7 +681,7 @@ ATTACKS = {
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching the job's user needs root")
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "executor gap (dsq_chain/executors/local.py, documented): without --job-user a job runs as its supervisor's "
     "user, so it can kill it or write its job directory, which the worker reports as PANICKED: a full refund for "
     "work that ran. Fixed by --job-user (below); Slurm providers are not affected"))

@@ -6,10 +6,12 @@ import re
 
 import pytest
 from eth_utils.crypto import keccak
-from hypothesis import given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from dsq_chain.types import LabelConstraint, LabelOp
+from dsq_chain.errors import LabelMismatch
+from dsq_chain.sdk.chain import Call
+from dsq_chain.types import CREDIT_UNIT, LabelConstraint, LabelOp
 from dsq_chain.workloads.labels import (
     LabelExpressionError,
     chain_compare,
@@ -22,6 +24,7 @@ from dsq_chain.workloads.labels import (
     parse_labels,
     to_chain,
 )
+from tests.grid import Grid
 
 FUZZ = settings(max_examples=200, deadline=None)
 DIGITS = re.compile(r"[0-9]+")
@@ -323,8 +326,8 @@ def constraints(draw: st.DrawFn) -> LabelConstraint:
 
 @FUZZ
 @given(constraints(), st.one_of(st.none(), valid_values))
-def test_check_agrees_with_the_contract_for_on_chain_constraints(c: LabelConstraint, have: str | None) -> None:
-    """For every constraint the chain checks, the matcher's verdict is the contract's (no reverted batch)."""
+def test_chain_compare_mirrors_the_encoding(c: LabelConstraint, have: str | None) -> None:
+    """The Python mirror of the contract's comparison agrees with the matcher (the contract itself: below)."""
     labels = {} if have is None else {c.key: have}
     encoded = to_chain(c)
     if encoded is None:
@@ -332,6 +335,31 @@ def test_check_agrees_with_the_contract_for_on_chain_constraints(c: LabelConstra
     _, op, required = encoded
     actual = bytes(32) if have is None else encode_value(have)
     assert (check(c, labels) is None) == chain_compare(op, required, actual)
+
+
+@settings(FUZZ, max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(constraints(), st.one_of(st.none(), valid_values))
+def test_check_agrees_with_the_contract_on_anvil(grid: Grid, c: LabelConstraint, have: str | None) -> None:
+    """For every constraint the chain checks, the matcher's verdict is the deployed contract's (no reverted batch).
+
+    The provider carries the label (or not); a job carries the constraint; ``assign`` is run with ``eth_call``
+    from the scheduler: it succeeds or reverts with LabelMismatch exactly when the matcher says so.
+    """
+    encoded = to_chain(c)
+    if encoded is None:
+        return  # checked off-chain only (``in``, ordering against text): the matcher alone decides
+    provider = grid.spare
+    labels = {} if have is None else {c.key: have}
+    provider.set_labels(labels, remove=[] if have is not None else [c.key])
+    job_id = grid.submit(labels=(c,), credits=CREDIT_UNIT)
+    call = Call(grid.scheduler.market.functions.assign(job_id, provider.address, [encoded]))
+    try:
+        grid.scheduler.wallet.check(call)
+        chain_ok = True
+    except LabelMismatch:
+        chain_ok = False
+    assert (check(c, labels) is None) == chain_ok, f"matcher and contract disagree on {c} with {labels}"
+    event(f"contract {'accepts' if chain_ok else 'rejects'}")
 
 
 @FUZZ

@@ -444,4 +444,4 @@ def test_benchmark_quick_run() -> None:
         text=True,
         timeout=240,
     ).stdout
-    assert "jobs/s" in out
+    assert "jobs/s" in out and "same as recorded" in out and "DIFFERENT" not in out

@@ -393,7 +393,7 @@ def test_repeated_lost_races_fall_back_to_one_by_one(grid: Grid) -> None:
 # ------------------------------------------------------------------------------------ restarts
 
 
-class Crash(Exception):
+class Crash(BaseException):  # a kill -9 is nothing the service may catch (its run loop catches Exception)
     pass
 
 
@@ -710,3 +710,24 @@ def test_metrics_are_served_and_move(grid: Grid) -> None:
     assert m2['dsq_scheduler_errors_total{kind="InvalidStatus"}'] == 1
     assert m2["dsq_scheduler_matches_total"] == 4
 
+
+
+def test_unplaceable_jobs_are_parked_and_wake_when_capacity_frees(grid: Grid) -> None:
+    blocker = submit(grid.user, PLAIN)[0]
+    grid.scheduler.assign(blocker, grid.gpu.address)  # the only 16-cpu provider is partly busy
+    big = submit(grid.user, make_workflow(cpus=16))[0]
+    spam = submit(grid.users[1], PLAIN, count=20, max_rate=1)  # priced out everywhere
+    sched = scheduler(grid)
+    result = sched.round()
+    assert result.assigned == [] and sorted(result.unplaced) == sorted([big, *spam])
+    assert sched.backlog.parked == 21
+    new = submit(grid.users[2], PLAIN)[0]
+    result = sched.round()
+    assert [a.job_id for a in result.assigned] == [new] and result.unplaced == [], "parked jobs were examined again"
+    assert sched.round().unplaced == []
+    grid.gpu.claim(blocker)
+    grid.gpu.start(blocker)
+    grid.gpu.finish(blocker, 0)  # frees the gpu provider: the big job fits there now, the spam still nowhere
+    result = sched.round()
+    assert [(a.job_id, a.provider) for a in result.assigned] == [(big, grid.gpu.address)]
+    assert sched.backlog.parked == 20

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dsq_chain.errors import InputError
-from dsq_chain.executors import ExecState, LocalExecutor
+from dsq_chain.executors import ExecState, ExecutorError, LocalExecutor
 from dsq_chain.executors import _supervise as sv
 from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import AnvilNode, start_anvil
@@ -607,3 +607,29 @@ def test_reorg_job_running_here_but_assigned_elsewhere_is_cancelled(grid: Grid, 
     entry = rig.worker.journal.get(job_id)
     assert entry is not None and entry.phase is Phase.DONE
     assert grid.user.job(job_id).status is JobStatus.META_SCHEDULED  # untouched: the spare provider's now
+
+
+def test_an_engine_briefly_down_or_empty_holds_the_job_instead_of_refusing_it(
+        grid: Grid, rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """A Slurm controller restarting answers nothing, then lists its nodes as unknown (no capacity) for a few
+    seconds: the worker holds the assignment and claims it once the engine is back, never refuses it."""
+    caplog.set_level(logging.INFO, logger="dsq.worker")
+    real = rig.worker.executor.capacity
+    answers: list[object] = [ExecutorError("sinfo: Unable to contact slurm controller"), Resources(0, 0, 0)]
+
+    def flaky() -> Resources:
+        answer = answers.pop(0) if answers else real()
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, Resources)
+        return answer
+
+    rig.worker.executor.capacity = flaky  # type: ignore[method-assign]
+    [job_id] = submit(grid.user, workflow("echo back"), BIG)
+    assign(grid, job_id)
+    rig.tick()
+    rig.tick()
+    assert rig.actions == [] and grid.user.job(job_id).status is JobStatus.META_SCHEDULED
+    assert "does not answer" in caplog.text and "no usable capacity" in caplog.text
+    rig.until(job_id, JobStatus.FINISHED)
+    assert ReportAction.REFUSE not in {a.action for a in rig.actions}

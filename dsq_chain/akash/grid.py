@@ -42,13 +42,20 @@ def explain(wallet: Wallet, deployment: Deployment, translation: Translation) ->
 
 
 def submit(client: GridClient, translation: Translation, credits: int, *, force: bool = False) -> list[Submitted]:
-    """Submits every translated job (``credits`` units of escrow per job); nothing when anything was refused."""
+    """Submits every translated job (``credits`` units of escrow per job). Nothing at all is submitted when a
+    part of the SDL was refused, or (unless ``force``) when no approved provider could run one of its services:
+    the error carries each provider's verdict."""
     if translation.refused:
         reasons = "; ".join(f"{path}: {why}" for path, why in translation.refused.items())
         raise InputError(f"{translation.source} is not submitted, nothing was locked: {reasons}")
     if not translation.jobs:
         raise InputError(f"{translation.source} has no service to run")
     flows = [(job, workflow_of(job)) for job in translation.jobs]  # every one checked before the first is sent
+    if not force:
+        for service, expl in explain(client.wallet, client.deployment, translation).items():
+            if not any(v.placeable for v in expl.verdicts):
+                raise InputError(f"{translation.source}: no approved provider can run service {service} now, "
+                                 f"nothing was locked (--force submits anyway):\n{expl}")
     out: list[Submitted] = []
     for job, wf in flows:
         ids = list(client.submit(wf, credits=Credits(units=credits), max_rate=Credits(units=job.max_rate),

@@ -14,6 +14,7 @@ from dsq_chain.cli.common import Settings
 from dsq_chain.cli.jobs import register as register_job_commands
 from dsq_chain.cli.provider import admin_app, provider_app
 from dsq_chain.cli.services import devnet_app, register_logs, scheduler_app, worker_app
+from dsq_chain.cli.simulate import register as register_simulate
 
 app = typer.Typer(
     name="dsq",
@@ -49,6 +50,7 @@ def build(check: Annotated[bool, typer.Option("--check", help="fail if the artif
 
 register_job_commands(app)
 register_logs(app)
+register_simulate(app)
 app.add_typer(provider_app, name="provider")
 app.add_typer(admin_app, name="admin")
 app.add_typer(scheduler_app, name="scheduler")

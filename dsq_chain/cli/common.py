@@ -17,7 +17,8 @@ defaults to ``./.dsq/deployment.json`` (what ``dsq devnet up`` writes); the RPC 
 the one recorded in it. Keys are never printed.
 
 Exit codes: 0 success; 1 the job ended badly (``watch``); 2 bad input or usage; 3 the RPC node is
-unreachable; 4 the contract refused (a named custom error); 5 timed out waiting.
+unreachable; 4 the contract refused (a named custom error); 5 timed out waiting; 6 the execution engine
+failed (a Slurm command, e.g. the controller does not answer).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dsq_chain.errors import ChainUnavailable, ContractError, DsqError, InputError, TransactionFailed
+from dsq_chain.executors.base import ExecutorError
 from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.deployment import Deployment
@@ -46,6 +48,7 @@ EXIT_INPUT = 2
 EXIT_CHAIN = 3
 EXIT_CONTRACT = 4
 EXIT_TIMEOUT = 5
+EXIT_ENGINE = 6
 
 DEFAULT_DIR = Path(".dsq")
 out = Console(highlight=False)
@@ -207,3 +210,5 @@ def errors() -> Iterator[None]:
         fail(str(e), EXIT_CONTRACT)
     except DsqError as e:
         fail(str(e), EXIT_INPUT)
+    except ExecutorError as e:  # an engine command failed (a Slurm controller down, ...): one line, not a traceback
+        fail(" ".join(str(e).split()), EXIT_ENGINE)

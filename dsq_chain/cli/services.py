@@ -22,6 +22,7 @@ from dsq_chain.sdk.anvil import AnvilError, dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import AdminClient
 from dsq_chain.sdk.deployment import Deployment, deploy
+from dsq_chain.services import preflight
 from dsq_chain.services.hardening import forbid_inspection
 from dsq_chain.services.journal import Journal
 from dsq_chain.services.metrics import SchedulerMetrics, WorkerMetrics
@@ -49,14 +50,19 @@ def scheduler_run(
     batch_limit: Annotated[int, typer.Option("--batch-limit", help="most assignments per transaction")] = 200,
     weights: Annotated[str, typer.Option(help="score weights, e.g. price=1,load=0.5,reliability=1,fairshare=1")] = "",
     confirmations: Annotated[int, typer.Option(help="blocks an event must be deep before it is used")] = 0,
+    standby: Annotated[float, typer.Option(
+        "--standby", help="seconds a job waits in PENDING before this (standby) scheduler takes it; 0: active")] = 0.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Follows the chain and commits assignments until interrupted (SIGINT/SIGTERM)."""
     with errors():
         s, chain, dep = _service_setup(ctx, verbose)
+        wallet = s.wallet(chain)
+        preflight.check_contracts(chain, dep)
+        preflight.check_scheduler(wallet, dep)
         metrics = SchedulerMetrics()
-        sched = MetaScheduler(s.wallet(chain), dep, weights=_weights(weights), batch_limit=batch_limit,
-                              confirmations=confirmations, metrics=metrics)
+        sched = MetaScheduler(wallet, dep, weights=_weights(weights), batch_limit=batch_limit,
+                              confirmations=confirmations, standby_s=standby, metrics=metrics)
         _serve_and_run(sched, metrics, metrics_port, "dsq.scheduler",
                        f"scheduler {sched.wallet.address} on {chain.rpc_url} (market {dep.market})")
 
@@ -78,12 +84,17 @@ def worker_run(
     """Runs this provider's jobs until interrupted; restart it any time, it resumes from its journal."""
     with errors():
         s, chain, dep = _service_setup(ctx, verbose)
+        wallet = s.wallet(chain)
+        preflight.check_contracts(chain, dep)
+        preflight.check_provider(wallet, dep)
+        if executor == "slurm":
+            slurm_conf = preflight.check_slurm(slurm_conf)
         metrics = WorkerMetrics()
         engine = build_executor(executor, state_dir, fake_gpus, slurm_conf, job_user)
         if executor == "local" and job_user is None and os.geteuid() == 0:
             logging.getLogger("dsq.worker").warning(
                 "jobs run as root, like this worker: they could reach it and its key. Pass --job-user")
-        worker = ProviderWorker(s.wallet(chain), dep, engine,
+        worker = ProviderWorker(wallet, dep, engine,
                                 state_dir, poll_interval=poll, metrics=metrics)
         _serve_and_run(worker, metrics, metrics_port, "dsq.worker",
                        f"worker {worker.address} ({executor} executor, state in {state_dir})")

@@ -264,6 +264,16 @@ class ProviderIndex:
             dynamic[node] = new
             node = parent[node]
 
+    def could_take(self, cpus: int, gpus: int, mem_mb: int, cap: int, allowed_mask: int) -> bool:
+        """False when no provider can take the demand, by the root's bounds alone (free capacity, lowest
+        prices, label signatures present): a job that fits nowhere costs no search."""
+        if not self.address:
+            return False
+        mfc, mfg, mfm = self.dynamic[0][:3]
+        pc, pg, pm = self.static[0][:3]
+        return (mfc >= cpus and mfg >= gpus and mfm >= mem_mb and bool(self.mask[0] & allowed_mask)
+                and cpus * pc + gpus * pg + (mem_mb * pm) // 1024 <= cap)
+
     # ------------------------------------------------------------------ scoring
 
     def bound_fn(self, d: Demand) -> _Bound:

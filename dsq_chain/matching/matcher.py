@@ -246,6 +246,8 @@ class _Batch:
         cap = job.max_rate
         if cap <= self._failed_cap.get(key, -1):
             return None
+        if not labels.count or not self._index.could_take(res.cpus, res.gpus, res.mem_mb, cap, labels.mask):
+            return None
         found = self._search(job, key, labels, fair, JobFilter(cap, excluded))
         if found is None:
             if not excluded:

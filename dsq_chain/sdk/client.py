@@ -461,16 +461,22 @@ class SchedulerClient(_Client):
         ``InsufficientCapacity``, ``PriceAboveCap``, ``LabelsMismatch``, ``LabelMismatch``."""
         return self._send(self.market.functions.assign(job_id, to_checksum_address(provider), list(labels)))
 
-    def assign_batch(self, assignments: Sequence[tuple[int, str, Sequence[ChainLabel]]]) -> Receipt:
+    def assign_batch(
+        self, assignments: Sequence[tuple[int, str, Sequence[ChainLabel]]], *, gas: int | None = None
+    ) -> Receipt:
         """Assigns many (job id, provider, on-chain label constraints) in one transaction; entries that no
-        longer fit are skipped on chain. Raises InputError (empty), the contract's
+        longer fit are skipped on chain.
+
+        ``gas``: an explicit gas limit (no estimation round trip; a revert then shows in the receipt and
+        raises the same ContractError); None estimates it. Raises InputError (empty), the contract's
         ``AccessControlUnauthorizedAccount``, ``LengthMismatch``."""
         if not assignments:
             raise InputError("assign_batch() needs at least one assignment")
         ids = [a[0] for a in assignments]
         provs = [to_checksum_address(a[1]) for a in assignments]
         labels = [list(a[2]) for a in assignments]
-        return self._send(self.market.functions.assignBatch(ids, provs, labels))
+        fn = self.market.functions.assignBatch(ids, provs, labels)
+        return self._send(fn if gas is None else Call(fn, gas=gas))
 
     def timeout_claim(self, job_id: int) -> Receipt:
         """Releases a META_SCHEDULED job whose claim timed out (anyone may). Raises the contract's

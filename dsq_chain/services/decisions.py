@@ -21,7 +21,9 @@ not ours / PENDING drop it (cancel a live execution); but a job found PENDING wi
                    while its execution runs here (only a reorg does that) is held
                    :data:`REORG_HOLD_S` first, in case it is assigned here again
 final              drop it (cancel a live execution)
-META_SCHEDULED     validate, then CLAIM, or REFUSE with the problem
+META_SCHEDULED     validate, then CLAIM, or REFUSE with a lasting problem; a passing one (the engine
+                   does not answer, or shows no usable capacity while its controller restarts)
+                   holds the job and validates it again next tick
 SCHEDULED          journal CLAIMED; look the execution up once; none → run it; else :func:`start`
 RUNNING            journal RUNNING; none after a look-up → PANIC (lost); running → extend after
                    a top-up, OUT_OF_CREDITS once chain time used the escrow up; ended →
@@ -79,6 +81,9 @@ class Facts:
     #: Why this worker cannot run the job (after validation); None when it can.
     problem: str | None = None
     validated: bool = False
+    #: The problem is passing (the engine did not answer, or reports no usable capacity right now): the job
+    #: is held and validated again next tick, never refused for it.
+    passing: bool = False
     #: Chain time says the escrow of the running job is used up (with the grace).
     escrow_used_up: bool = False
     #: Seconds since OUT_OF_CREDITS was first tried for the job; None if never.
@@ -106,6 +111,8 @@ class Plan:
     exit_code: int | None = None
     #: Start the OUT_OF_CREDITS grace timer.
     ooc_started: bool = False
+    #: Why the job waits this tick (logged).
+    wait: str | None = None
 
 
 def decide(f: Facts) -> Plan:
@@ -123,6 +130,8 @@ def decide(f: Facts) -> Plan:
     if job.status is JobStatus.META_SCHEDULED:
         if not f.validated:
             return Plan(need="validate")
+        if f.problem and f.passing:
+            return Plan(wait=f.problem)
         if f.problem:
             return Plan(reports=(Action(job.id, ReportAction.REFUSE, reason=f.problem),))
         return Plan(reports=(Action(job.id, ReportAction.CLAIM),))

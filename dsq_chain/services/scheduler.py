@@ -1,10 +1,16 @@
 """The meta-scheduler service: follows events, matches pending jobs, commits assignments in batches.
 
 Rounds are driven by events: a new job, a refusal, a timeout, a settlement or a provider change
-triggers a round at the next poll (every ``poll_interval``, 0.1 s by default), not a slow fixed
-cycle. Each round commits every assignment it found in one ``assignBatch`` transaction. A race lost
+triggers a round as soon as the node announces the block that holds it (``newHeads`` subscription over
+WebSocket where the node serves one) or at the next poll (every ``poll_interval``, 0.1 s by default).
+Each round commits every assignment it found in one ``assignBatch`` transaction. A race lost
 on chain (capacity taken, job cancelled meanwhile) is handled by re-reading events and matching
 again; entries that still fail alone are skipped with their reason, never crash the service.
+
+Rounds are incremental (:class:`~dsq_chain.matching.backlog.Backlog`): a round examines the jobs that
+are new or back in PENDING, and the parked jobs that a provider change may let fit; a job that fit
+nowhere is not examined again until then, so thousands of unplaceable jobs do not slow the round for a
+placeable one. At most ``per_owner`` jobs of each owner are examined per round.
 
 The state is rebuilt from events at each start (an in-memory follower replays from the deployment
 block), so a restart neither assigns a job twice (the chain says it is assigned) nor forgets one.
@@ -15,17 +21,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dsq_chain.errors import ContractError, DsqError
 from dsq_chain.matching import Assignment, Explanation, FairShare, Matcher, PendingJob, Weights
+from dsq_chain.matching.backlog import Backlog
 from dsq_chain.matching.matcher import DEFAULT_HALF_LIFE_S
 from dsq_chain.sdk.chain import CHAIN_DOWN, Chain, Wallet
 from dsq_chain.sdk.client import SchedulerClient
 from dsq_chain.sdk.deployment import Deployment
-from dsq_chain.sdk.events import ChainEvent, ClaimTimeoutChanged, JobSubmitted
+from dsq_chain.sdk.events import ChainEvent, ClaimTimeoutChanged, JobReleased, JobSubmitted, JobToppedUp
 from dsq_chain.services.follower import EventFollower
 from dsq_chain.services.gridstate import GridState, JobRecord
+from dsq_chain.services.heads import HeadWatcher
 from dsq_chain.services.metrics import SchedulerMetrics
 from dsq_chain.types import JobStatus
 
@@ -59,6 +68,8 @@ class MetaScheduler:
         confirmations: int = 0,
         poll_interval: float = 0.1,
         timeout_sweep_s: float = 2.0,
+        per_owner: int | None = None,
+        standby_s: float = 0.0,
         metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.wallet = wallet
@@ -77,6 +88,15 @@ class MetaScheduler:
             self.chain, deployment, ":memory:", name="scheduler", confirmations=confirmations, handlers=[self]
         )
         self.claim_timeout = int(self.client.market.functions.claimTimeout().call())
+        #: Jobs to examine and jobs parked until a provider change could let them fit.
+        self.backlog = Backlog(per_owner if per_owner is not None else batch_limit)
+        #: A standby leaves a job to the active scheduler until it has waited this long in PENDING (chain time).
+        self.standby_s = standby_s
+        self._touched: set[str] = set()
+        self._deferred = False  # a standby left jobs to the active scheduler this round
+        self._pending_since: dict[int, float] = {}  # job id -> when it became PENDING (monotonic, as seen here)
+        #: Pending jobs that can never be placed (see JobRecord.problem): job id -> why.
+        self.never: dict[int, str] = {}
         self._dirty = True
         self._last_sweep = 0.0
         #: Jobs whose last on-chain attempt failed alone: job id -> reason (shown by explain).
@@ -86,10 +106,35 @@ class MetaScheduler:
     def on_event(self, event: ChainEvent) -> None:
         if self.state.apply(event):
             self._dirty = True
+        self._track(event)
         if isinstance(event, JobSubmitted) and self.metrics:
             self.metrics.submitted.inc(event.count)
         elif isinstance(event, ClaimTimeoutChanged):  # applies to every job from now on, not only new ones
             self.claim_timeout = event.claim_timeout
+
+    def _track(self, event: ChainEvent) -> None:
+        """Keeps the backlog in step: jobs (back) in PENDING are fresh, others leave; providers touched."""
+        provider = getattr(event, "provider", None)
+        if isinstance(provider, str):
+            self._touched.add(provider)
+        if isinstance(event, JobSubmitted):
+            ids = range(event.first_job_id, event.first_job_id + event.count)
+        else:
+            job_id = getattr(event, "job_id", None)
+            ids = range(job_id, job_id + 1) if isinstance(job_id, int) else range(0)
+        for job_id in ids:
+            job = self.state.pending.get(job_id)
+            if job is None:
+                self.backlog.remove(job_id)
+                self.never.pop(job_id, None)
+                self._pending_since.pop(job_id, None)
+                continue
+            if isinstance(event, JobSubmitted | JobReleased):
+                self._pending_since[job_id] = time.monotonic()
+            if job.problem is not None:
+                self.never[job_id] = job.problem
+            elif not isinstance(event, JobToppedUp) or not self.backlog.is_parked(job_id):
+                self.backlog.add(job.as_pending())
 
     def on_reorg(self, block: int) -> None:
         """Events after ``block`` are gone: rebuild the whole state by replaying from the start."""
@@ -100,13 +145,19 @@ class MetaScheduler:
         self.follower.db.execute("DELETE FROM follower_checkpoint WHERE name=?", (self.follower.name,))
         self._block_times.clear()  # timestamps of blocks that are gone
         self.failures.clear()
+        self.backlog.clear()  # the replay adds every pending job again
+        self.never.clear()
+        self._pending_since.clear()
+        self._touched.clear()
         # Our own transactions on the lost fork may be gone too: take the next nonce from the node again.
         self.wallet.reset_nonce()
         self._dirty = True
 
     def _now(self) -> float:
-        """Chain time (the newest block's timestamp): fair-share usage is recorded and decayed in chain time."""
-        return float(self.chain.timestamp())
+        """Chain time: fair-share usage is recorded and decayed in chain time. The timestamp of the newest
+        block the follower went through (cached, no call on the critical path), else the node's newest."""
+        cp = self.follower.checkpoint
+        return self._block_time(cp.block) if cp is not None else float(self.chain.timestamp())
 
     def _event_time(self, ev: ChainEvent) -> float:
         return self._block_time(ev.block_number)
@@ -125,26 +176,33 @@ class MetaScheduler:
         n = self.follower.poll()
         if self.metrics:
             self.metrics.pending.set(len(self.state.pending))
+        if self.backlog.fresh or self._touched or self._deferred:
+            self._dirty = True
+        self._deferred = False
         return n
 
-    def round(self, *, max_attempts: int = 3) -> RoundResult:
-        """One matching round: sync, match, commit in one batch; re-match after a lost race."""
+    def round(self, *, max_attempts: int = 3, synced: bool = False) -> RoundResult:
+        """One matching round: sync (unless the caller just did), match, commit in one batch; re-match after
+        a lost race."""
         started = time.monotonic()
         result = RoundResult()
         self._dirty = False
-        for _attempt in range(max_attempts):
-            self.sync()
-            candidates = [j for j in self.state.pending.values() if j.problem is None]
-            for j in self.state.pending.values():
-                if j.problem is not None:
-                    result.skipped[j.id] = j.problem
-            if not candidates:
+        taken: list[PendingJob] = []
+        for attempt in range(max_attempts):
+            if attempt or not synced:
+                self.sync()
+            self.backlog.restore(taken)
+            self._wake()
+            result.skipped.update(self.never)
+            taken = self._take()
+            if not taken:
                 break
-            assignments = self.matcher.match((j.as_pending() for j in candidates), self.state.providers, self._now(),
-                                             limit=self.batch_limit)
+            assignments = self.matcher.match(taken, self.state.providers, self._now(), limit=self.batch_limit)
             result.skipped.update(self.matcher.last_errors)
             result.unplaced = list(self.matcher.last_unplaced)
             if not assignments:
+                self.backlog.settle(taken, (), [*result.unplaced, *self.matcher.last_errors])
+                taken = []
                 break
             try:
                 self._commit(assignments)
@@ -154,21 +212,54 @@ class MetaScheduler:
                     self.metrics.errors.labels(kind=type(e).__name__).inc()
                 continue
             result.assigned = assignments
-            if len(assignments) >= self.batch_limit:
-                self._dirty = True  # more may be placeable: the next loop runs another round at once
+            self.backlog.settle(taken, (a.job_id for a in assignments),
+                                [*result.unplaced, *self.matcher.last_errors])
+            taken = []
+            if self.backlog.fresh:
+                self._dirty = True  # more to examine: the next loop runs another round at once
             break
         else:
+            self.backlog.restore(taken)
+            taken = []
             result.assigned = self._commit_one_by_one(result)
+        self.backlog.restore(taken)
         self.sync()
         result.seconds = time.monotonic() - started
         if result.assigned:
             log.info("assigned %d job(s) in %.3f s", len(result.assigned), result.seconds)
         return result
 
+    def _take(self) -> list[PendingJob]:
+        """The backlog's next jobs, as the grid state holds them now (a standby: only those left waiting)."""
+        jobs = self.state.pending
+        taken = [jobs[j.id].as_pending() for j in self.backlog.take() if j.id in jobs]
+        if self.standby_s <= 0 or not taken:
+            return taken
+        # Wall clock from when this scheduler saw the job become PENDING: chain time runs ahead in bursts (one
+        # block per transaction, each a second later) and stands still on a chain that mines on demand.
+        limit = time.monotonic() - self.standby_s
+        due = [j for j in taken if self._pending_since.get(j.id, 0.0) <= limit]
+        if len(due) < len(taken):
+            ids = {j.id for j in due}
+            self.backlog.restore(j for j in taken if j.id not in ids)
+            self._deferred = True
+        return due
+
+    def _wake(self) -> None:
+        """Parked jobs that a touched provider could take now are examined again."""
+        if not self._touched:
+            return
+        providers = self.state.providers
+        for address in self._touched:
+            state = providers.get(address)
+            if state is not None:
+                self.backlog.touch(state)
+        self._touched.clear()
+
     def _commit(self, assignments: list[Assignment]) -> None:
         t0 = time.monotonic()
         rows = [(a.job_id, a.provider, self.state.jobs[a.job_id].chain_labels) for a in assignments]
-        self.client.assign_batch(rows)
+        self.client.assign_batch(rows, gas=batch_gas(rows))
         if self.metrics:
             self.metrics.commit_latency.observe(time.monotonic() - t0)
             self.metrics.matches.inc(len(assignments))
@@ -178,8 +269,9 @@ class MetaScheduler:
     def _commit_one_by_one(self, result: RoundResult) -> list[Assignment]:
         """Last resort after repeated lost races: each assignment alone; failures are recorded, not raised."""
         self.sync()
-        assignments = self.matcher.match((j.as_pending() for j in self.state.pending.values() if j.problem is None),
-                                         self.state.providers, self._now(), limit=self.batch_limit)
+        taken = self._take()
+        assignments = self.matcher.match(taken, self.state.providers, self._now(), limit=self.batch_limit)
+        self.backlog.restore(taken)  # examined again next round: the chain's events say what landed
         done: list[Assignment] = []
         for a in assignments:
             try:
@@ -216,28 +308,38 @@ class MetaScheduler:
 
     def run(self, stop: threading.Event) -> None:
         """Runs rounds until ``stop`` is set; survives node outages, bad events and a failing round (logged,
-        counted, retried with back-off: the state is rebuilt from events, so nothing is lost)."""
+        counted, retried with back-off: the state is rebuilt from events, so nothing is lost).
+
+        Between rounds it waits for the node's next block (``newHeads`` subscription, see
+        :class:`~dsq_chain.services.heads.HeadWatcher`) or ``poll_interval``, whichever comes first."""
         backoff = self.poll_interval
-        while not stop.is_set():
-            try:
-                self.sync()
-                if self._dirty:
-                    self.round()
-                if time.monotonic() - self._last_sweep > self.timeout_sweep_s:
-                    self._last_sweep = time.monotonic()
-                    self.sweep_claim_timeouts()
-                backoff = self.poll_interval
-                stop.wait(self.poll_interval)
-            except Exception as e:  # node gone mid-call, or a bug with one round: back off, go on
-                if isinstance(e, SCHEDULER_RETRY):
-                    log.warning("scheduler: %s; retrying in %.1f s", e, backoff)
-                else:
-                    log.exception("scheduler round failed: %s; retrying in %.1f s", e, backoff)
-                if self.metrics:
-                    self.metrics.errors.labels(kind=type(e).__name__).inc()
-                self.wallet.reset_nonce()
-                stop.wait(backoff)
-                backoff = min(5.0, backoff * 2)
+        heads = HeadWatcher(self.chain.rpc_url)
+        heads.start()
+        seen = heads.seq
+        try:
+            while not stop.is_set():
+                try:
+                    self.sync()
+                    if self._dirty:
+                        self.round(synced=True)
+                    if time.monotonic() - self._last_sweep > self.timeout_sweep_s:
+                        self._last_sweep = time.monotonic()
+                        self.sweep_claim_timeouts()
+                    backoff = self.poll_interval
+                    if not self._dirty:
+                        seen = heads.wait(seen, self.poll_interval)
+                except Exception as e:  # node gone mid-call, or a bug with one round: back off, go on
+                    if isinstance(e, SCHEDULER_RETRY):
+                        log.warning("scheduler: %s; retrying in %.1f s", e, backoff)
+                    else:
+                        log.exception("scheduler round failed: %s; retrying in %.1f s", e, backoff)
+                    if self.metrics:
+                        self.metrics.errors.labels(kind=type(e).__name__).inc()
+                    self.wallet.reset_nonce()
+                    stop.wait(backoff)
+                    backoff = min(5.0, backoff * 2)
+        finally:
+            heads.close()
 
     # -- explain -----------------------------------------------------------------------------------
     def explain(self, job_id: int) -> Explanation | str:
@@ -249,6 +351,18 @@ class MetaScheduler:
         """Each provider's verdict on a job that is not submitted yet (what it would meet now)."""
         self.sync()
         return self.matcher.explain(job, self.state.providers, self._now())
+
+
+#: Gas bounds of an assignBatch, each several times what the contract uses (measured: ~37 k for one job alone,
+#: ~12 k per job in a batch of 100, ~4 k per label checked), so the limit is set without an estimation round
+#: trip: EIP-1559 charges the gas used, not the limit. Above BATCH_GAS_CAP the node's estimate is asked.
+BATCH_GAS_BASE, BATCH_GAS_PER_JOB, BATCH_GAS_PER_LABEL, BATCH_GAS_CAP = 80_000, 45_000, 12_000, 12_000_000
+
+
+def batch_gas(rows: Sequence[tuple[int, str, Sequence[object]]]) -> int | None:
+    """A safe gas limit for ``assignBatch(rows)``, or None (estimate) when it would exceed BATCH_GAS_CAP."""
+    gas = BATCH_GAS_BASE + sum(BATCH_GAS_PER_JOB + BATCH_GAS_PER_LABEL * len(labels) for _, _, labels in rows)
+    return gas if gas <= BATCH_GAS_CAP else None
 
 
 def _assigned_block(job: JobRecord) -> int:

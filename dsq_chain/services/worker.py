@@ -235,7 +235,8 @@ class ProviderWorker:
         plan = decide(facts)
         while plan.need is not None and job is not None:
             if plan.need == "validate":
-                facts = dataclasses.replace(facts, problem=self._validate(job), validated=True)
+                problem, passing = self._validate(job)
+                facts = dataclasses.replace(facts, problem=problem, passing=passing, validated=True)
             else:  # look the execution up: submitted by a process that died before journaling it?
                 found = self._adopt(entry)
                 if found is None and job.status is JobStatus.SCHEDULED:
@@ -274,6 +275,8 @@ class ProviderWorker:
             self._drop(entry, facts.execution, plan.drop)
             return []
         self._orphaned.pop(job.id, None)
+        if plan.wait is not None:
+            log.warning("job %d waits: %s; asking again next tick", job.id, plan.wait)
         if plan.enter is not None:
             self.journal.transition(job.id, plan.enter, chain_status=job.status.name)
         if plan.extend:
@@ -303,19 +306,27 @@ class ProviderWorker:
         if plan.ooc_started:
             self._ooc_since.setdefault(job_id, time.monotonic())
 
-    def _validate(self, job: Job) -> str | None:
-        """Why this worker cannot run the job, or None."""
+    def _validate(self, job: Job) -> tuple[str | None, bool]:
+        """Why this worker cannot run the job (None if it can), and whether that is passing: an engine that does
+        not answer, or shows no usable capacity (a Slurm controller restarting lists its nodes as unknown), is
+        asked again next tick; only a definite, lasting mismatch refuses the job."""
         wf = self._checked_workflow(job)
         if isinstance(wf, str):
-            return wf
+            return wf, False
         if wf.resources != job.resources:
-            return f"resources mismatch: workflow asks {wf.resources}, chain request {job.resources}"
-        capacity = self._cached("capacity", self.executor.capacity)
+            return f"resources mismatch: workflow asks {wf.resources}, chain request {job.resources}", False
+        try:
+            capacity = self._cached("capacity", self.executor.capacity)
+            features = self._cached("features", self.executor.features) if wf.gpus else frozenset()
+        except ExecutorError as e:
+            return f"the {self.executor.name} engine does not answer ({e})", True
+        if capacity.cpus <= 0:
+            return f"the {self.executor.name} engine shows no usable capacity right now", True
         if not job.resources.fits_in(capacity):
-            return f"resources: needs {job.resources}, this machine has {capacity}"
-        if wf.gpus and "gpus" not in self._cached("features", self.executor.features):
-            return "unsupported feature: gpus"
-        return None
+            return f"resources: needs {job.resources}, this machine has {capacity}", False
+        if wf.gpus and "gpus" not in features:
+            return "unsupported feature: gpus", False
+        return None, False
 
     def _checked_workflow(self, job: Job) -> Workflow | str:
         """The job's workflow, checked against the on-chain hash and parsed (once per job array), or the problem."""

@@ -9,7 +9,7 @@ STAMP_NODE := node_modules/.installed
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup demo test lint typecheck unit build build-check bench gas clean
+.PHONY: setup demo test lint typecheck unit build build-check docs bench gas clean
 
 setup: $(STAMP_PY) $(STAMP_NODE)
 
@@ -41,6 +41,9 @@ build: setup
 build-check: setup
 	$(PY) -m dsq_chain.artifacts.build --check
 
+docs: $(STAMP_PY)  # docs/api.md from the SDK's docstrings
+	$(PY) -m dsq_chain.sdk.apidoc
+
 gas: setup
 	$(PY) benchmarks/gas.py
 
@@ -49,4 +52,4 @@ bench: setup
 	$(PY) benchmarks/matcher.py
 
 clean:
-	rm -rf $(VENV) node_modules .solc-bin .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-ape node_modules .solc-bin .pytest_cache .mypy_cache .ruff_cache

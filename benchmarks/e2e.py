@@ -36,13 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from dsq_chain.executors import LocalExecutor
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
 from dsq_chain.sdk.deployment import Deployment, deploy
 from dsq_chain.services.scheduler import MetaScheduler
 from dsq_chain.services.worker import ProviderWorker
-from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, Resources
+from dsq_chain.types import JobStatus, Prices, Resources
 from dsq_chain.workloads import workflow as wfm
 
 WORKFLOW = """
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         admin = AdminClient(admin_w, dep)
         user = GridClient(Chain(node.rpc_url).wallet(keys[1]), dep)
         sched_w = Chain(node.rpc_url).wallet(keys[2])
-        admin.mint(user.address, 10**6 * CREDIT_UNIT)
+        admin.mint(user.address, Credits(10**6))
         admin.grant_scheduler(sched_w.address)
         workers = []
         for i in range(args.providers):
@@ -212,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             left = args.jobs
             while left > 0:
                 n = min(args.array, left)
-                ids += user.submit(wf.canonical(), resources=wf.resources, credits=CREDIT_UNIT, max_rate=10**6,
-                                   count=n)
+                ids += user.submit(wf, credits=Credits(1), max_rate=Credits(1), count=n)
                 left -= n
             t_submitted = time.monotonic() - t0
             statuses = wait_all_final(user, ids, args.timeout)
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 probe_block = chain.block_number() + 1
                 probe_ids = []
                 for _ in range(args.probe):
-                    [j] = user.submit(wf.canonical(), resources=wf.resources, credits=CREDIT_UNIT, max_rate=10**6)
+                    [j] = user.submit(wf, credits=Credits(1), max_rate=Credits(1))
                     probe_ids.append(j)
                     wait_all_final(user, [j], 60)
                 lat = latencies(user, clock, probe_block, set(probe_ids))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient, SchedulerClient
@@ -57,7 +58,7 @@ def main() -> int:
         admin, sched = AdminClient(admin_w, dep), SchedulerClient(sched_w, dep)
         user, prov = GridClient(user_w, dep), ProviderClient(prov_w, dep)
         admin.grant_scheduler(sched.address)
-        admin.mint(user.address, 1_000_000 * CREDIT_UNIT)
+        admin.mint(user.address, Credits(1_000_000))
         prov.register(Resources(4096, 0, 4096 * 1024), Prices(1_000, 0, 100), {"zone": "eu"})
         admin.approve(prov.address)
         m = user.market.functions

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hexbytes import HexBytes
 
 from dsq_chain.matching import Assignment
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import dev_keys, start_anvil
 from dsq_chain.sdk.chain import Call, Chain
 from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
@@ -98,7 +99,7 @@ def setup(chain: Chain) -> Setup:
     admin.grant_scheduler(chain.wallet(keys[1]).address)
     users = [GridClient(chain.wallet(k), dep) for k in keys[2:5]]
     for u in users:
-        admin.mint(u.address, 1_000_000 * CREDIT_UNIT)
+        admin.mint(u.address, Credits(1_000_000))
         u.wallet.transact(u.token.functions.approve(dep.market, 2**255))  # plain submits, no permit each time
     for k in keys[5 : 5 + PROVIDERS]:
         p = ProviderClient(chain.wallet(k), dep)
@@ -117,8 +118,7 @@ def latency(s: Setup, sched: TimedScheduler, n: int) -> dict[str, float]:
     user = s.users[0]
     lat: list[float] = []
     for _ in range(n):
-        job = user.submit(WF.canonical(), resources=WF.resources, labels=WF.labels, credits=CREDITS,
-                          max_rate=MAX_RATE, check_providers=False)[0]
+        job = user.submit(WF, credits=Credits(units=CREDITS), max_rate=Credits(units=MAX_RATE), force=True)[0]
         t0 = time.perf_counter()
         lat.append(sched.wait_for([job], 30) - t0)
     ms = [x * 1000 for x in lat]
@@ -201,8 +201,8 @@ def bulk_array(s: Setup, sched: TimedScheduler, n: int) -> dict[str, Any]:
     ids: list[int] = []
     t_send = time.perf_counter()
     for start in range(0, n, ARRAY):
-        ids += user.submit(WF.canonical(), resources=WF.resources, labels=WF.labels, credits=CREDITS,
-                           max_rate=MAX_RATE, count=min(ARRAY, n - start), check_providers=False)
+        ids += user.submit(WF, credits=Credits(units=CREDITS), max_rate=Credits(units=MAX_RATE),
+                           count=min(ARRAY, n - start), force=True)
     t_submitted = time.perf_counter()
     t_done = sched.wait_for(ids, 120)
     txs, gas_per_job, sizes = assign_gas(s, ids)

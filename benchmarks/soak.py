@@ -47,13 +47,14 @@ from eth_utils.crypto import keccak
 
 from dsq_chain.errors import ChainUnavailable
 from dsq_chain.executors import LocalExecutor
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
 from dsq_chain.sdk.deployment import Deployment, deploy
 from dsq_chain.sdk.events import EventDecoder, JobSettled, JobStatusChanged
 from dsq_chain.services.follower import EventFollower
-from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, Resources
+from dsq_chain.types import JobStatus, Prices, Resources
 from dsq_chain.workloads import workflow as wfm
 
 DSQ = shutil.which("dsq", path=str(Path(sys.executable).parent)) or "dsq"
@@ -163,7 +164,7 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path
         user = GridClient(chain.wallet(keys[2]), dep)
         spammer = GridClient(chain.wallet(keys[8]), dep)
         for u in (user, spammer):
-            admin.mint(u.address, 10**6 * CREDIT_UNIT)
+            admin.mint(u.address, Credits(10**6))
         hostile = ProviderClient(chain.wallet(keys[9]), dep)
         hostile.register(Resources(2**16 - 1, 255, 2**32 - 1), Prices(1, 0, 0))  # never approved
         for i in range(n_workers):
@@ -187,8 +188,7 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path
             next_fault = time.monotonic() + rng.uniform(2, 5)
             while time.monotonic() < end:
                 try:
-                    ids += user.submit(WORKFLOW.canonical(), resources=WORKFLOW.resources, credits=CREDIT_UNIT,
-                                       max_rate=10**6)
+                    ids += user.submit(WORKFLOW, credits=Credits(1), max_rate=Credits(1))
                 except ChainUnavailable:
                     time.sleep(0.2)  # the node is restarting
                     continue
@@ -212,8 +212,8 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path
                             u.wallet.reset_nonce()
                     else:
                         hostile_events(chain, dep, hostile.address)
-                        spam += spammer.submit(WORKFLOW.canonical(), resources=WORKFLOW.resources,
-                                               credits=CREDIT_UNIT, max_rate=1, count=20)
+                        spam += spammer.submit(WORKFLOW, credits=Credits(1), max_rate=Credits(units=1),
+                                               count=20, force=True)
                     next_fault = time.monotonic() + rng.uniform(2, 5)
                 time.sleep(every)
             deadline = time.monotonic() + 120 + seconds

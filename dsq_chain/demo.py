@@ -30,6 +30,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import AnvilNode, dev_keys, free_port, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
@@ -131,7 +132,7 @@ class Demo:
         admin.grant_scheduler(chain.wallet(keys[1]).address)
         users = [GridClient(chain.wallet(keys[i]), dep) for i in (6, 7)]
         for u in users:
-            admin.mint(u.address, MINT)
+            admin.mint(u.address, Credits(units=MINT))
         self.step(f"minted {MINT // CREDIT_UNIT} credits to each of 2 users")
 
         providers: dict[str, ProviderClient] = {}
@@ -173,8 +174,7 @@ class Demo:
             wf = wfmod.load(EXAMPLES / job.workflow)
             job.credits = int(eu_rate * job.escrow_seconds / 60) if job.escrow_seconds else 5 * CREDIT_UNIT
             owner = users[job.owner]
-            job.job_id = owner.submit(wf.canonical(), resources=wf.resources, credits=job.credits,
-                                      max_rate=100 * CREDIT_UNIT, labels=wf.labels, check_providers=False)[0]
+            job.job_id = owner.submit(wf, credits=Credits(units=job.credits), max_rate=Credits(100), force=True)[0]
             self.step(f"submitted job {job.job_id} [bold]{job.name}[/] ({job.workflow}, escrow "
                       f"{_credits(job.credits)} credits)")
         self.follow(users, names, chain, dep, keys)
@@ -221,7 +221,7 @@ class Demo:
                 if demo.name == "saved by top-up" and j.status is JobStatus.RUNNING and ran > 1 and \
                         "top-up" not in demo.done_actions:
                     amount = 5 * CREDIT_UNIT
-                    owner.top_up(j.id, amount)
+                    owner.top_up(j.id, Credits(units=amount))
                     demo.done_actions.add("top-up")
                     self.step(f"job {j.id}: owner tops up {_credits(amount)} credits while it runs (`dsq top-up`)")
                 if demo.name == "cancelled running" and j.status is JobStatus.RUNNING and ran > 1.5 and \
@@ -301,7 +301,7 @@ class Demo:
                                              f"billed {spent}")
         for name, p in providers.items():
             if internal[p.address]:
-                amount = p.withdraw()
+                amount = p.withdraw().amount
                 self.check(p.token_balance() == amount, f"provider {name} withdrew {amount} as tokens (pull payment)")
         return 0 if not self.failures else 1
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from dsq_chain.money import DECIMALS, UNIT, Credits
+
 #: Credits have 6 decimals on chain: 1 credit == 1_000_000 units.
-CREDIT_DECIMALS = 6
-CREDIT_UNIT = 10**CREDIT_DECIMALS
+CREDIT_DECIMALS = DECIMALS
+CREDIT_UNIT = UNIT
 
 
 class JobStatus(IntEnum):
-    """Lifecycle of a job (``JobStatus`` in ``contracts/IJobMarket.sol``)."""
+    """Lifecycle of a job (``JobStatus`` in ``contracts/GridTypes.sol``)."""
 
     NONE = 0
     PENDING = 1
@@ -139,6 +141,7 @@ class Resources:
     persistent_gb: int = 0
 
     def fits_in(self, other: Resources) -> bool:
+        """True when every amount is at most ``other``'s."""
         return (self.cpus <= other.cpus and self.gpus <= other.gpus and self.mem_mb <= other.mem_mb
                 and self.disk_gb <= other.disk_gb)
 
@@ -182,16 +185,22 @@ class LabelConstraint:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A job as the chain holds it (plus the submission's event data when known)."""
+    """A job as the chain holds it (plus the submission's event data when known).
+
+    Amounts are :class:`~dsq_chain.money.Credits`: ``escrow`` still locked, ``rate`` per minute
+    (snapshotted at assignment), ``max_rate`` the price cap per minute; ``billed``/``refunded`` are
+    set once the job is settled (``billed`` is the bill so far while it runs), else None.
+    ``head_id`` is the first job of the job's array (its own id when submitted alone).
+    """
 
     id: int
     owner: str
     status: JobStatus
     resources: Resources
-    max_rate: int
-    escrow: int
+    max_rate: Credits
+    escrow: Credits
     provider: str | None
-    rate: int
+    rate: Credits
     since: int
     #: Only the submission event carries the workflow hash (not the chain's job record): empty unless
     #: the reader took it from there.
@@ -200,6 +209,8 @@ class Job:
     head_id: int = 0
     labels: tuple[LabelConstraint, ...] = ()
     workflow: bytes | None = None
+    billed: Credits | None = None
+    refunded: Credits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,4 +230,5 @@ class Provider:
 
     @property
     def active(self) -> bool:
+        """Approved and not paused: the scheduler may assign it jobs."""
         return self.status is ProviderStatus.APPROVED and not self.paused

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient, SchedulerClient
 from dsq_chain.sdk.deployment import Deployment, deploy
 from dsq_chain.sdk.events import ChainEvent, snake
-from dsq_chain.types import CREDIT_UNIT, JobStatus, LabelConstraint, Prices, Resources
+from dsq_chain.types import JobStatus, LabelConstraint, Prices, Resources
+from dsq_chain.workloads import workflow as wfmod
 
-WORKFLOW = b'{"steps":[{"name":"main","run":{"command":"true"}}]}'
+
+def workflow_for(res: Resources, labels: tuple[LabelConstraint, ...] = ()) -> wfmod.Workflow:
+    """A one-step workflow asking for exactly ``res`` (its memory a multiple of its cpus) and ``labels``."""
+    if res.cpus < 1 or res.mem_mb % res.cpus:
+        raise ValueError(f"no workflow asks for {res}: memory must be a multiple of the cpus")
+    doc = {"resources": {"tasks": 1, "cpusPerTask": res.cpus, "memPerCpu": res.mem_mb // res.cpus, "gpus": res.gpus},
+           "labels": [str(c) for c in labels], "steps": [{"name": "main", "run": {"command": "true"}}]}
+    return wfmod.loads(json.dumps(doc))
+
+
 SMALL = Resources(cpus=2, gpus=0, mem_mb=1024)
+#: Canonical bytes of a workflow asking for SMALL (what the contract-level tests submit).
+WORKFLOW = workflow_for(SMALL).canonical()
 CPU_PRICES = Prices(per_cpu_minute=1_000, per_gpu_minute=0, per_gb_minute=100)
 GPU_PRICES = Prices(per_cpu_minute=2_000, per_gpu_minute=50_000, per_gb_minute=100)
 #: Rate of SMALL on the cpu provider: 2*1000 + 1024*100/1024 = 2100 units/min.
 SMALL_RATE = CPU_PRICES.rate_for(SMALL)
-CREDITS = 10 * CREDIT_UNIT
-MAX_RATE = 1_000_000
+CREDITS = Credits(10)
+MAX_RATE = Credits(1)
 
 
 @dataclass
@@ -65,8 +79,11 @@ class Grid:
         labels: tuple[LabelConstraint, ...] = (),
         count: int = 1,
     ) -> int:
+        """Submits a job asking for ``resources`` and ``labels`` (amounts: Credits, or ints of base units),
+        skipping the feasibility check: contract tests submit jobs no provider can take on purpose."""
         ids = (user or self.user).submit(
-            WORKFLOW, resources=resources, credits=credits, max_rate=max_rate, labels=labels, count=count
+            workflow_for(resources, labels), credits=Credits(units=int(credits)),
+            max_rate=Credits(units=int(max_rate)), count=count, force=True,
         )
         return ids[0]
 
@@ -100,6 +117,21 @@ class Grid:
         return job_id
 
 
+def submit_unchecked(
+    user: GridClient, raw: bytes, resources: Resources, *, credits: int = CREDITS, max_rate: int = MAX_RATE,
+    labels: tuple[LabelConstraint, ...] = (), count: int = 1,
+) -> list[int]:
+    """Submits through the contract directly, as a client other than this SDK could: the workflow bytes,
+    resources and labels need not agree (the SDK refuses that). Amounts in base units."""
+    from dsq_chain.sdk.receipts import submission_of
+    from dsq_chain.workloads.labels import on_chain
+
+    user.wallet.transact(user.token.functions.approve(user.market.address, int(credits) * count))
+    request = (resources.cpus, resources.gpus, resources.mem_mb, int(max_rate), int(credits))
+    receipt = user.wallet.transact(user.market.functions.submit(request, on_chain(labels), raw, count))
+    return list(submission_of(receipt))
+
+
 def build_grid(chain: Chain, keys: list[str]) -> Grid:
     """Deploys and sets up the standard grid (accounts 0..9 of Anvil's dev keys)."""
     wallets = [chain.wallet(k) for k in keys[:10]]
@@ -111,7 +143,7 @@ def build_grid(chain: Chain, keys: list[str]) -> Grid:
     stranger = GridClient(wallets[9], dep)
     admin.grant_scheduler(scheduler.address)
     for u in [*users, stranger]:
-        admin.mint(u.address, 1_000 * CREDIT_UNIT)
+        admin.mint(u.address, Credits(1_000))
     cpu.register(Resources(8, 0, 16_384), CPU_PRICES, {"zone": "eu"})
     gpu.register(Resources(16, 2, 65_536), GPU_PRICES, {"gpu.model": "A100", "gpu.mem": "80"})
     spare.register(Resources(4, 0, 8_192), CPU_PRICES, {})

@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 
 from dsq_chain import errors
+from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Call
 from dsq_chain.sdk.client import GridClient
-from dsq_chain.types import CREDIT_UNIT, JobStatus, Resources
+from dsq_chain.types import JobStatus, Resources
+from dsq_chain.workloads import workflow as wfmod
 from dsq_chain.workloads.labels import on_chain, parse_constraint
-from tests.grid import CREDITS, MAX_RATE, SMALL, WORKFLOW, Grid
+from tests.grid import CREDITS, MAX_RATE, SMALL, WORKFLOW, Grid, workflow_for
 
 MAX_WORKFLOW_BYTES = 16_384
 NO_REF = b"\0" * 32  # no external reference
@@ -74,6 +76,8 @@ def _direct(client: Any, fn: Any) -> Any:
 def _sdk_submit(client: GridClient, **overrides: Any) -> list[int]:
     kw: dict[str, Any] = {"workflow": WORKFLOW, "resources": SMALL, "credits": CREDITS, "max_rate": MAX_RATE}
     kw.update(overrides)
+    if kw["resources"] is None:
+        del kw["resources"]
     workflow = kw.pop("workflow")
     return client.submit(workflow, **kw)
 
@@ -86,9 +90,9 @@ BAD_SUBMISSIONS: dict[str, tuple[dict[str, Any], tuple[Any, ...], str]] = {
                            ((0, 0, 1024, MAX_RATE, CREDITS, 0, NO_REF), [], WORKFLOW, 1), "InvalidResources"),
     "zero_memory":        ({"resources": Resources(2, 0, 0)},
                            ((2, 0, 0, MAX_RATE, CREDITS, 0, NO_REF), [], WORKFLOW, 1), "InvalidResources"),
-    "zero_price_cap":     ({"max_rate": 0},
+    "zero_price_cap":     ({"max_rate": Credits(0)},
                            ((2, 0, 1024, 0, CREDITS, 0, NO_REF), [], WORKFLOW, 1), "ZeroPriceCap"),
-    "zero_credits":       ({"credits": 0},
+    "zero_credits":       ({"credits": Credits(0)},
                            ((2, 0, 1024, MAX_RATE, 0, 0, NO_REF), [], WORKFLOW, 1), "ZeroCredits"),
     "empty_workflow":     ({"workflow": b""},
                            (REQUEST, [], b"", 1), "EmptyWorkflow"),
@@ -98,7 +102,7 @@ BAD_SUBMISSIONS: dict[str, tuple[dict[str, Any], tuple[Any, ...], str]] = {
                            (REQUEST, [], WORKFLOW, 0), "InvalidArrayCount"),
     "1001_jobs":          ({"count": 1001},
                            (REQUEST, [], WORKFLOW, 501), "InvalidArrayCount"),
-    "17_labels":          ({"labels": tuple(parse_constraint(f"k{i} == v") for i in range(17))},
+    "17_labels":          ({"workflow": workflow_for(SMALL, tuple(parse_constraint(f"k{i} == v") for i in range(17)))},
                            (REQUEST, [A100] * 17, WORKFLOW, 1), "TooManyJobLabels"),
 }
 # fmt: on
@@ -126,19 +130,26 @@ def test_bad_submission_is_refused_by_the_contract(grid: Grid, case: str) -> Non
 def test_limits_themselves_are_accepted(grid: Grid) -> None:
     """The bad cases above are one step past the limits: the limits themselves pass."""
     labels = tuple(parse_constraint(f"k{i} != v") for i in range(16))
-    ids = _sdk_submit(grid.user, workflow=b"x" * MAX_WORKFLOW_BYTES, labels=labels, credits=1, max_rate=1)
+    wf = workflow_for(SMALL, labels)
+    pad = MAX_WORKFLOW_BYTES - len(wf.canonical())
+    wf = wfmod.loads(wf.canonical().decode().replace('"command":"true"', '"command":"true' + " " * pad + '"'))
+    assert len(wf.canonical()) == MAX_WORKFLOW_BYTES
+    ids = _sdk_submit(grid.user, workflow=wf, resources=None, credits=Credits(units=1), max_rate=Credits(units=1),
+                      force=True)
     assert len(ids) == 1 and grid.user.job(ids[0]).escrow == 1
 
 
 @pytest.mark.parametrize(
     "resources",
-    [Resources(17, 0, 1024), Resources(2, 3, 1024), Resources(2, 0, 65_537)],
+    [Resources(17, 0, 17 * 64), Resources(2, 3, 1024), Resources(2, 0, 65_538)],
     ids=["cpus", "gpus", "memory"],
 )
 def test_resources_no_provider_has_are_refused_before_sending(grid: Grid, resources: Resources) -> None:
     # largest approved: gpu 16 cpus, 2 gpus, 64 GB; cpu 8 cpus, 0 gpus, 16 GB
-    with untouched(grid), pytest.raises(errors.InputError, match="no approved provider has"):
-        _sdk_submit(grid.user, resources=resources)
+    with untouched(grid), pytest.raises(errors.Infeasible, match="no approved provider can run this job") as info:
+        _sdk_submit(grid.user, workflow=workflow_for(resources), resources=None)
+    kind = "cpus" if resources.cpus > 16 else "gpus" if resources.gpus > 2 else "memory"
+    assert info.value.reasons[grid.gpu.address].startswith(kind)
 
 
 def test_not_enough_tokens(grid: Grid) -> None:
@@ -153,7 +164,7 @@ def test_not_enough_tokens(grid: Grid) -> None:
 
 
 def test_job_array_whose_total_exceeds_the_tokens(grid: Grid) -> None:
-    per_job = grid.stranger.token_balance() // 10 + 1
+    per_job = Credits(units=grid.stranger.token_balance() // 10 + 1)
     with untouched(grid), pytest.raises(errors.InputError, match="holds"):
         _sdk_submit(grid.stranger, credits=per_job, count=10)
 
@@ -197,7 +208,7 @@ def test_valid_permit_pays_in_one_transaction(grid: Grid) -> None:
 def test_bad_top_up_amount_is_caught_by_the_sdk(grid: Grid, amount: int) -> None:
     job_id = grid.submit()
     with untouched(grid), pytest.raises(errors.InputError, match="top-up amount"):
-        grid.user.top_up(job_id, amount)
+        grid.user.top_up(job_id, Credits(units=amount))
 
 
 def test_zero_top_up_is_refused_by_the_contract(grid: Grid) -> None:
@@ -208,7 +219,7 @@ def test_zero_top_up_is_refused_by_the_contract(grid: Grid) -> None:
 
 def test_top_up_overflowing_the_escrow(grid: Grid) -> None:
     job_id = grid.submit()
-    grid.admin.mint(grid.user.address, 2**64)
+    grid.admin.mint(grid.user.address, Credits(units=2**64))
     grid.user.wallet.transact(grid.user.token.functions.approve(grid.deployment.market, 2**256 - 1))
     with untouched(grid, transactions=1), pytest.raises(errors.EscrowOverflow):
         _direct(grid.user, grid.user.market.functions.topUp(job_id, 2**64 - 1))
@@ -217,7 +228,7 @@ def test_top_up_overflowing_the_escrow(grid: Grid) -> None:
 def test_top_up_of_a_final_job(grid: Grid) -> None:
     job_id = grid.job_in(JobStatus.FINISHED)
     with untouched(grid), pytest.raises(errors.InvalidStatus):
-        grid.user.top_up(job_id, CREDIT_UNIT)
+        grid.user.top_up(job_id, Credits(1))
 
 
 # ---------------------------------------------------------------------------------- unknown jobs
@@ -273,4 +284,4 @@ def test_unknown_job_through_the_sdk(grid: Grid) -> None:
     with untouched(grid), pytest.raises(errors.JobNotFound):
         grid.user.cancel(UNKNOWN)
     with untouched(grid), pytest.raises(errors.JobNotFound):
-        grid.user.top_up(UNKNOWN, CREDIT_UNIT)
+        grid.user.top_up(UNKNOWN, Credits(1))

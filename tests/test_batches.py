@@ -16,7 +16,7 @@ from dsq_chain.sdk.chain import Call
 from dsq_chain.sdk.client import skipped_entries
 from dsq_chain.types import CREDIT_UNIT, JobStatus, ReportAction, Resources
 from dsq_chain.workloads.labels import on_chain, parse_constraint
-from tests.grid import CREDITS, MAX_RATE, SMALL, WORKFLOW, Grid
+from tests.grid import CREDITS, MAX_RATE, SMALL, WORKFLOW, Grid, workflow_for
 
 S = JobStatus
 A = ReportAction
@@ -200,9 +200,7 @@ MIXED_REPORT: list[tuple[JobStatus, list[tuple[ReportAction, int]], JobStatus]] 
 
 def _prepare_reports(grid: Grid) -> list[int]:
     """The MIXED_REPORT jobs, prepared with batches too: one array, one batch assignment, two reports."""
-    ids = grid.user.submit(
-        WORKFLOW, resources=TINY, credits=CREDITS, max_rate=MAX_RATE, count=len(MIXED_REPORT), check_providers=False
-    )
+    ids = grid.user.submit(workflow_for(TINY), credits=CREDITS, max_rate=MAX_RATE, count=len(MIXED_REPORT))
     grid.scheduler.assign_batch([(job_id, grid.cpu.address, []) for job_id in ids])
     prepared = [status for status, _, _ in MIXED_REPORT]
     grid.cpu.report([(j, A.CLAIM, 0) for j, s in zip(ids, prepared, strict=True) if s is not S.META_SCHEDULED])

@@ -14,6 +14,7 @@ import pytest
 from web3.logs import DISCARD
 
 from dsq_chain import errors
+from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Call
 from dsq_chain.sdk.client import ProviderClient
 from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, Resources
@@ -160,7 +161,7 @@ def test_top_up_extends_a_job_that_would_be_out_of_credits(grid: Grid) -> None:
     job_id, started = _running(grid, credits=2_100)  # one minute
     grid.chain.increase_time(120)
     assert grid.user.market.functions.billSoFar(job_id).call() == 2_100  # exhausted...
-    grid.stranger.top_up(job_id, 10_000)  # ...until someone pays
+    grid.stranger.top_up(job_id, Credits(units=10_000))  # ...until someone pays
     assert grid.user.job(job_id).escrow == 12_100
     with pytest.raises(errors.EscrowNotExhausted):
         _tx(grid.stranger, grid.stranger.market.functions.reportOutOfCredits(job_id))
@@ -181,23 +182,24 @@ def test_withdraw_moves_exactly_the_internal_balance(grid: Grid) -> None:
     earned = grid.cpu.credits()
     assert earned > 0
     tokens0, market0 = grid.cpu.token_balance(), grid.cpu.token_balance(grid.deployment.market)
-    assert grid.cpu.withdraw() == earned
+    assert grid.cpu.withdraw().amount == earned
     assert grid.cpu.token_balance() - tokens0 == earned
     assert market0 - grid.cpu.token_balance(grid.deployment.market) == earned
     assert grid.cpu.credits() == 0
-    # nothing left: the contract says so, and the SDK says so before sending anything
+    # nothing left: the contract says so, and the SDK raises the contract's error before sending anything
     with pytest.raises(errors.NothingToWithdraw):
         _tx(grid.cpu, grid.cpu.market.functions.withdraw())
     block = grid.chain.block_number()
-    with pytest.raises(errors.InputError):
+    with pytest.raises(errors.NothingToWithdraw) as info:
         grid.cpu.withdraw()
+    assert info.value.args_dict["account"] == grid.cpu.address
     assert grid.chain.block_number() == block
     # the next earning is withdrawable again, in full
     job_id, _ = _running(grid)
     grid.chain.increase_time(60)
     grid.cpu.finish(job_id, 0)
     again = grid.cpu.credits()
-    assert again > 0 and grid.cpu.withdraw() == again
+    assert again > 0 and grid.cpu.withdraw().amount == again
     assert grid.cpu.token_balance() - tokens0 == earned + again
 
 

@@ -19,6 +19,7 @@ import pytest
 from eth_account import Account
 
 from dsq_chain import errors
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import free_port
 from dsq_chain.sdk.client import placement_labels
 from dsq_chain.types import CREDIT_UNIT, JobStatus
@@ -96,7 +97,7 @@ def test_submit_list_show_cancel(cli: Cli) -> None:
 
 def test_human_tables_and_status_filter(cli: Cli) -> None:
     wf = wfmod.load(HELLO)
-    ids = cli.grid.user.submit(wf.canonical(), resources=wf.resources, credits=CREDIT_UNIT, max_rate=10**7, count=3)
+    ids = cli.grid.user.submit(wf, credits=Credits(1), max_rate=Credits(10), count=3)
     cli.grid.user.cancel(ids[0])
     listing = json.loads(cli.ok("jobs", "--status", "canceled", "--json").stdout)
     assert [j["id"] for j in listing] == [ids[0]]
@@ -110,11 +111,25 @@ def test_explain_names_the_failing_constraint(cli: Cli, tmp_path: Path) -> None:
     wf = tmp_path / "big.yaml"
     wf.write_text("resources: {tasks: 1, cpusPerTask: 4, memPerCpu: 256, gpus: 2}\n"
                   "labels: ['gpu.model == H100']\nsteps: [{name: a, run: {command: 'true'}}]\n")
-    job_id = json.loads(cli.ok("submit", str(wf), "--credits", "1", "--json", key=user_key(cli)).stdout)["job_ids"][0]
+    # without --force nothing is sent: the same verdicts as explain, computed before submitting
+    refused = cli.fails(EXIT_INPUT, "submit", str(wf), "--credits", "1", key=user_key(cli))
+    assert "no approved provider can run this job" in refused and "--force" in refused
+    job_id = json.loads(cli.ok("submit", str(wf), "--credits", "1", "--force", "--json",
+                               key=user_key(cli)).stdout)["job_ids"][0]
     text = cli.ok("explain", str(job_id)).stdout
     assert "placeable on 0 of 4 providers" in text
     assert "gpus: needs 2, has 0 free" in text
     assert "label gpu.model == H100: provider has A100" in text
+    sdk = _sdk_reasons(cli, wf)
+    for address, reason in sdk.items():
+        assert f"{address}: {reason}" in text, (address, reason)
+
+
+def _sdk_reasons(cli: Cli, wf: Path) -> dict[str, str]:
+    """The SDK's per-provider reasons for refusing ``wf`` (they must be explain's verdicts)."""
+    with pytest.raises(errors.Infeasible) as info:
+        cli.grid.user.submit(wf, credits=Credits(1), max_rate=Credits(1000))
+    return info.value.reasons
 
 
 def test_submit_with_direct_placement_and_explain_shows_it(cli: Cli) -> None:
@@ -192,7 +207,7 @@ def test_watch_exit_codes(cli: Cli) -> None:
     tokens = cli.grid.user.token_balance()
     assert refunds > 0 and "withdrew" in cli.ok("withdraw", key=user_key(cli)).stdout
     assert cli.grid.user.credits() == 0 and cli.grid.user.token_balance() == tokens + refunds
-    assert "no credits" in cli.fails(EXIT_INPUT, "withdraw", key=user_key(cli))
+    assert "NothingToWithdraw" in cli.fails(EXIT_CONTRACT, "withdraw", key=user_key(cli))  # the contract's error
 
 
 def test_provider_and_admin_commands(cli: Cli) -> None:
@@ -215,7 +230,7 @@ def test_provider_and_admin_commands(cli: Cli) -> None:
     cli.ok("provider", "update", "--price-cpu", "2", "--label", "zone=us", key=provider_key)
     assert cli.grid.admin.provider(address).prices.per_cpu_minute == 2 * CREDIT_UNIT
     assert "nothing to update" in cli.fails(EXIT_INPUT, "provider", "update", key=provider_key)
-    assert "no credits" in cli.fails(EXIT_INPUT, "provider", "withdraw", key=provider_key)
+    assert "NothingToWithdraw" in cli.fails(EXIT_CONTRACT, "provider", "withdraw", key=provider_key)
     cli.ok("admin", "mint", address, "3", key=admin)
     assert cli.grid.admin.token_balance(address) == 3 * CREDIT_UNIT
     assert "not an address" in cli.fails(EXIT_INPUT, "admin", "ban", "0x123", key=admin)

@@ -24,6 +24,7 @@ from eth_utils.abi import get_abi_input_types, get_abi_output_types
 
 from dsq_chain import errors, lifecycle
 from dsq_chain.lifecycle import Caller
+from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.client import ZERO_ADDRESS
 from dsq_chain.types import CREDIT_UNIT, JobStatus
@@ -217,7 +218,7 @@ def world(_grid_session: Grid, chain: Chain) -> Iterator[World]:
         }
         # Everybody can pay a top-up: tokens for those who have none, and an allowance for the market.
         for who in (PROVIDER, OTHER_PROVIDER, SCHEDULER, ADMIN):
-            grid.admin.mint(wallets[who].address, 100 * CREDIT_UNIT)
+            grid.admin.mint(wallets[who].address, Credits(100))
         for w in wallets.values():
             w.transact(grid.user.token.functions.approve(grid.deployment.market, 2**256 - 1))
         jobs: dict[JobStatus, int] = {}

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from dsq_chain.executors import LocalExecutor
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import AnvilNode, dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
@@ -97,7 +98,7 @@ class Cluster:
         self.admin = AdminClient(admin_wallet, self.dep)
         self.admin.grant_scheduler(self.chain.wallet(self.keys[1]).address)
         self.user = GridClient(self.chain.wallet(self.keys[2]), self.dep)
-        self.admin.mint(self.user.address, 10_000 * CREDIT_UNIT)
+        self.admin.mint(self.user.address, Credits(10_000))
         for i, hw in enumerate(providers):
             p = ProviderClient(self.chain.wallet(self.keys[5 + i]), self.dep)
             p.register(hw, PRICES, {})
@@ -172,8 +173,8 @@ class Cluster:
 
     # -- chain reads ---------------------------------------------------------------------------------
     def submit(self, wf: wfm.Workflow, count: int = 1) -> list[int]:
-        return self.user.submit(wf.canonical(), resources=wf.resources, labels=wf.labels, credits=ESCROW,
-                                max_rate=10 * CREDIT_UNIT, count=count)
+        return list(self.user.submit(wf, credits=Credits(units=ESCROW), max_rate=Credits(10), count=count,
+                                     force=True))
 
     def wait_final(self, job_id: int, timeout: float) -> JobStatus:
         """Waits for the job's final status; on timeout the error carries the services' logs."""

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from dsq_chain.errors import TransactionFailed
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import dev_keys, free_port, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import GridClient
@@ -55,8 +56,8 @@ SMALL_WF = make_workflow()
 
 
 def submit(user: GridClient, count: int = 1, wf: workflow.Workflow = SMALL_WF) -> list[int]:
-    return user.submit(wf.canonical(), resources=wf.resources, labels=wf.labels, credits=CREDITS,
-                       max_rate=MAX_RATE, count=count)
+    return list(user.submit(wf, credits=Credits(units=int(CREDITS)), max_rate=Credits(units=int(MAX_RATE)),
+                            count=count, force=True))
 
 
 def raw_positions(chain: Chain, dep: Deployment, topics: list[Any] | None = None) -> list[tuple[int, int, str]]:
@@ -102,7 +103,7 @@ def busy_history(grid: Grid) -> list[int]:
     grid.cpu.claim(ids[0])
     grid.cpu.refuse(ids[1])
     grid.users[1].cancel(ids[5])
-    grid.user.top_up(ids[0], CREDIT_UNIT)
+    grid.user.top_up(ids[0], Credits(1))
     return ids
 
 
@@ -366,7 +367,7 @@ def test_provider_filter_sees_only_its_own_jobs(grid: Grid) -> None:
         p.claim(a)
         p.refuse(b)
         p.start(a)
-        grid.user.top_up(a, CREDIT_UNIT)
+        grid.user.top_up(a, Credits(1))
         p.finish(a, 0)
 
     decoder = EventDecoder()

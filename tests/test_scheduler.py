@@ -17,6 +17,7 @@ import pytest
 
 from dsq_chain import errors
 from dsq_chain.matching import EXCLUDED, INACTIVE, Assignment, Explanation
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import dev_keys, free_port
 from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.client import GridClient, ProviderClient
@@ -27,7 +28,7 @@ from dsq_chain.services.scheduler import MetaScheduler, RoundResult
 from dsq_chain.types import CREDIT_UNIT, JobStatus, LabelConstraint, LabelOp, Prices, Resources
 from dsq_chain.workloads import workflow
 from dsq_chain.workloads.labels import encode_key, encode_value
-from tests.grid import CPU_PRICES, GPU_PRICES, Grid
+from tests.grid import CPU_PRICES, GPU_PRICES, Grid, submit_unchecked
 from tests.test_follower import RangeLimitProxy
 
 CREDITS = 10 * CREDIT_UNIT
@@ -48,8 +49,9 @@ def make_workflow(cpus: int = 2, gpus: int = 0, labels: tuple[str, ...] = (), me
 
 
 def submit(user: GridClient, wf: workflow.Workflow, *, count: int = 1, max_rate: int = MAX_RATE) -> list[int]:
-    return user.submit(wf.canonical(), resources=wf.resources, labels=wf.labels, credits=CREDITS,
-                       max_rate=max_rate, count=count)
+    """Submits ``wf`` (amounts in base units), placeable or not: these tests are about the scheduler."""
+    return list(user.submit(wf, credits=Credits(units=int(CREDITS)), max_rate=Credits(units=int(max_rate)),
+                            count=count, force=True))
 
 
 PLAIN = make_workflow()
@@ -473,12 +475,13 @@ def _canonical_with(labels: list[str]) -> bytes:
 
 def test_jobs_that_can_never_be_placed_do_not_stop_the_others(grid: Grid) -> None:
     u = grid.user
-    garbage = u.submit(b"not yaml", resources=PLAIN.resources, credits=CREDITS, max_rate=MAX_RATE)[0]
-    bad_label = u.submit(_canonical_with(["gpu.model ~ A100"]), resources=PLAIN.resources, credits=CREDITS,
-                         max_rate=MAX_RATE)[0]
-    no_chain_labels = u.submit(EU.canonical(), resources=EU.resources, credits=CREDITS, max_rate=MAX_RATE)[0]
-    wrong_size = u.submit(PLAIN.canonical(), resources=Resources(4, 0, 1024), credits=CREDITS,
-                          max_rate=MAX_RATE)[0]
+    # what the SDK refuses, sent as another client could
+    garbage = submit_unchecked(u, b"not yaml", PLAIN.resources, credits=CREDITS, max_rate=MAX_RATE)[0]
+    bad_label = submit_unchecked(u, _canonical_with(["gpu.model ~ A100"]), PLAIN.resources, credits=CREDITS,
+                                 max_rate=MAX_RATE)[0]
+    no_chain_labels = submit_unchecked(u, EU.canonical(), EU.resources, credits=CREDITS, max_rate=MAX_RATE)[0]
+    wrong_size = submit_unchecked(u, PLAIN.canonical(), Resources(4, 0, 1024), credits=CREDITS,
+                                  max_rate=MAX_RATE)[0]
     good = submit(grid.users[1], EU, count=2)
     sched = scheduler(grid)
     result = sched.round()

@@ -28,6 +28,7 @@ import pytest
 from hexbytes import HexBytes
 
 from dsq_chain.executors import LocalExecutor
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
@@ -36,7 +37,7 @@ from dsq_chain.services.scheduler import MetaScheduler
 from dsq_chain.services.worker import ProviderWorker
 from dsq_chain.simulation import JobSpec, Recorder, SimJob, Simulation, generate, load
 from dsq_chain.simulation.pricing import base_prices
-from dsq_chain.types import CREDIT_UNIT, JobStatus, Resources
+from dsq_chain.types import JobStatus, Resources
 from tests.worker_scenarios import submit, workflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -103,7 +104,7 @@ class Lockstep:
                                                    tmp / f"worker{i}", poll_interval=0.1))
         self.users: dict[str, GridClient] = {}
         for owner, key in zip(owners, okeys, strict=True):
-            admin.mint(chain.wallet(key).address, 1_000 * CREDIT_UNIT)
+            admin.mint(chain.wallet(key).address, Credits(1_000))
             self.users[owner] = GridClient(pinned(key), self.deployment)
         self.owner_addresses = {o: u.address for o, u in self.users.items()}
         self.reader = GridClient(chain.wallet(keys[2]), self.deployment)
@@ -165,7 +166,7 @@ class Lockstep:
             job_id = self.ids.get(spec.seq, 0)
             for offset, amount in spec.top_ups:
                 if spec.arrival + offset == t and job_id in status:
-                    self.users[spec.owner].top_up(job_id, amount)
+                    self.users[spec.owner].top_up(job_id, Credits(units=amount))
         # 2.-3. the scheduler: claim timeouts, then rounds (another at once after a full batch)
         self.scheduler.sweep_claim_timeouts()
         while len(self.scheduler.round().assigned) >= self.batch_limit:

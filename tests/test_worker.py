@@ -23,13 +23,14 @@ from eth_utils.crypto import keccak
 from dsq_chain.errors import InputError
 from dsq_chain.executors import ExecState, ExecutorError, LocalExecutor
 from dsq_chain.executors import _supervise as sv
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import AnvilNode, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.services.journal import Journal, Phase
 from dsq_chain.services.scheduler import MetaScheduler
 from dsq_chain.services.worker import Action, ProviderWorker, time_limit_s
 from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, ProviderStatus, ReleaseReason, ReportAction, Resources
-from tests.grid import CPU_PRICES, WORKFLOW, Grid, build_grid, conservation_gap
+from tests.grid import CPU_PRICES, Grid, build_grid, conservation_gap, submit_unchecked
 from tests.worker_scenarios import (
     CRASH_POINTS,
     Rig,
@@ -189,7 +190,7 @@ def test_top_up_while_running_extends_the_limit(grid: Grid, rig: Rig) -> None:
     t0 = time.monotonic()
     time.sleep(1.0)
     extra = credits_for(60, rate)
-    grid.user.top_up(job_id, extra)
+    grid.user.top_up(job_id, Credits(units=extra))
     rig.until(job_id, JobStatus.FINISHED, timeout=30)
     assert time.monotonic() - t0 > 7.5
     assert exec_status(rig, job_id)[1:] == (ExecState.COMPLETED, 0)
@@ -318,7 +319,8 @@ def test_rpc_outage_job_finishes_meanwhile_reported_after(keys: list[str], tmp_p
 BAD_INPUTS = {
     # name: (workflow bytes, resources of the request, reason fragment); None: built in the test
     "not-json": (b"#!/bin/sh\nrm -rf /\n", Resources(1, 0, 256), "workflow does not parse"),
-    "malformed": (WORKFLOW, Resources(1, 0, 256), "workflow does not parse"),
+    "malformed": (b'{"steps":[{"name":"main","run":{"command":"true"}}]}', Resources(1, 0, 256),
+                  "workflow does not parse"),
     "not-canonical": (workflow("true").canonical().replace(b",", b", ", 1), Resources(1, 0, 256),
                       "workflow does not parse"),
     "resources-differ": (workflow("true").canonical(), Resources(2, 0, 512), "resources mismatch"),
@@ -337,7 +339,7 @@ def test_refuses_bad_workflow(grid: Grid, rig: Rig, caplog: pytest.LogCaptureFix
         grid.cpu.update_hardware(Resources(max(8, cpus), 0, 16_384))
     assert resources is not None
     caplog.set_level(logging.INFO, logger="dsq.worker")
-    [job_id] = grid.user.submit(raw, resources=resources, credits=BIG, max_rate=10**9)
+    [job_id] = submit_unchecked(grid.user, raw, resources, credits=BIG, max_rate=10**9)
     assign(grid, job_id)
     rig.tick()
     assert [a.action for a in rig.actions] == [ReportAction.REFUSE]

@@ -19,6 +19,7 @@ import pytest
 
 from dsq_chain.executors import ExecState, SlurmExecutor
 from dsq_chain.executors.slurm import slurm_minutes
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import AnvilNode
 from dsq_chain.services.journal import Phase
 from dsq_chain.services.worker import time_limit_s
@@ -139,7 +140,7 @@ def test_top_up_extends_the_slurm_limit(grid: Grid, srig: Rig, slurm_cluster: Sl
     assert "TimeLimit=00:01:00" in slurm_job(slurm_cluster, exec_id)
     time.sleep(1.0)
     extra = credits_for(150, rate)
-    grid.user.top_up(job_id, extra)
+    grid.user.top_up(job_id, Credits(units=extra))
     new_limit = time_limit_s(credits + extra, rate)
     wait(lambda: f"TimeLimit={_slurm_time(slurm_minutes(new_limit))}" in slurm_job(slurm_cluster, exec_id), 10,
          "extended", step=srig.tick)

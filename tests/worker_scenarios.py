@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dsq_chain.executors import Executor, make_executor
+from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import GridClient
 from dsq_chain.sdk.deployment import Deployment
@@ -58,8 +59,8 @@ def credits_for(seconds: int, rate: int) -> int:
 
 
 def submit(user: GridClient, wf: wfm.Workflow, credits: int, *, count: int = 1, max_rate: int = MAX_RATE) -> list[int]:
-    return user.submit(wf.canonical(), resources=wf.resources, labels=wf.labels, credits=credits,
-                       max_rate=max_rate, count=count)
+    return list(user.submit(wf, credits=Credits(units=int(credits)), max_rate=Credits(units=int(max_rate)),
+                            count=count, force=True))
 
 
 # ------------------------------------------------------------------------------------------ chain reads

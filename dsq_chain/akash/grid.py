@@ -11,6 +11,7 @@ from eth_utils.address import to_checksum_address
 from dsq_chain.akash.lease import lease_ref
 from dsq_chain.errors import InputError
 from dsq_chain.matching import Explanation, PendingJob
+from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Wallet
 from dsq_chain.sdk.client import GridClient
 from dsq_chain.sdk.deployment import Deployment
@@ -71,8 +72,8 @@ def submit(client: GridClient, translation: Translation, credits: int, *, force:
     ref = lease_ref(*lease) if lease is not None else b""
     out: list[Submitted] = []
     for job, wf in flows:
-        ids = client.submit(wf.canonical(), resources=wf.resources, labels=wf.labels, credits=credits,
-                            max_rate=job.max_rate, count=job.count, check_providers=not force,
-                            providers=providers, exclude=exclude, external_ref=ref)
+        ids = list(client.submit(wf, credits=Credits(units=credits), max_rate=Credits(units=job.max_rate),
+                                 count=job.count, force=True, providers=providers, exclude=exclude,
+                                 external_ref=ref))
         out.append(Submitted(job.service, ids, wf.hash()))
     return out

@@ -29,7 +29,6 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -40,10 +39,10 @@ from rich.table import Table
 
 from dsq_chain.errors import ChainUnavailable, ContractError, DsqError, InputError, TransactionFailed
 from dsq_chain.executors.base import ExecutorError
+from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.services.onboarding import decrypt_keystore, read_keystore
-from dsq_chain.types import CREDIT_UNIT
 
 EXIT_JOB_FAILED = 1
 EXIT_INPUT = 2
@@ -146,25 +145,14 @@ def settings(ctx: typer.Context) -> Settings:
 
 
 # ---------------------------------------------------------------------------------- amounts
-def parse_credits(text: str, what: str = "credits", *, allow_zero: bool = False) -> int:
-    """A human amount of credits ("10", "2.5") as credit units (6 decimals)."""
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise InputError(f"{what} must be a number of credits, got {text!r}") from None
-    if not value.is_finite() or value < 0 or (value == 0 and not allow_zero):
-        raise InputError(f"{what} must be a positive number of credits, got {text}")
-    units = value * CREDIT_UNIT
-    if units != units.to_integral_value():
-        raise InputError(f"{what} has more than 6 decimals: {text}")
-    return int(units)
+def parse_credits(text: str, what: str = "credits", *, allow_zero: bool = False) -> Credits:
+    """A human amount of credits ("10", "2.5"): :meth:`Credits.parse`, the SDK's own rule."""
+    return Credits.parse(text, what, allow_zero=allow_zero)
 
 
 def fmt_credits(units: int | None) -> str:
-    if units is None:
-        return "-"
-    whole, frac = divmod(int(units), CREDIT_UNIT)
-    return f"{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else str(whole)
+    """An amount (Credits, or base units) as credits without trailing zeros; None as "-"."""
+    return "-" if units is None else str(Credits(units=int(units)))
 
 
 # ---------------------------------------------------------------------------------- output

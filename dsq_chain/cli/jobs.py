@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
         credits: Annotated[str, typer.Option("--credits", help="escrow per job, in credits")],
         max_rate: Annotated[str, typer.Option("--max-rate", help="price cap in credits per minute")] = "1000",
         count: Annotated[int, typer.Option("--count", help="job array: this many identical jobs")] = 1,
-        force: Annotated[bool, typer.Option("--force", help="submit even if no provider could run it now")] = False,
+        force: Annotated[bool, typer.Option(
+            "--force", help="submit even if no approved provider could run it (resources, labels, price cap)")] = False,
         provider: Annotated[list[str] | None, typer.Option(
             "--provider", help="direct placement: only this provider may run it (repeat for several)")] = None,
         exclude: Annotated[list[str] | None, typer.Option(
@@ -67,9 +68,8 @@ def register(app: typer.Typer) -> None:
             for warning in wf.warnings:  # retired fields that still work, with the hint
                 typer.echo(f"warning: {warning}", err=True)
             grid = _grid(ctx)
-            ids = grid.submit(wf.canonical(), resources=wf.resources, credits=units, max_rate=rate,
-                              labels=wf.labels, count=count, check_providers=not force,
-                              providers=provider or (), exclude=exclude or ())
+            ids = list(grid.submit(wf, credits=units, max_rate=rate, count=count, force=force,
+                                   providers=provider or (), exclude=exclude or ()))
             emit({"job_ids": ids, "workflow_hash": "0x" + wf.hash().hex()},
                  lambda: f"submitted job{'s' if len(ids) > 1 else ''} {_ids(ids)} "
                          f"({wf.resources.cpus} cpus, {wf.resources.gpus} gpus, {wf.resources.mem_mb} MB; "
@@ -205,7 +205,7 @@ def register(app: typer.Typer) -> None:
         """Withdraws your internal balance (refunds, earnings) as tokens."""
         with errors():
             grid = _grid(ctx)
-            amount = grid.withdraw()
+            amount = grid.withdraw().amount
             out.print(f"withdrew {fmt_credits(amount)} credits to {grid.address}")
 
     @app.command()

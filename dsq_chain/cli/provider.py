@@ -149,7 +149,7 @@ def withdraw(ctx: typer.Context) -> None:
     """Withdraws your earnings as tokens."""
     with errors():
         p = _provider(ctx)
-        amount = p.withdraw()
+        amount = p.withdraw().amount
         out.print(f"withdrew {fmt_credits(amount)} credits to {p.address}")
 
 

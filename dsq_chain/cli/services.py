@@ -17,6 +17,7 @@ from dsq_chain.cli.common import DEFAULT_DIR, Settings, errors, out, settings, t
 from dsq_chain.cli.provider import build_executor
 from dsq_chain.errors import InputError
 from dsq_chain.matching import Weights
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import AnvilError, dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import AdminClient
@@ -28,7 +29,6 @@ from dsq_chain.services.logserver import LogServer
 from dsq_chain.services.metrics import SchedulerMetrics, WorkerMetrics
 from dsq_chain.services.scheduler import MetaScheduler
 from dsq_chain.services.worker import ProviderWorker
-from dsq_chain.types import CREDIT_UNIT
 
 scheduler_app = typer.Typer(no_args_is_help=True, help="The meta-scheduler service.")
 worker_app = typer.Typer(no_args_is_help=True, help="The provider worker service.")
@@ -203,7 +203,7 @@ def devnet_up(
         admin.grant_scheduler(chain.wallet(keys[1]).address)
         accounts = [chain.wallet(k).address for k in keys]
         for a in accounts[2:]:
-            admin.mint(a, credits * CREDIT_UNIT)
+            admin.mint(a, Credits(credits))
         state.write_text(json.dumps({"pid": node.pid, "port": port, "rpc_url": node.rpc_url}) + "\n")
         roles = ["admin", "scheduler"] + ["user / provider"] * 8
         out.print(table(f"devnet at {node.rpc_url} (pid {node.pid}); deployment in {directory / 'deployment.json'}",

@@ -17,7 +17,6 @@ from typing import Any, cast
 import requests
 from eth_abi.abi import encode as abi_encode
 from eth_abi.exceptions import EncodingError
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.abi import collapse_if_tuple, function_abi_to_4byte_selector
 from hexbytes import HexBytes
@@ -26,7 +25,8 @@ from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, TransactionNotFound
 from web3.types import TxParams, TxReceipt
 
-from dsq_chain.errors import ChainUnavailable, ContractError, TransactionFailed, decode_revert
+from dsq_chain.errors import ChainUnavailable, ContractError, InputError, TransactionFailed, decode_revert
+from dsq_chain.sdk.signers import LocalSigner, ReadOnlySigner, Signer, SignerLike, as_signer
 
 #: Estimated gas is multiplied by this and then increased by :data:`GAS_ADDEND`.
 GAS_MARGIN = 1.2
@@ -157,8 +157,9 @@ class Chain:
             raise ChainUnavailable(f"block {block} is not available from {self.rpc_url} (not mined, or reorged away)")
         return int(found["timestamp"], 16)
 
-    def wallet(self, private_key: str | bytes) -> Wallet:
-        return Wallet(self, private_key)
+    def wallet(self, signer: SignerLike | None) -> Wallet:
+        """A wallet signing with ``signer`` (a key, a LocalAccount, a :class:`Signer`; None: read-only)."""
+        return Wallet(self, signer)
 
     # -- development-node helpers (Anvil) ------------------------------------------------------
     def increase_time(self, seconds: int, *, mine: bool = True) -> None:
@@ -179,12 +180,16 @@ class Chain:
 
 
 class Wallet:
-    """A local signing key on a :class:`Chain`, with its own nonce counter (thread-safe)."""
+    """A signer on a :class:`Chain`, with its own nonce counter (thread-safe).
 
-    def __init__(self, chain: Chain, private_key: str | bytes, *, replace_after: float = REPLACE_AFTER_S) -> None:
+    ``signer`` is a private key, an eth-account ``LocalAccount``, any
+    :class:`~dsq_chain.sdk.signers.Signer` (remote signers, ape accounts) or None for a read-only
+    wallet, which reads and raises InputError when asked to send."""
+
+    def __init__(self, chain: Chain, signer: SignerLike | None, *, replace_after: float = REPLACE_AFTER_S) -> None:
         self.chain = chain
-        self.account: LocalAccount = Account.from_key(private_key)
-        self.address: str = self.account.address
+        self.signer: Signer = as_signer(signer)
+        self.address: str = self.signer.address
         #: Seconds before an unmined transaction is replaced at higher fees (same nonce, same call).
         self.replace_after = replace_after
         self._nonce: int | None = None
@@ -192,6 +197,18 @@ class Wallet:
 
     def __repr__(self) -> str:  # never shows the key
         return f"Wallet({self.address})"
+
+    @property
+    def account(self) -> LocalAccount:
+        """The eth-account key of a wallet holding one in this process (InputError otherwise)."""
+        if isinstance(self.signer, LocalSigner):
+            return self.signer.account
+        raise InputError(f"{self.signer!r} holds no local key")
+
+    @property
+    def read_only(self) -> bool:
+        """True for a wallet that cannot sign."""
+        return isinstance(self.signer, ReadOnlySigner)
 
     # -- nonces ---------------------------------------------------------------------------------
     def _take_nonces(self, n: int) -> int:
@@ -247,7 +264,7 @@ class Wallet:
             tx = dict(call.fn.build_transaction(cast(TxParams, params | {"from": self.address})))
         else:
             tx = params | {"to": call.to, "data": call.data, "value": 0}
-        return HexBytes(self.account.sign_transaction(tx).raw_transaction)
+        return HexBytes(self.signer.sign_transaction(tx))
 
     def _fees(self) -> dict[str, int]:
         """EIP-1559 fees: the node's suggested tip, and room for the base fee to double.
@@ -285,6 +302,9 @@ class Wallet:
         items = [(c if isinstance(c, Call) else Call(c)).encoded() for c in calls]
         if not items:
             return []
+        if self.read_only:
+            raise InputError(f"{items[0].label}: this client is read-only: connect with a key, a keystore or a "
+                             "signer to send transactions")
         fees = self._fees()
         # Estimate before taking nonces, so a revert found at estimation costs no nonce.
         items = [c if c.gas is not None else replace(c, gas=self.estimate(c)) for c in items]
@@ -382,7 +402,15 @@ class Wallet:
                                    f"{e.__class__.__name__}") from e
 
     def _explain_failure(self, call: Call, receipt: TxReceipt) -> DsqErrorLike:
-        """Replays a reverted transaction with eth_call at its block to recover the custom error."""
+        """The custom error a mined transaction reverted with: from the node's trace of that very
+        transaction when it has one (Anvil, geth with debug), else by replaying the call with eth_call on
+        the block before (which is wrong for the second of two batched transactions that conflict)."""
+        resp = self.chain.request("debug_traceTransaction",
+                                  [HexBytes(receipt["transactionHash"]).to_0x_hex(), {"tracer": "callTracer"}])
+        trace = resp.get("result")
+        output = trace.get("output") if isinstance(trace, dict) else None
+        if isinstance(output, str) and output.startswith("0x") and len(output) >= 10:
+            return decode_revert(output, contract_call=call.label)
         try:
             cast(ContractFunction, call.fn).call({"from": self.address}, block_identifier=receipt["blockNumber"] - 1)
         except (ContractCustomError, ContractLogicError, ContractPanicError) as e:

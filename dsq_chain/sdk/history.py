@@ -9,7 +9,6 @@ from dsq_chain.lifecycle import EVENT_STATUS
 from dsq_chain.sdk.client import _Client
 from dsq_chain.sdk.events import (
     ChainEvent,
-    EventDecoder,
     JobAssigned,
     JobReleased,
     JobSettled,
@@ -17,12 +16,9 @@ from dsq_chain.sdk.events import (
     JobSubmitted,
     JobToppedUp,
     Undecodable,
-    normalise_log,
-    sort_events,
 )
+from dsq_chain.sdk.job_events import job_events
 from dsq_chain.types import JobStatus, ReleaseReason
-
-_JOB_EVENTS = ("JobSubmitted", "JobAssigned", "JobStatusChanged", "JobReleased", "JobSettled", "JobToppedUp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,23 +57,9 @@ class JobHistory:
 def job_history(client: _Client, job_id: int) -> JobHistory:
     """Every event of ``job_id`` (its array's submission included), oldest first."""
     job = client.job(job_id)  # raises JobNotFound for unknown ids
-    decoder = EventDecoder()
-    topic = "0x" + job_id.to_bytes(32, "big").hex()
-    head_topic = "0x" + (job.head_id or job_id).to_bytes(32, "big").hex()
-    market = client.deployment.market
-    params: list[dict[str, Any]] = [
-        {"address": market, "fromBlock": hex(client.deployment.block), "toBlock": "latest",
-         "topics": [[decoder.topics[n] for n in _JOB_EVENTS if n != "JobSubmitted"], topic]},
-        {"address": market, "fromBlock": hex(client.deployment.block), "toBlock": "latest",
-         "topics": [decoder.topics["JobSubmitted"], head_topic]},
-    ]
-    events: list[ChainEvent] = []
-    for p in params:
-        for raw in client.chain.call_rpc("eth_getLogs", [p]) or []:
-            events.append(decoder.decode(normalise_log(raw)))
     times: dict[int, int] = {}
     hist = JobHistory(job_id)
-    for ev in sort_events(events):
+    for ev in job_events(client.chain, client.deployment, job_id, job.head_id):
         if ev.block_number not in times:
             times[ev.block_number] = client.chain.timestamp(ev.block_number)
         status, detail = _describe(ev)

@@ -23,6 +23,7 @@ from dsq_chain.errors import ContractError, TransactionFailed
 from dsq_chain.sdk.chain import CHAIN_DOWN as NODE_DOWN
 from dsq_chain.sdk.chain import Call
 from dsq_chain.sdk.client import ProviderClient, skipped_entries
+from dsq_chain.sdk.receipts import Receipt
 from dsq_chain.services.decisions import Action
 from dsq_chain.types import ReportAction
 
@@ -117,7 +118,7 @@ class ReportSender:
         return sent, True
 
 
-    def _landed(self, actions: list[Action], receipt: TxReceipt, t0: float) -> list[Action]:
+    def _landed(self, actions: list[Action], receipt: Receipt | TxReceipt, t0: float) -> list[Action]:
         """The actions of a mined report the chain applied; a job whose entries it skipped (a cancel or a
         ban landed first) is a failure, with the error the chain named in ``EntrySkipped``."""
         skipped = skipped_entries(self.client.market, receipt)

@@ -42,6 +42,11 @@ from tests.test_invariants import selector
 from tests.test_scheduler import EXTRA_KEYS, PLAIN, submit
 
 
+#: The JobRequest struct as the submit function's ABI spells it (read from the artifacts, not written by hand).
+REQUEST = "(" + ",".join(c["type"] for c in next(
+    i for i in artifacts.abi("JobMarket") if i.get("name") == "submit")["inputs"][0]["components"]) + ")"
+
+
 def _events() -> list[dict[str, Any]]:
     return [i for c in FOLLOWED_CONTRACTS for i in artifacts.abi(c) if i["type"] == "event"]
 
@@ -213,10 +218,8 @@ def test_workflow_bytes_that_do_not_parse_make_a_problem_not_a_crash(grid: Grid)
     grid.chain.call_rpc("eth_sendTransactionSync", [{"from": user, "to": grid.deployment.token, "data": token_approve}])
     bodies = [b"[" * 8_000 + b"]" * 8_000, b"\xff\xfe not utf-8", b'{"steps": 7}']
     for body in bodies:
-        _send(grid, user, "submit", ("(uint16,uint8,uint32,uint56,uint64)", "(bytes32,uint8,bytes32)[]", "bytes",
-                                     "uint256"),
-              ["(uint16,uint8,uint32,uint56,uint64)", "(bytes32,uint8,bytes32)[]", "bytes", "uint256"],
-              [(1, 0, 512, 10**6, 1_000), [], body, 1])
+        types = [REQUEST, "(bytes32,uint8,bytes32)[]", "bytes", "uint256"]
+        _send(grid, user, "submit", tuple(types), types, [(1, 0, 512, 10**6, 1_000, 0, bytes(32)), [], body, 1])
     sched = MetaScheduler(grid.scheduler.wallet, grid.deployment)
     sched.sync()
     sched.round()

@@ -41,7 +41,6 @@ from tests.grid import Grid
 from tests.test_invariants import selector
 from tests.test_scheduler import EXTRA_KEYS, PLAIN, submit
 
-
 #: The JobRequest struct as the submit function's ABI spells it (read from the artifacts, not written by hand).
 REQUEST = "(" + ",".join(c["type"] for c in next(
     i for i in artifacts.abi("JobMarket") if i.get("name") == "submit")["inputs"][0]["components"]) + ")"

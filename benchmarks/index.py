@@ -35,6 +35,7 @@ from pathlib import Path
 
 import requests
 
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import dev_keys, start_anvil
 from dsq_chain.sdk.chain import Call, Chain, Wallet
 from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient, SchedulerClient
@@ -72,7 +73,7 @@ def fill(chain: Chain, keys: list[str], jobs: int, lifecycle: int,
     wf = wfm.loads(WORKFLOW)
     credits = CREDIT_UNIT
     for o in owners:
-        admin.mint(o.address, credits * jobs)
+        admin.mint(o.address, Credits(units=credits * jobs))
         o.wallet.transact(o.token.functions.approve(dep.market, credits * jobs))
     from dsq_chain.sdk.client import _job_request
 

@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dsq_chain.executors import ExecSpec, SlurmExecutor
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import AdminClient, GridClient
@@ -97,7 +98,7 @@ class Bench:
         admin = AdminClient(chain.wallet(keys[0]), self.dep)
         admin.grant_scheduler(chain.wallet(keys[1]).address)
         self.user = GridClient(Chain(self.node.rpc_url).wallet(keys[2]), self.dep)
-        admin.mint(self.user.address, 100_000 * CREDIT_UNIT)
+        admin.mint(self.user.address, Credits(units=100_000 * CREDIT_UNIT))
         self.direct = SlurmExecutor(work / "direct", slurm_conf=cluster.conf)
         self.worker = ProviderWorker(Chain(self.node.rpc_url).wallet(keys[3]), self.dep,
                                      SlurmExecutor(work / "grid", slurm_conf=cluster.conf), work / "worker")
@@ -139,8 +140,7 @@ class Bench:
         return wall, started or wall, out
 
     def submit(self, wf: wfm.Workflow, count: int = 1) -> list[int]:
-        return self.user.submit(wf.canonical(), resources=wf.resources, labels=wf.labels, credits=50 * CREDIT_UNIT,
-                                max_rate=10 * CREDIT_UNIT, count=count)
+        return list(self.user.submit(wf, credits=Credits(50), max_rate=Credits(10), count=count))
 
     def run_grid(self, wf: wfm.Workflow) -> tuple[float, float, str, int]:
         """(wall s, submit->RUNNING s, stdout, billed units) of ``wf`` through the grid."""

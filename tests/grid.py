@@ -119,16 +119,20 @@ class Grid:
 
 def submit_unchecked(
     user: GridClient, raw: bytes, resources: Resources, *, credits: int = CREDITS, max_rate: int = MAX_RATE,
-    labels: tuple[LabelConstraint, ...] = (), count: int = 1,
+    labels: tuple[LabelConstraint, ...] = (), count: int = 1, providers: tuple[str, ...] | list[str] = (),
+    exclude: tuple[str, ...] | list[str] = (), external_ref: bytes = b"",
 ) -> list[int]:
     """Submits through the contract directly, as a client other than this SDK could: the workflow bytes,
     resources and labels need not agree (the SDK refuses that). Amounts in base units."""
+    from dsq_chain.sdk.client import placement_labels
     from dsq_chain.sdk.receipts import submission_of
     from dsq_chain.workloads.labels import on_chain
 
     user.wallet.transact(user.token.functions.approve(user.market.address, int(credits) * count))
-    request = (resources.cpus, resources.gpus, resources.mem_mb, int(max_rate), int(credits))
-    receipt = user.wallet.transact(user.market.functions.submit(request, on_chain(labels), raw, count))
+    request = (resources.cpus, resources.gpus, resources.mem_mb, int(max_rate), int(credits), resources.disk_gb,
+               external_ref.rjust(32, b"\0"))
+    chain_labels = on_chain(labels) + placement_labels(providers, exclude)
+    receipt = user.wallet.transact(user.market.functions.submit(request, chain_labels, raw, count))
     return list(submission_of(receipt))
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from dsq_chain.money import Credits
 from dsq_chain.services.index import IndexReader, IndexService
 from dsq_chain.types import CREDIT_UNIT, JobStatus
 from dsq_chain.web.app import create_app
@@ -98,7 +99,7 @@ def test_a_job_appears_and_moves_through_its_statuses_live(grid: Grid, live: Liv
         (lambda: grid.scheduler.assign(job, grid.cpu.address), "META_SCHEDULED"),
         (lambda: grid.cpu.claim(job), "SCHEDULED"),
         (lambda: grid.cpu.start(job), "RUNNING"),
-        (lambda: grid.user.top_up(job, CREDIT_UNIT), "RUNNING"),
+        (lambda: grid.user.top_up(job, Credits(units=CREDIT_UNIT)), "RUNNING"),
         (lambda: grid.cpu.finish(job, 0), "FINISHED"),
     ]
     for act, status in steps:

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from dsq_chain.money import Credits
 from dsq_chain.services.index import IndexReader, IndexService
 from dsq_chain.services.index import schema as s
 from dsq_chain.services.scheduler import MetaScheduler
 from dsq_chain.types import CREDIT_UNIT, JobStatus
-from tests.grid import CPU_PRICES, SMALL, Grid
+from tests.grid import CPU_PRICES, SMALL, Grid, submit_unchecked
 from tests.postgres import pg_url, postgres_server  # noqa: F401  (fixtures)
 
 
@@ -32,8 +33,7 @@ def submit_workflow(grid: Grid, cpus: int = 2, gpus: int = 0, mem_per_cpu: int =
             + (f"labels: [{labels!r}]\n" if labels else "") + "steps:\n  - name: main\n    run: {command: 'true'}\n")
     wf = wfm.loads(text)
     client = user or grid.user
-    return int(client.submit(wf.canonical(), resources=wf.resources, credits=10 * CREDIT_UNIT,  # type: ignore[attr-defined]
-                             max_rate=10**6, labels=wf.labels, check_providers=False)[0])
+    return int(client.submit(wf, credits=Credits(10), max_rate=Credits(1), force=True)[0])  # type: ignore[attr-defined]
 
 
 def _count(idx: IndexService, table: s.Table) -> int:
@@ -44,7 +44,7 @@ def _count(idx: IndexService, table: s.Table) -> int:
 def test_index_holds_jobs_providers_history_bills_topups(grid: Grid, index_url: str) -> None:
     finished = grid.job_in(JobStatus.FINISHED)
     running = grid.job_in(JobStatus.RUNNING)
-    grid.user.top_up(running, 2 * CREDIT_UNIT)
+    grid.user.top_up(running, Credits(units=2 * CREDIT_UNIT))
     refused = grid.job_in(JobStatus.SCHEDULED)
     grid.cpu.refuse(refused)
     array = grid.submit(count=3)
@@ -84,10 +84,11 @@ def test_index_holds_jobs_providers_history_bills_topups(grid: Grid, index_url: 
     assert {p["address"] for p in reader.providers()} >= {grid.cpu.address, grid.gpu.address, grid.pending.address}
     assert _count(idx, s.assignments) == 3 and _count(idx, s.releases) == 1
     market = reader.market()
-    # The grid's test workflow asks for other resources than it is submitted with: never placeable, as the
-    # scheduler says too (the 4 pending jobs).
+    # The grid's jobs carry a workflow that agrees with what they are submitted with: the only failure is
+    # the refusal (a job whose workflow does not parse is counted in
+    # test_a_workflow_that_does_not_parse_is_indexed_as_never_placeable).
     assert sum(market["jobs_per_hour"]) == 6
-    assert market["placement_failures"] == {"refused": 1, "cannot be placed": 4}
+    assert market["placement_failures"] == {"refused": 1}
     idx.close()
 
 
@@ -159,7 +160,7 @@ def test_reorg_rolls_back_and_replays(grid: Grid, index_url: str) -> None:
     grid.cpu.start(job)
     grid.cpu.finish(job, 0)
     gone = grid.submit(count=2)
-    grid.user.top_up(job, 1) if False else None
+    grid.user.top_up(job, Credits(units=1)) if False else None
     idx.poll()
     reader = IndexReader(index_url)
     assert reader.job(job)["status"] == "FINISHED"  # type: ignore[index]
@@ -181,8 +182,7 @@ def test_reorg_rolls_back_and_replays(grid: Grid, index_url: str) -> None:
 
 
 def test_a_workflow_that_does_not_parse_is_indexed_as_never_placeable(grid: Grid, tmp_path: Path) -> None:
-    job = grid.user.submit(b"\xff\xfe not a workflow", resources=SMALL, credits=CREDIT_UNIT, max_rate=10**6,
-                           check_providers=False)[0]
+    job = submit_unchecked(grid.user, b"\xff\xfe not a workflow", SMALL, credits=CREDIT_UNIT, max_rate=10**6)[0]
     url = f"sqlite:///{tmp_path / 'i.sqlite'}"
     idx = IndexService(grid.chain, grid.deployment, url)
     idx.poll()

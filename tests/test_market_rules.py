@@ -13,6 +13,7 @@ from web3.logs import DISCARD
 from dsq_chain import errors
 from dsq_chain.matching import Matcher, PendingJob
 from dsq_chain.matching.constraints import NOT_ALLOWED
+from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Chain, calldata
 from dsq_chain.sdk.client import (
     AdminClient,
@@ -25,7 +26,7 @@ from dsq_chain.sdk.client import (
 )
 from dsq_chain.sdk.deployment import CODE_SIZE_LIMIT, code_sizes, deploy
 from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, ProviderStatus, ReportAction, Resources
-from tests.grid import CPU_PRICES, MAX_RATE, WORKFLOW, Grid
+from tests.grid import CPU_PRICES, MAX_RATE, WORKFLOW, Grid, submit_unchecked
 
 S, A = JobStatus, ReportAction
 TINY = Resources(1, 0, 256)
@@ -80,7 +81,7 @@ def two_big(grid: Grid, keys: list[str]) -> tuple[ProviderClient, ProviderClient
 def test_a_200_job_assign_batch_lands_around_what_landed_first(grid: Grid, two_big: tuple[ProviderClient, ...],
                                                                race: str) -> None:
     b1, b2 = two_big
-    ids = grid.user.submit(WORKFLOW, resources=TINY, credits=CREDIT_UNIT, max_rate=MAX_RATE, count=200)
+    ids = submit_unchecked(grid.user, WORKFLOW, TINY, credits=CREDIT_UNIT, max_rate=MAX_RATE, count=200)
     victim = ids[7]
     rows = [(j, (b1 if i < 100 else b2).address, []) for i, j in enumerate(ids)]
     batch = grid.scheduler.market.functions.assignBatch([r[0] for r in rows], [r[1] for r in rows],
@@ -114,7 +115,7 @@ def running_500(_grid_session: Grid, chain: Chain, keys: list[str]) -> Iterator[
     grid.reset_nonces()
     try:
         big = _big(grid, keys, 0)
-        ids = grid.user.submit(WORKFLOW, resources=TINY, credits=CREDIT_UNIT, max_rate=MAX_RATE, count=500)
+        ids = submit_unchecked(grid.user, WORKFLOW, TINY, credits=CREDIT_UNIT, max_rate=MAX_RATE, count=500)
         grid.scheduler.assign_batch([(j, big.address, []) for j in ids])
         big.report([(j, a, 0) for j in ids for a in (A.CLAIM, A.START)])
         chain.increase_time(120)
@@ -180,7 +181,7 @@ def test_a_top_up_never_pays_for_time_that_ran_unfunded(grid: Grid) -> None:
     job = grid.job_in(S.RUNNING, credits=2_100)  # one minute at SMALL_RATE
     grid.chain.increase_time(120)
     with pytest.raises(errors.EscrowExhausted):
-        grid.user.top_up(job, CREDIT_UNIT)
+        grid.user.top_up(job, Credits(units=CREDIT_UNIT))
     grid.stranger.wallet.transact(grid.stranger.market.functions.reportOutOfCredits(job))
     assert grid.user.job(job).status is S.OUT_OF_CREDITS
 
@@ -213,7 +214,7 @@ def delayed(chain: Chain, keys: list[str]) -> Iterator[tuple[AdminClient, Provid
         dep = deploy(w[0], admin_delay=DELAY)
         admin, prov = AdminClient(w[0], dep), ProviderClient(w[1], dep)
         sched, user = SchedulerClient(w[2], dep), GridClient(w[3], dep)
-        admin.mint(user.address, 100 * CREDIT_UNIT)
+        admin.mint(user.address, Credits(units=100 * CREDIT_UNIT))
         prov.register(Resources(8, 0, 16_384), CPU_PRICES)
         yield admin, prov, sched, user
     finally:
@@ -231,7 +232,7 @@ def test_approvals_and_roles_wait_for_the_public_delay(delayed: tuple[Any, ...],
     events = m.events.AdminActionScheduled().get_logs(from_block=chain.block_number() - 1)
     assert len(events) == 2 and all(e["args"]["readyAt"] > chain.timestamp() for e in events)
     assert prov.info().status is ProviderStatus.PENDING
-    job = user.submit(WORKFLOW, resources=TINY, credits=CREDIT_UNIT, max_rate=MAX_RATE, check_providers=False)[0]
+    job = submit_unchecked(user, WORKFLOW, TINY, credits=CREDIT_UNIT, max_rate=MAX_RATE)[0]
     with pytest.raises(errors.AccessControlUnauthorizedAccount):
         sched.assign(job, prov.address)
     with pytest.raises(errors.AdminActionNotReady):
@@ -258,11 +259,11 @@ def test_approvals_and_roles_wait_for_the_public_delay(delayed: tuple[Any, ...],
 
 # ------------------------------------------------------------------------------ placement, disk, references
 def test_direct_placement_and_exclusion_are_enforced_on_chain_and_by_the_matcher(grid: Grid) -> None:
-    only_gpu = grid.user.submit(WORKFLOW, resources=TINY, credits=CREDIT_UNIT, max_rate=MAX_RATE,
+    only_gpu = submit_unchecked(grid.user, WORKFLOW, TINY, credits=CREDIT_UNIT, max_rate=MAX_RATE,
                                 providers=[grid.gpu.address])[0]
-    not_cpu = grid.user.submit(WORKFLOW, resources=TINY, credits=CREDIT_UNIT, max_rate=MAX_RATE,
+    not_cpu = submit_unchecked(grid.user, WORKFLOW, TINY, credits=CREDIT_UNIT, max_rate=MAX_RATE,
                                exclude=[grid.cpu.address])[0]
-    (ev1,) = grid.user.market.events.JobSubmitted().get_logs(from_block=grid.chain.block_number() - 1,
+    (ev1,) = grid.user.market.events.JobSubmitted().get_logs(from_block=grid.deployment.block,
                                                               argument_filters={"firstJobId": only_gpu})
     labels = [(bytes(c["key"]), int(c["op"]), bytes(c["value"])) for c in ev1["args"]["labels"]]
     assert placement_of(labels) == (frozenset({grid.gpu.address}), frozenset())
@@ -301,7 +302,7 @@ def test_scratch_disk_is_reserved_like_memory(grid: Grid, keys: list[str]) -> No
     info = disky.info()
     assert (info.total.disk_gb, info.free.disk_gb, info.persistent_gb) == (100, 100, 2_000)
     need = Resources(1, 0, 256, disk_gb=60)
-    a, b = grid.user.submit(WORKFLOW, resources=need, credits=CREDIT_UNIT, max_rate=MAX_RATE, count=2)
+    a, b = submit_unchecked(grid.user, WORKFLOW, need, credits=CREDIT_UNIT, max_rate=MAX_RATE, count=2)
     assert grid.user.job(a).resources == need
     grid.scheduler.assign(a, disky.address)
     assert disky.info().free.disk_gb == 40
@@ -315,7 +316,7 @@ def test_scratch_disk_is_reserved_like_memory(grid: Grid, keys: list[str]) -> No
 
 def test_an_external_reference_travels_in_the_submission_event_only(grid: Grid) -> None:
     ref = external_ref(grid.stranger.address, 123_456)
-    job = grid.user.submit(WORKFLOW, resources=TINY, credits=CREDIT_UNIT, max_rate=MAX_RATE, external_ref=ref)[0]
+    job = submit_unchecked(grid.user, WORKFLOW, TINY, credits=CREDIT_UNIT, max_rate=MAX_RATE, external_ref=ref)[0]
     (ev,) = grid.user.market.events.JobSubmitted().get_logs(from_block=grid.chain.block_number(),
                                                              argument_filters={"firstJobId": job})
     assert bytes(ev["args"]["request"]["externalRef"]) == ref

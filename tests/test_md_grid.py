@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from dsq_chain.executors import SlurmExecutor
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import AnvilNode
 from dsq_chain.services.scheduler import MetaScheduler
 from dsq_chain.types import CREDIT_UNIT, JobStatus
@@ -51,8 +52,7 @@ def md_rig(md_codes: None, grid: Grid, anvil: AnvilNode, keys: list[str], tmp_pa
 def through_grid(grid: Grid, rig: Rig, wf: wfm.Workflow, *, count: int = 1, timeout: float = 240) -> list[int]:
     """Submits ``wf`` (``count`` jobs), lets the real meta-scheduler place them and the worker run them to a final
     status; returns the job ids."""
-    ids = grid.user.submit(wf.canonical(), resources=wf.resources, labels=wf.labels, credits=ESCROW, max_rate=10**6,
-                           count=count)
+    ids = list(grid.user.submit(wf, credits=Credits(units=ESCROW), max_rate=Credits(1), count=count))
     sched = MetaScheduler(grid.scheduler.wallet, grid.deployment)
     placed: set[int] = set()
     for _ in range(20):

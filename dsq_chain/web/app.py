@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Streamin
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from dsq_chain import lifecycle
 from dsq_chain.services.index import IndexReader
 from dsq_chain.types import CREDIT_UNIT, JobStatus
 from dsq_chain.web import sse
@@ -177,6 +178,8 @@ def create_app(reader: IndexReader, config: DashboardConfig | None = None) -> Fa
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["credits"] = credits
     templates.env.globals["title"] = config.title
+    # The page's script learns which statuses are final from the one lifecycle table, not a copy of it.
+    templates.env.globals["final_statuses"] = sorted(s.name for s in lifecycle.FINAL)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     @app.exception_handler(HTTPException)

@@ -24,7 +24,8 @@ function setHead(h) { const b = document.getElementById("head-block"); if (b && 
 
 // Time-left cells count down locally between updates (only RUNNING jobs spend their escrow).
 const loadedAt = Date.now() / 1000;
-const FINAL = ["FINISHED", "FAILED", "PANICKED", "OUT_OF_CREDITS", "CANCELED"];
+// Final statuses come from the server (dsq_chain/lifecycle.py), written into the page.
+const FINAL = JSON.parse(document.getElementById("final-statuses").textContent);
 function tickLeft() {
   document.querySelectorAll("[data-left]").forEach(el => {
     const v = el.dataset.left;

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 
-from dsq_chain.sdk.events import JobSubmitted
+from dsq_chain.money import Credits
 from dsq_chain.services.index import IndexReader, IndexService
 from dsq_chain.web.app import create_app
 from dsq_chain.web.server import DashboardServer
@@ -142,46 +140,29 @@ def test_openapi_and_bad_input(grid: Grid, tmp_path: Path) -> None:
     idx.close()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobSubmittedWithLease(JobSubmitted):
-    """The submission event as the contract is to emit it, with the external lease reference."""
-
-    lease_owner: str
-    lease_dseq: int
-
-    @property
-    def name(self) -> str:
-        return "JobSubmitted"
-
-
 def test_jobs_of_a_lease_when_the_submission_carries_one(grid: Grid, tmp_path: Path) -> None:
-    """The external lease reference is read by name from the submission event once the contract emits it: a
-    submission carrying one is found by lease owner + dseq; one without is not."""
-    from dsq_chain.sdk.events import JobRequest
-    from dsq_chain.services.index import schema
-    from dsq_chain.services.index.apply import Applier
-    from dsq_chain.services.index.store import Store
+    """A submission carrying an Akash lease (owner + dseq, in its event) is found by that lease, with the owner
+    as akash1... or as its 0x account bytes; one without a lease is not."""
     from dsq_chain.workloads import workflow as wfm
+    from dsq_chain.workloads.lease import decode_owner, lease_ref
 
-    url = f"sqlite:///{tmp_path / 'i.sqlite'}"
-    idx = IndexService(grid.chain, grid.deployment, url)
+    owner = "akash1365yvmc4s7awdyj3n2sav7xfx76adc6dnmlx63"
     wf = wfm.loads("name: leased\nresources: {tasks: 1, cpusPerTask: 1, memPerCpu: 64}\nsteps: [{name: a, run: "
                    "{command: 'true'}}]\n")
-    lease_owner = grid.users[1].address
-    common = {"owner": grid.user.address, "count": 2, "request": JobRequest(1, 0, 64, 10**6, 10**6), "labels": (),
-              "workflow_hash": wf.hash(), "workflow": wf.canonical(), "block_hash": "0x" + "ab" * 32,
-              "tx_hash": "0x" + "cd" * 32, "log_index": 0}
-    with idx.engine.begin() as conn:
-        store = Store(conn)
-        applier = Applier(store, lambda block: 1_700_000_000)
-        assert applier.apply(JobSubmittedWithLease(first_job_id=7, block_number=5, lease_owner=lease_owner,
-                                                   lease_dseq=4242, **common), 1)
-        assert applier.apply(JobSubmitted(first_job_id=9, block_number=6, **common), 2)
-        store.flush()
-        assert len(conn.execute(select(schema.jobs.c.id)).all()) == 4
+    leased = list(grid.user.submit(wf, credits=Credits(1), max_rate=Credits(1), count=2, force=True,
+                                   external_ref=lease_ref(owner, 4242)))
+    [plain] = grid.user.submit(wf, credits=Credits(1), max_rate=Credits(1), force=True)
+    url = f"sqlite:///{tmp_path / 'i.sqlite'}"
+    idx = IndexService(grid.chain, grid.deployment, url)
+    idx.poll()
     client = TestClient(create_app(IndexReader(url)))
-    got = client.get(f"/api/v1/leases/{lease_owner}/4242/jobs").json()["jobs"]
-    assert [j["id"] for j in got] == [8, 7] and got[0]["lease"] == {"owner": lease_owner, "dseq": "4242"}
-    assert client.get(f"/api/v1/leases/{lease_owner}/4243/jobs").json()["jobs"] == []
-    assert client.get("/api/v1/jobs/9").json()["lease"] is None
+    got = client.get(f"/api/v1/leases/{owner}/4242/jobs").json()["jobs"]
+    assert [j["id"] for j in got] == sorted(leased, reverse=True)
+    assert got[0]["lease"] == {"owner": owner, "dseq": "4242"}
+    as_hex = "0x" + decode_owner(owner).hex()
+    by_hex = client.get(f"/api/v1/leases/{as_hex}/4242/jobs").json()["jobs"]
+    assert [j["id"] for j in by_hex] == [j["id"] for j in got]
+    assert client.get(f"/api/v1/leases/{owner}/4243/jobs").json()["jobs"] == []
+    assert client.get(f"/api/v1/jobs/{plain}").json()["lease"] is None
+    assert client.get("/api/v1/leases/akash1nope/1/jobs").status_code == 422
     idx.close()

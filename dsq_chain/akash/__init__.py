@@ -10,7 +10,7 @@ carrying the lease's ``dseq``. The CLI is ``dsq akash translate`` / ``dsq akash 
 from __future__ import annotations
 
 from dsq_chain.akash.grid import Submitted, explain, submit
-from dsq_chain.akash.lease import lease_ref, parse_lease_ref
+from dsq_chain.workloads.lease import lease_ref, parse_lease_ref
 from dsq_chain.workloads.sdl import (
     Conversion,
     SdlError,

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from eth_utils.address import to_checksum_address
 
-from dsq_chain.akash.lease import lease_ref
 from dsq_chain.errors import InputError
 from dsq_chain.matching import Explanation, PendingJob
 from dsq_chain.money import Credits
@@ -17,6 +16,7 @@ from dsq_chain.sdk.client import GridClient
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.services.scheduler import MetaScheduler
 from dsq_chain.workloads import workflow as wfmod
+from dsq_chain.workloads.lease import lease_ref
 from dsq_chain.workloads.sdl import TranslatedJob, Translation
 
 

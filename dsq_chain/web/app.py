@@ -20,9 +20,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from dsq_chain import lifecycle
+from dsq_chain.errors import InputError
 from dsq_chain.services.index import IndexReader
 from dsq_chain.types import CREDIT_UNIT, JobStatus
 from dsq_chain.web import sse
+from dsq_chain.workloads.lease import decode_owner, encode_owner
 
 HERE = Path(__file__).resolve().parent
 API = "/api/v1"
@@ -49,6 +51,14 @@ def _address(value: str, what: str) -> str:
     if not is_address(value):
         raise HTTPException(422, f"{what} must be a 0x-prefixed 20-byte hex address, got {value[:60]!r}")
     return to_checksum_address(value)
+
+
+def _lease_owner(value: str) -> str:
+    """An Akash owner as the index stores it (``akash1...``), from itself or its 0x hex account bytes."""
+    try:
+        return encode_owner(decode_owner(value))
+    except InputError as e:
+        raise HTTPException(422, f"owner: {e}") from None
 
 
 def _status(value: str | None) -> JobStatus | None:
@@ -101,7 +111,7 @@ def api_router(reader: IndexReader, config: DashboardConfig) -> APIRouter:
     @r.get("/leases/{owner}/{dseq}/jobs", summary="Jobs of an external lease (Akash owner + dseq)", tags=["jobs"])
     def jobs_of_lease(owner: str, dseq: Annotated[int, PathParam(ge=0, le=2**64 - 1)],
                       limit: Limit = 50) -> dict[str, Any]:
-        rows = reader.jobs(lease_owner=_address(owner, "owner"), lease_dseq=str(dseq), limit=limit)
+        rows = reader.jobs(lease_owner=_lease_owner(owner), lease_dseq=str(dseq), limit=limit)
         return {"jobs": rows, "next_before": None}
 
     @r.get("/jobs/{job_id}", summary="One job with its timeline and bill", tags=["jobs"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Table
@@ -42,17 +42,12 @@ from dsq_chain.services.index import schema as s
 from dsq_chain.services.index.store import Store
 from dsq_chain.types import JobStatus, Prices, ProviderStatus, ReleaseReason, Resources
 from dsq_chain.workloads.labels import decode_value, is_label_key
+from dsq_chain.workloads.lease import parse_lease_ref
 from dsq_chain.workloads.workflow import from_canonical
 
 log = logging.getLogger("dsq.index")
 
 ZERO = "0x0000000000000000000000000000000000000000"
-#: Names under which the submission event may carry an external lease reference (Akash owner + dseq).
-#: Read by name (the contract's submission event gains them in a later version), also inside a ``lease`` struct
-#: (where ``owner`` and ``dseq`` name the lease's).
-LEASE_OWNER_FIELDS = ("lease_owner", "external_owner", "akash_owner")
-LEASE_STRUCT_OWNER = "owner"
-LEASE_DSEQ_FIELDS = ("lease_dseq", "dseq", "external_id", "akash_dseq")
 
 
 class Applier:
@@ -178,8 +173,7 @@ class Applier:
         first, count = ev.first_job_id, ev.count
         if not 0 < count <= 100_000:
             raise ValueError(f"JobSubmitted count {count} out of range")
-        lease_owner = _field(ev, LEASE_OWNER_FIELDS)
-        lease_dseq = _field(ev, LEASE_DSEQ_FIELDS)
+        lease = parse_lease_ref(bytes(req.external_ref))  # (akash1 owner, dseq), or None without a lease
         row = {
             "head_id": first, "owner": ev.owner, "name": name[:200], "status": int(EVENT_STATUS[ev.name]),
             "provider": None, "cpus": res.cpus, "gpus": res.gpus, "mem_mb": res.mem_mb,
@@ -188,8 +182,8 @@ class Applier:
             "labels": json.dumps([[c.key, c.op.symbol, c.value] for c in labels]), "problem": problem,
             "excluded": "[]", "workflow_hash": "0x" + bytes(ev.workflow_hash).hex(),
             "submitted_block": ev.block_number, "submitted_time": t,
-            "lease_owner": None if lease_owner is None or int(str(lease_owner), 16) == 0 else str(lease_owner),
-            "lease_dseq": None if lease_dseq in (None, 0, "0") else str(int(lease_dseq)),
+            "lease_owner": lease[0] if lease else None,
+            "lease_dseq": str(lease[1]) if lease else None,
             "version": self.version,
         }
         ids = list(ev.job_ids)
@@ -279,19 +273,3 @@ def _hardware(hw: Resources) -> dict[str, int]:
 
 def _prices(p: Prices) -> dict[str, int]:
     return {"per_cpu_minute": p.per_cpu_minute, "per_gpu_minute": p.per_gpu_minute, "per_gb_minute": p.per_gb_minute}
-
-
-def _field(ev: object, names: tuple[str, ...]) -> Any:
-    """The first of ``names`` the event carries (or its ``lease`` struct, where ``owner`` names the lease's owner),
-    else None."""
-    lease = getattr(ev, "lease", None) if not isinstance(ev, Mapping) else ev.get("lease")
-    sources: list[tuple[Any, tuple[str, ...]]] = [(ev, names)]
-    if lease is not None:
-        inner = (*names, LEASE_STRUCT_OWNER) if names == LEASE_OWNER_FIELDS else names
-        sources.append((lease, inner))
-    for source, keys in sources:
-        for n in keys:
-            value = source.get(n) if isinstance(source, Mapping) else getattr(source, n, None)
-            if value is not None:
-                return value
-    return None

@@ -118,7 +118,7 @@ jobs = Table(
     Column("refunded", BigInteger),
     Column("exit_code", Integer),
     # External lease reference (Akash Console: the lease owner and its deployment sequence), when submitted with one.
-    Column("lease_owner", ADDRESS),
+    Column("lease_owner", String(64)),  # akash1... (44 characters)
     Column("lease_dseq", String(24)),
     Column("version", BigInteger, nullable=False),
     Index("ix_dsq_jobs_owner", "owner", "id"),

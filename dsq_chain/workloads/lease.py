@@ -85,6 +85,6 @@ def lease_ref(owner: str, dseq: int) -> bytes:
 
 def parse_lease_ref(ref: bytes) -> tuple[str, int] | None:
     """``(akash1 owner, dseq)`` of a reference :func:`lease_ref` made; None for any other bytes."""
-    if len(ref) != 32 or ref[28:] != b"\0" * 4:
+    if len(ref) != 32 or ref[28:] != b"\0" * 4 or not any(ref):
         return None
     return encode_owner(ref[:20]), int.from_bytes(ref[20:28], "big")

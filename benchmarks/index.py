@@ -107,7 +107,7 @@ def fill(chain: Chain, keys: list[str], jobs: int, lifecycle: int,
     for pi, p in enumerate(provs):
         mine = [j for k in range(0, lifecycle, ASSIGN_BATCH) if (k // ASSIGN_BATCH) % 2 == pi
                 for j in ids[k:min(k + ASSIGN_BATCH, lifecycle)]]
-        rows = [(j, int(a), 0) for j in mine for a in (ReportAction.CLAIM, ReportAction.START, ReportAction.FINISH)]
+        rows = [(j, int(a), 0, 0) for j in mine for a in (ReportAction.CLAIM, ReportAction.START, ReportAction.FINISH)]
         calls = [Call(p.market.functions.report(rows[r:r + REPORT_ROWS]), gas=25_000_000)
                  for r in range(0, len(rows), REPORT_ROWS)]
         send_all(p.wallet, calls)

@@ -106,12 +106,17 @@ def panic(status: JobStatus, escrow: int) -> Settlement:
     return Settlement(JobStatus.PANICKED, 0, escrow)
 
 
-def top_up(status: JobStatus, escrow: int, amount: int) -> int:
-    """The escrow after adding ``amount`` to a non-final job (it extends the job's paid time)."""
+def top_up(status: JobStatus, escrow: int, amount: int, billed_so_far: int = 0) -> int:
+    """The escrow after adding ``amount`` to a non-final job (it extends the job's paid time).
+
+    A RUNNING job whose escrow is already used up (``billed_so_far`` >= ``escrow``) cannot be topped up:
+    the top-up would pay for time that ran unfunded (``EscrowExhausted``; report it out of credits)."""
     if amount <= 0:
         raise BillingError("ZeroCredits", "a top-up must be positive")
     if status.is_final or status is JobStatus.NONE:
         raise BillingError("InvalidStatus", f"cannot top up a job in {status.name}")
+    if status is JobStatus.RUNNING and billed_so_far >= escrow:
+        raise BillingError("EscrowExhausted", "the running job's escrow is used up")
     if escrow + amount > MAX_ESCROW:
         raise BillingError("EscrowOverflow", f"escrow {escrow} + {amount} exceeds 64 bits")
     return escrow + amount

@@ -60,9 +60,11 @@ def test_ape_compile_and_ape_test_on_a_fresh_clone(tmp_path: Path) -> None:
     assert "download" not in (proc.stdout + proc.stderr).lower()
     manifest = json.loads((clone / ".build" / "__local__.json").read_text())
     types = manifest["contractTypes"]
-    for name in ("CreditToken", "JobMarket"):
-        ape_abi = sorted(json.dumps(x, sort_keys=True) for x in types[name]["abi"])
-        sdk_abi = sorted(json.dumps(x, sort_keys=True) for x in artifacts.abi(name))
+    # The SDK's JobMarket ABI is the market's and the registry's together (the market runs the registry's
+    # code at its own address); ape compiles the two contracts apart.
+    for name, parts in (("CreditToken", ("CreditToken",)), ("JobMarket", ("JobMarket", "ProviderRegistry"))):
+        ape_abi = sorted({json.dumps(x, sort_keys=True) for part in parts for x in types[part]["abi"]})
+        sdk_abi = sorted({json.dumps(x, sort_keys=True) for x in artifacts.abi(name)})
         assert ape_abi == sdk_abi, f"{name}: ape's ABI differs from the SDK's artifacts"
 
     proc = _ape(clone, home, "test", "examples/ape", "-q", timeout=900)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from web3.logs import DISCARD
 
 from dsq_chain import billing, errors
+from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Call, Chain
 from dsq_chain.types import JobStatus, Prices
 from tests.grid import SMALL, Grid
@@ -102,6 +103,9 @@ def _one_job(grid: Grid, chain: Chain, prices: Prices, escrow: int, ending: str,
     if ending == "out_of_credits":  # keep the exhaustion time within reach (since is a uint32 on chain)
         escrow = 1 + escrow % (rate * 7_000)
         top_ups = [(offset, 1 + amount % (rate * 7_000)) for offset, amount in top_ups]
+    grid.admin.mint(grid.user.address, Credits(units=escrow))  # whatever escrow was drawn, the owner can pay it
+    if top_ups:
+        grid.admin.mint(grid.stranger.address, Credits(units=sum(amount for _, amount in top_ups)))
     job_id = grid.job_in(before, credits=escrow, max_rate=max(rate, 1))
     fn, prov, owner = grid.user.market.functions, grid.cpu, grid.user
     t = chain.timestamp() + 10
@@ -116,8 +120,15 @@ def _one_job(grid: Grid, chain: Chain, prices: Prices, escrow: int, ending: str,
         if offset >= elapsed:
             break
         _at(chain, t + offset)
+        so_far = billing.bill_so_far(rate, start, t + offset, escrow) if status is S.RUNNING else 0
+        try:
+            expected = billing.top_up(status, escrow, amount, so_far)
+        except billing.BillingError as e:  # the chain must refuse it with the same error
+            with pytest.raises(getattr(errors, e.error)):
+                _tx(grid.stranger, grid.stranger.market.functions.topUp(job_id, amount))
+            continue
         _tx(grid.stranger, grid.stranger.market.functions.topUp(job_id, amount))  # anyone may pay
-        escrow = billing.top_up(status, escrow, amount)
+        escrow = expected
         assert grid.user.job(job_id).escrow == escrow
     end = t + elapsed
     if ending == "out_of_credits":

@@ -213,7 +213,7 @@ def test_execution_order_is_stable() -> None:
         (
             HELLO.replace("cpusPerTask", "cpuPerTask"),
             "job.yaml:4: resources.cpuPerTask: expected one of tasks, cpusPerTask, memPerCpu, gpus, gpusPerTask, "
-            'got unknown field "cpuPerTask" (did you mean cpusPerTask?)',
+            'diskGB, got unknown field "cpuPerTask" (did you mean cpusPerTask?)',
         ),
         (
             HELLO.replace("    run:", "    runs:"),

@@ -500,7 +500,8 @@ class SchedulerClient(_Client):
         return self._send(self.market.functions.timeoutClaim(job_id))
 
     def release_from_banned(self, job_id: int) -> Receipt:
-        """Sends a banned provider's META_SCHEDULED/SCHEDULED job back to PENDING (anyone may)."""
+        """Sends a banned provider's META_SCHEDULED/SCHEDULED job back to PENDING (anyone may). Raises the
+        contract's ``JobNotFound``, ``InvalidStatus``, ``ProviderNotBanned``."""
         return self._send(self.market.functions.releaseFromBanned(job_id))
 
     def panic(self, job_id: int) -> Receipt:

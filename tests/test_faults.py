@@ -31,6 +31,7 @@ from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
 from dsq_chain.sdk.deployment import Deployment, deploy
 from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, Resources
 from dsq_chain.workloads import workflow as wfm
+from tests.worker_scenarios import billed_end
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults")]
 
@@ -205,9 +206,10 @@ class Cluster:
             assert len(started) == 1, f"job {j} reported RUNNING {len(started)} times"
             bill = settled[j]["billed"]
             t_start = self.chain.timestamp(started[0]["block"])
-            t_end = self.chain.timestamp(settled[j]["block"])
+            t_end = billed_end(self.user, j, "0x" + settled[j]["tx"].removeprefix("0x"),
+                               self.chain.timestamp(settled[j]["block"]))
             rate = PRICES.rate_for(self.user.job(j).resources)
-            assert bill == min(ESCROW, rate * (t_end - t_start) // 60), f"job {j} billed {bill}"
+            assert bill == min(ESCROW, rate * max(0, t_end - t_start) // 60), f"job {j} billed {bill}"
             assert bill + settled[j]["refunded"] == ESCROW
         runs = self.side_effects()
         for j in jobs:

@@ -65,11 +65,25 @@ def submit(user: GridClient, wf: wfm.Workflow, credits: int, *, count: int = 1, 
 
 # ------------------------------------------------------------------------------------------ chain reads
 def events(client: GridClient, name: str, job_id: int) -> list[dict[str, Any]]:
-    """``name`` events of one job, each as its args plus ``block``."""
+    """``name`` events of one job, each as its args plus ``block`` and ``tx``."""
     logs = getattr(client.market.events, name)().get_logs(
         from_block=client.deployment.block, argument_filters={"jobId": job_id}
     )
-    return [dict(lg["args"], block=lg["blockNumber"]) for lg in logs]
+    return [dict(lg["args"], block=lg["blockNumber"], tx=lg["transactionHash"].to_0x_hex()) for lg in logs]
+
+
+def billed_end(client: GridClient, job_id: int, settled_tx: str, settled_time: int) -> int:
+    """The time the chain billed a finished job up to: the end time its FINISH report carried (the engine saw the
+    job end then), bounded by the report's block time; the block time when the report carried none."""
+    tx = client.chain.call_rpc("eth_getTransactionByHash", [settled_tx])
+    fn, args = client.market.decode_function_input(tx["input"])
+    if fn.fn_name != "report":
+        return settled_time
+    for row in args["reports"]:
+        values = list(row.values()) if isinstance(row, dict) else list(row)
+        if int(values[0]) == job_id and len(values) > 3 and int(values[3]):
+            return min(int(values[3]), settled_time)
+    return settled_time
 
 
 def settlement(client: GridClient, job_id: int) -> dict[str, Any]:
@@ -89,8 +103,9 @@ def start_block(client: GridClient, job_id: int) -> int:
 def expected_bill(client: GridClient, job_id: int, rate: int, escrow: int) -> int:
     """What the contract bills a job that ran from its START block to its settlement block."""
     t0 = client.chain.timestamp(start_block(client, job_id))
-    t1 = client.chain.timestamp(int(settlement(client, job_id)["block"]))
-    return min(escrow, rate * (t1 - t0) // 60)
+    settled = settlement(client, job_id)
+    t1 = billed_end(client, job_id, settled["tx"], client.chain.timestamp(int(settled["block"])))
+    return min(escrow, rate * max(0, t1 - t0) // 60)
 
 
 def wait(pred: Callable[[], bool], timeout: float, what: str, *, step: Callable[[], object] | None = None,

@@ -389,4 +389,4 @@ def test_a_reorg_that_removes_an_assignment_the_worker_claimed_is_followed_by_th
     surviving chain (re-read its nonce, claim the new assignment promptly) and run the job once, even when it
     had already started it on the dead fork. (Found failing in this review: the worker kept the dropped
     claim's nonce and re-ran the job; fixed in worker.py with on_reorg and REORG_HOLD_S.)"""
-    _reorg(cluster, worker_on_fork=True, wait_s=45)
+    _reorg(cluster, worker_on_fork=True, wait_s=90)  # a report stuck behind a dropped nonce is resent after 30 s

@@ -356,6 +356,12 @@ class Wallet:
                 return [found[i] for i in range(len(items))]
             if time.monotonic() >= deadline:
                 raise TransactionFailed(f"{len(items) - len(found)} transaction(s) not mined within {timeout:.0f} s")
+            mined = int(self.chain.call_rpc("eth_getTransactionCount", [self.address, "latest"]), 16)
+            if mined < first:
+                # A transaction of an earlier call, mined before, is gone (a reorg dropped it): these can never
+                # be mined. The caller reads the nonce again and sends anew; a fee bump would not help.
+                raise TransactionFailed(f"nonce gap: the chain has {mined} transactions of ours, these start at "
+                                        f"nonce {first} (an earlier one was dropped, e.g. by a reorg)")
             fees = self._bumped(fees)
             for i in range(len(items)):
                 if i in found:

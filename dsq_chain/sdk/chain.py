@@ -356,7 +356,8 @@ class Wallet:
                 return [found[i] for i in range(len(items))]
             if time.monotonic() >= deadline:
                 raise TransactionFailed(f"{len(items) - len(found)} transaction(s) not mined within {timeout:.0f} s")
-            mined = int(self.chain.call_rpc("eth_getTransactionCount", [self.address, "latest"]), 16)
+            # Mined or waiting in the node's pool: fewer than ``first`` means one before ours is gone.
+            mined = int(self.chain.call_rpc("eth_getTransactionCount", [self.address, "pending"]), 16)
             if mined < first:
                 # A transaction of an earlier call, mined before, is gone (a reorg dropped it): these can never
                 # be mined. The caller reads the nonce again and sends anew; a fee bump would not help.

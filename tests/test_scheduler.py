@@ -579,6 +579,32 @@ def test_a_reorg_rebuilds_the_state(grid: Grid) -> None:
     assert sched.explain(gone_too) == f"job {gone_too} does not exist (no JobSubmitted event for it)"
     assert set(sched.state.jobs) == {job}
 
+def test_a_reorg_before_the_follower_saw_the_assignment_puts_the_job_back(grid: Grid) -> None:
+    """The assignment's block vanishes before the follower reached it (here: the follower waits for one
+    confirmation; in the fault test it was a revert between the receipt and the next eth_getLogs). The
+    follower sees no reorg (its checkpoint is older and intact), so the scheduler must notice on its own
+    that the receipt's block is gone, or the job stays PENDING on chain and out of every round. Found by
+    CI: test_faults' reorg test timed out this way."""
+    sched = MetaScheduler(grid.chain.wallet(grid.scheduler.wallet.account.key), grid.deployment, confirmations=1)
+    sched.round()
+    job = submit(grid.user, PLAIN)[0]
+    grid.chain.mine()  # the submission confirmed, so the follower delivers it
+    snap = grid.chain.snapshot()
+    assert [a.job_id for a in sched.round().assigned] == [job]
+    assert status(grid, job)[0] is JobStatus.META_SCHEDULED
+    assert sched.follower.checkpoint is not None
+    assert sched.follower.checkpoint.block < grid.chain.block_number()  # the assignment not seen as an event
+    grid.chain.revert(snap)
+    assert status(grid, job)[0] is JobStatus.PENDING
+    result = sched.round()
+    assert [a.job_id for a in result.assigned] == [job], result
+    assert status(grid, job)[0] is JobStatus.META_SCHEDULED
+    assert sched.follower.reorgs == 0  # it was the scheduler's own check, not the follower's
+    grid.chain.mine()
+    sched.sync()
+    assert not sched._inflight  # the event arrived: nothing left to watch
+
+
 
 # ------------------------------------------------------------------------------------ fair share, batching
 

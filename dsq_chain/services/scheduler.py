@@ -24,6 +24,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hexbytes import HexBytes
+
 from dsq_chain.errors import ContractError, DsqError
 from dsq_chain.matching import Assignment, Explanation, FairShare, Matcher, PendingJob, Weights
 from dsq_chain.matching.backlog import Backlog
@@ -101,6 +103,8 @@ class MetaScheduler:
         self._last_sweep = 0.0
         #: Jobs whose last on-chain attempt failed alone: job id -> reason (shown by explain).
         self.failures: dict[int, str] = {}
+        #: Assignments mined but not yet seen as events: job id -> (block, block hash) of the receipt.
+        self._inflight: dict[int, tuple[int, str]] = {}
 
     # -- follower handler ------------------------------------------------------------------------
     def on_event(self, event: ChainEvent) -> None:
@@ -149,6 +153,7 @@ class MetaScheduler:
         self.never.clear()
         self._pending_since.clear()
         self._touched.clear()
+        self._inflight.clear()
         # Our own transactions on the lost fork may be gone too: take the next nonce from the node again.
         self.wallet.reset_nonce()
         self._dirty = True
@@ -174,12 +179,45 @@ class MetaScheduler:
     def sync(self) -> int:
         """Applies new events; returns how many."""
         n = self.follower.poll()
+        self._recheck_inflight()
         if self.metrics:
             self.metrics.pending.set(len(self.state.pending))
         if self.backlog.fresh or self._touched or self._deferred:
             self._dirty = True
         self._deferred = False
         return n
+
+    def _recheck_inflight(self) -> None:
+        """Returns to the backlog the jobs whose assignment was mined in a block that is gone.
+
+        The backlog drops a job once its assignment is mined; the follower then delivers the JobAssigned
+        event. A reorg that removes that block *before* the follower reached it is invisible to the
+        follower (its checkpoint is older and unchanged), so without this the job would stay PENDING on
+        chain and out of every round."""
+        if not self._inflight:
+            return
+        pending = self.state.pending
+        cp = self.follower.checkpoint
+        by_block: dict[tuple[int, str], list[int]] = {}
+        for job_id, where in list(self._inflight.items()):
+            if job_id not in pending:
+                del self._inflight[job_id]  # its event arrived: the state follows the chain from here
+            else:
+                by_block.setdefault(where, []).append(job_id)
+        for (number, block_hash), ids in by_block.items():
+            block = self.chain.call_rpc("eth_getBlockByNumber", [hex(number), False])
+            if block is not None and str(block["hash"]).lower() == block_hash:
+                if cp is not None and cp.block >= number:
+                    for job_id in ids:  # delivered and still pending: released since, _track re-added it
+                        del self._inflight[job_id]
+                continue
+            log.warning("the assignment of job(s) %s in block %d is gone (reorg): examining them again",
+                        ids, number)
+            self.wallet.reset_nonce()
+            for job_id in ids:
+                del self._inflight[job_id]
+                self.backlog.add(pending[job_id].as_pending())
+            self._dirty = True
 
     def round(self, *, max_attempts: int = 3, synced: bool = False) -> RoundResult:
         """One matching round: sync (unless the caller just did), match, commit in one batch; re-match after
@@ -264,8 +302,12 @@ class MetaScheduler:
         cancel, pause or ban landed first) is recorded as a failure with the error the chain named."""
         t0 = time.monotonic()
         rows = [(a.job_id, a.provider, self.state.jobs[a.job_id].chain_labels) for a in assignments]
-        skipped = skipped_entries(self.client.market, self.client.assign_batch(rows, gas=batch_gas(rows)))
+        receipt = self.client.assign_batch(rows, gas=batch_gas(rows))
+        skipped = skipped_entries(self.client.market, receipt)
         landed = [a for a in assignments if a.job_id not in skipped]
+        where = (receipt.block_number, HexBytes(receipt.raw["blockHash"]).to_0x_hex())
+        for a in landed:
+            self._inflight[a.job_id] = where
         if self.metrics:
             self.metrics.commit_latency.observe(time.monotonic() - t0)
             self.metrics.matches.inc(len(landed))

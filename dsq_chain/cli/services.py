@@ -28,6 +28,7 @@ from dsq_chain.services.journal import Journal
 from dsq_chain.services.logserver import LogServer
 from dsq_chain.services.metrics import SchedulerMetrics, WorkerMetrics
 from dsq_chain.services.scheduler import MetaScheduler
+from dsq_chain.services.shares import DEFAULT_TAKEOVER_S
 from dsq_chain.services.worker import ProviderWorker
 
 scheduler_app = typer.Typer(no_args_is_help=True, help="The meta-scheduler service.")
@@ -53,6 +54,10 @@ def scheduler_run(
     confirmations: Annotated[int, typer.Option(help="blocks an event must be deep before it is used")] = 0,
     standby: Annotated[float, typer.Option(
         "--standby", help="seconds a job waits in PENDING before this (standby) scheduler takes it; 0: active")] = 0.0,
+    peer: Annotated[list[str] | None, typer.Option(
+        "--peer", help="address of another active scheduler (repeatable): the jobs are shared, none raced")] = None,
+    takeover: Annotated[float, typer.Option(
+        "--takeover", help="seconds a --peer's job waits before this scheduler takes it")] = DEFAULT_TAKEOVER_S,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Follows the chain and commits assignments until interrupted (SIGINT/SIGTERM)."""
@@ -63,7 +68,8 @@ def scheduler_run(
         preflight.check_scheduler(wallet, dep)
         metrics = SchedulerMetrics()
         sched = MetaScheduler(wallet, dep, weights=_weights(weights), batch_limit=batch_limit,
-                              confirmations=confirmations, standby_s=standby, metrics=metrics)
+                              confirmations=confirmations, standby_s=standby, peers=peer or (),
+                              takeover_s=takeover, metrics=metrics)
         _serve_and_run(sched, metrics, metrics_port, "dsq.scheduler",
                        f"scheduler {sched.wallet.address} on {chain.rpc_url} (market {dep.market})")
 

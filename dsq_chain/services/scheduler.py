@@ -38,6 +38,7 @@ from dsq_chain.services.follower import EventFollower
 from dsq_chain.services.gridstate import GridState, JobRecord
 from dsq_chain.services.heads import HeadWatcher
 from dsq_chain.services.metrics import SchedulerMetrics
+from dsq_chain.services.shares import DEFAULT_TAKEOVER_S, Shares
 from dsq_chain.types import JobStatus
 
 log = logging.getLogger("dsq.scheduler")
@@ -72,6 +73,8 @@ class MetaScheduler:
         timeout_sweep_s: float = 2.0,
         per_owner: int | None = None,
         standby_s: float = 0.0,
+        peers: Sequence[str] = (),
+        takeover_s: float = DEFAULT_TAKEOVER_S,
         metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.wallet = wallet
@@ -94,9 +97,12 @@ class MetaScheduler:
         self.backlog = Backlog(per_owner if per_owner is not None else batch_limit)
         #: A standby leaves a job to the active scheduler until it has waited this long in PENDING (chain time).
         self.standby_s = standby_s
+        #: Other active schedulers' shares wait ``takeover_s`` here (see services/shares.py).
+        self.shares = Shares(wallet.address, peers, takeover_s)
         self._touched: set[str] = set()
-        self._deferred = False  # a standby left jobs to the active scheduler this round
-        self._pending_since: dict[int, float] = {}  # job id -> when it became PENDING (monotonic, as seen here)
+        self._pending_since: dict[int, float] = {}  # job id -> when it became examinable (monotonic, as seen here)
+        self._held: dict[int, float] = {}  # jobs left to another scheduler for now -> when this one takes them
+        self._parked_late: set[int] = set()  # jobs taken after a delay that fit nowhere: woken, they wait again
         #: Pending jobs that can never be placed (see JobRecord.problem): job id -> why.
         self.never: dict[int, str] = {}
         self._dirty = True
@@ -110,6 +116,7 @@ class MetaScheduler:
     def on_event(self, event: ChainEvent) -> None:
         if self.state.apply(event):
             self._dirty = True
+        self.shares.on_event(event)
         self._track(event)
         if isinstance(event, JobSubmitted) and self.metrics:
             self.metrics.submitted.inc(event.count)
@@ -132,6 +139,8 @@ class MetaScheduler:
                 self.backlog.remove(job_id)
                 self.never.pop(job_id, None)
                 self._pending_since.pop(job_id, None)
+                self._held.pop(job_id, None)
+                self._parked_late.discard(job_id)
                 continue
             if isinstance(event, JobSubmitted | JobReleased):
                 self._pending_since[job_id] = time.monotonic()
@@ -152,6 +161,9 @@ class MetaScheduler:
         self.backlog.clear()  # the replay adds every pending job again
         self.never.clear()
         self._pending_since.clear()
+        self._held.clear()
+        self._parked_late.clear()
+        self.shares.clear()
         self._touched.clear()
         self._inflight.clear()
         # Our own transactions on the lost fork may be gone too: take the next nonce from the node again.
@@ -182,10 +194,20 @@ class MetaScheduler:
         self._recheck_inflight()
         if self.metrics:
             self.metrics.pending.set(len(self.state.pending))
-        if self.backlog.fresh or self._touched or self._deferred:
+        if self._held:
+            self._release_held()
+        if self.backlog.fresh or self._touched:
             self._dirty = True
-        self._deferred = False
         return n
+
+    def _release_held(self) -> None:
+        """Jobs left to another scheduler whose delay has passed go back to the backlog."""
+        now, pending = time.monotonic(), self.state.pending
+        for job_id, at in list(self._held.items()):
+            if at <= now:
+                del self._held[job_id]
+                if job_id in pending:
+                    self.backlog.add(pending[job_id].as_pending())
 
     def _recheck_inflight(self) -> None:
         """Returns to the backlog the jobs whose assignment was mined in a block that is gone.
@@ -239,7 +261,7 @@ class MetaScheduler:
             result.skipped.update(self.matcher.last_errors)
             result.unplaced = list(self.matcher.last_unplaced)
             if not assignments:
-                self.backlog.settle(taken, (), [*result.unplaced, *self.matcher.last_errors])
+                self._settle(taken, (), [*result.unplaced, *self.matcher.last_errors])
                 taken = []
                 break
             try:
@@ -253,8 +275,7 @@ class MetaScheduler:
             for a in assignments:
                 if a.job_id in self.failures and a not in landed:
                     result.skipped[a.job_id] = self.failures[a.job_id]
-            self.backlog.settle(taken, (a.job_id for a in landed),
-                                [*result.unplaced, *self.matcher.last_errors])
+            self._settle(taken, landed, [*result.unplaced, *self.matcher.last_errors])
             taken = []
             if self.backlog.fresh:
                 self._dirty = True  # more to examine: the next loop runs another round at once
@@ -271,20 +292,34 @@ class MetaScheduler:
         return result
 
     def _take(self) -> list[PendingJob]:
-        """The backlog's next jobs, as the grid state holds them now (a standby: only those left waiting)."""
+        """The backlog's next jobs, as the grid state holds them now, but for those left to another scheduler
+        for now (a standby: every job; several active schedulers: the others' shares), which are held until
+        they have waited long enough."""
         jobs = self.state.pending
         taken = [jobs[j.id].as_pending() for j in self.backlog.take() if j.id in jobs]
-        if self.standby_s <= 0 or not taken:
+        if self.standby_s <= 0 and len(self.shares.active) == 1:
             return taken
-        # Wall clock from when this scheduler saw the job become PENDING: chain time runs ahead in bursts (one
-        # block per transaction, each a second later) and stands still on a chain that mines on demand.
-        limit = time.monotonic() - self.standby_s
-        due = [j for j in taken if self._pending_since.get(j.id, 0.0) <= limit]
-        if len(due) < len(taken):
-            ids = {j.id for j in due}
-            self.backlog.restore(j for j in taken if j.id not in ids)
-            self._deferred = True
+        # Wall clock from when this scheduler saw the job become examinable: chain time runs ahead in bursts
+        # (one block per transaction, each a second later) and stands still on a chain that mines on demand.
+        now = time.monotonic()
+        due: list[PendingJob] = []
+        for j in taken:
+            delay = max(self.standby_s, self.shares.delay(j.id))
+            if delay > 0 and j.id in self._parked_late:  # woken by a provider change: the other one wakes it too
+                self._parked_late.discard(j.id)
+                self._pending_since[j.id] = now
+            at = self._pending_since.get(j.id, 0.0) + delay
+            if at <= now:
+                due.append(j)
+            else:
+                self._held[j.id] = at
         return due
+
+    def _settle(self, taken: list[PendingJob], placed: Sequence[Assignment], unplaced: list[int]) -> None:
+        """The backlog learns the round's outcome; a late job that fit nowhere is noted (see :meth:`_take`)."""
+        self.backlog.settle(taken, (a.job_id for a in placed), unplaced)
+        if self.standby_s > 0 or len(self.shares.active) > 1:
+            self._parked_late.update(j for j in unplaced if max(self.standby_s, self.shares.delay(j)) > 0)
 
     def _wake(self) -> None:
         """Parked jobs that a touched provider could take now are examined again."""
@@ -344,7 +379,9 @@ class MetaScheduler:
         now = self.chain.timestamp()
         # The chain's ``since`` is the assignment block's timestamp: only the jobs due by that are read back
         # from the chain (reading every waiting job every sweep stalled the service once thousands waited).
-        due = [j.id for j in waiting if self._block_time(_assigned_block(j)) + self.claim_timeout <= now]
+        # Another active scheduler's share is left to it for ``takeover_s`` more (both sending one would revert).
+        due = [j.id for j in waiting
+               if self._block_time(_assigned_block(j)) + self.claim_timeout + self.shares.delay(j.id) <= now]
         if not due:
             return []
         expired = [j.id for j in self.client.jobs(due)

@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 from dsq_chain.errors import InputError
 from dsq_chain.executors import LocalExecutor
 from dsq_chain.sdk.client import skipped_entries
 from dsq_chain.sdk.events import RoleGranted, RoleRevoked
 from dsq_chain.services.scheduler import MetaScheduler
-from dsq_chain.services.shares import SCHEDULER_ROLE, Shares
+from dsq_chain.services.shares import Shares
 from dsq_chain.services.worker import ProviderWorker
 from dsq_chain.types import JobStatus
 from tests.grid import Grid
@@ -154,12 +155,12 @@ EV: dict[str, Any] = {"block_number": 1, "block_hash": "0x" + "00" * 32, "tx_has
 
 def test_shares_follow_the_role_and_take_the_others_jobs_late() -> None:
     me, other, stranger = (f"0x{n:040x}" for n in (0xB, 0xA, 0xC))
-    shares = Shares(me, [other, stranger], takeover_s=4.0)
-    assert shares.active == (to_checksum_address(me),) and shares.delay(1) == 0.0, "no peer holds the role yet"
-    role = SCHEDULER_ROLE
+    role = keccak(text="SCHEDULER_ROLE")
+    shares = Shares(me, [other, stranger], takeover_s=4.0, role=role)
+    assert list(shares.active) == [to_checksum_address(me)] and shares.delay(1) == 0.0, "no peer holds the role"
     shares.on_event(RoleGranted(**EV, role=role, account=other, sender=me))
     shares.on_event(RoleGranted(**EV, role=b"\x01" * 32, account=stranger, sender=me))  # another role
-    assert shares.active == (to_checksum_address(other), to_checksum_address(me))
+    assert list(shares.active) == [to_checksum_address(other), to_checksum_address(me)]
     assert [shares.delay(j) for j in range(4)] == [4.0, 0.0, 4.0, 0.0]
     shares.on_event(RoleRevoked(**EV, role=role, account=other, sender=me))
     assert shares.delay(0) == 0.0, "a revoked peer's share is taken at once"

@@ -12,6 +12,9 @@ are new or back in PENDING, and the parked jobs that a provider change may let f
 nowhere is not examined again until then, so thousands of unplaceable jobs do not slow the round for a
 placeable one. At most ``per_owner`` jobs of each owner are examined per round.
 
+Several active schedulers given each other as ``peers`` share the jobs (:mod:`dsq_chain.services.shares`):
+each takes its own share at once and another's only after ``takeover_s``, so they never race for a job.
+
 The state is rebuilt from events at each start (an in-memory follower replays from the deployment
 block), so a restart neither assigns a job twice (the chain says it is assigned) nor forgets one.
 """
@@ -98,7 +101,8 @@ class MetaScheduler:
         #: A standby leaves a job to the active scheduler until it has waited this long in PENDING (chain time).
         self.standby_s = standby_s
         #: Other active schedulers' shares wait ``takeover_s`` here (see services/shares.py).
-        self.shares = Shares(wallet.address, peers, takeover_s)
+        role = bytes(self.client.market.functions.SCHEDULER_ROLE().call()) if peers else b""
+        self.shares = Shares(wallet.address, peers, takeover_s, role=role)
         self._touched: set[str] = set()
         self._pending_since: dict[int, float] = {}  # job id -> when it became examinable (monotonic, as seen here)
         self._held: dict[int, float] = {}  # jobs left to another scheduler for now -> when this one takes them

@@ -14,13 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
 
 from dsq_chain.errors import InputError
 from dsq_chain.sdk.events import ChainEvent, RoleGranted, RoleRevoked
 
-#: ``SCHEDULER_ROLE`` as the market defines it (keccak256 of the name).
-SCHEDULER_ROLE = keccak(text="SCHEDULER_ROLE")
 #: Default seconds a job of another active scheduler's share waits before this one takes it.
 DEFAULT_TAKEOVER_S = 5.0
 
@@ -28,12 +25,15 @@ DEFAULT_TAKEOVER_S = 5.0
 class Shares:
     """Which of the active schedulers takes a pending job first; a follower handler (role events)."""
 
-    def __init__(self, me: str, peers: Iterable[str] = (), takeover_s: float = DEFAULT_TAKEOVER_S) -> None:
+    def __init__(self, me: str, peers: Iterable[str] = (), takeover_s: float = DEFAULT_TAKEOVER_S, *,
+                 role: bytes = b"") -> None:
+        """``role``: the market's ``SCHEDULER_ROLE`` (needed only with ``peers``)."""
         if takeover_s < 0:
             raise InputError(f"takeover must be >= 0 seconds, got {takeover_s!r}")
         self.me = to_checksum_address(me)
         self.peers = frozenset(_address(p) for p in peers) - {self.me}
         self.takeover_s = takeover_s
+        self.role = bytes(role)
         self._holders: set[str] = set()
         self._active: tuple[str, ...] = (self.me,)
 
@@ -43,7 +43,7 @@ class Shares:
         return self._active
 
     def on_event(self, event: ChainEvent) -> None:
-        if isinstance(event, RoleGranted | RoleRevoked) and bytes(event.role) == SCHEDULER_ROLE:
+        if isinstance(event, RoleGranted | RoleRevoked) and bytes(event.role) == self.role:
             account = to_checksum_address(event.account)
             if isinstance(event, RoleGranted):
                 self._holders.add(account)

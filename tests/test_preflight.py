@@ -38,6 +38,11 @@ def test_scheduler_key_without_the_role_is_refused(cli: Cli) -> None:
     quick_failure(cli, EXIT_INPUT, "scheduler", "run", key=cli.keys[2], expected="does not hold the scheduler role")
 
 
+def test_scheduler_with_a_peer_that_is_not_an_address_is_refused(cli: Cli) -> None:
+    quick_failure(cli, EXIT_INPUT, "scheduler", "run", "--peer", "0x12", key=cli.keys[1],
+                  expected="peer '0x12' is not an address")
+
+
 def test_worker_key_that_is_not_a_registered_provider_is_refused_and_leaves_nothing(cli: Cli) -> None:
     state = cli.tmp / "worker"
     quick_failure(cli, EXIT_INPUT, "worker", "run", "--state-dir", str(state), key=cli.keys[12],

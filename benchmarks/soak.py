@@ -8,19 +8,24 @@ submitted every ``--every`` seconds while, every few seconds, one fault is injec
 * ``kill -9`` the scheduler, restarted at once;
 * the RPC cut for 2-5 s (the proxy drops every connection and refuses new ones);
 * the node stopped (it dumps its state) and started again from that state on the same port;
+* blocks reverted: ``evm_snapshot`` at a random moment, ``evm_revert`` to it 2-8 blocks later (a reorg the
+  follower of every service must follow: assignments, claims, reports and submissions in those blocks are
+  gone, the nonces go back);
 * hostile events: an unapproved provider sets label keys that are not UTF-8, empty or overlong, and values no
   label encodes to; another account submits jobs no provider can take (cancelled at the end).
 
-Then the stream stops, the grid drains, and the checks run. A violation is any of: a job not final, a job
-settled more than once (or final without a settlement), a job started more than once on chain or run more than
-once by a worker, credits not reconciling to the unit (market balance == escrows + internal balances).
-Prints jobs completed, faults injected and violations (target 0); exit code 1 on any violation.
+Then the stream stops, the grid drains, and the checks run on the surviving chain. A violation is any of: a job
+not final, a job settled more than once (or final without a settlement), a job started more than once on chain
+or run more than once by a worker, credits not reconciling to the unit (market balance == escrows + internal
+balances). A submission a revert took away no longer exists: it is counted as dropped (not resubmitted: the
+stream goes on) and its id, which the next submission reuses, is checked as that new job. A job whose
+submission or assignment was in reverted blocks may have run on the dropped fork before the worker learnt it
+(work started on a dropped fork has started): such a second run is counted and printed, not a violation.
+Prints jobs completed, faults injected by kind, submissions dropped and violations (target 0); exit code 1 on
+any violation.
 
     .venv/bin/python benchmarks/soak.py --seconds 600
     .venv/bin/python benchmarks/soak.py --seconds 40     # the short variant the suite runs
-
-Not injected yet: block reverts (a reorg that drops an assignment a worker already started: see
-docs/operations.md).
 """
 
 from __future__ import annotations
@@ -37,12 +42,13 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eth_abi import encode
+from eth_abi.abi import encode
 from eth_utils.crypto import keccak
 
 from dsq_chain.errors import ChainUnavailable
@@ -52,7 +58,7 @@ from dsq_chain.sdk.anvil import dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
 from dsq_chain.sdk.deployment import Deployment, deploy
-from dsq_chain.sdk.events import EventDecoder, JobSettled, JobStatusChanged
+from dsq_chain.sdk.events import EventDecoder, JobSettled, JobStatusChanged, JobSubmitted
 from dsq_chain.services.follower import EventFollower
 from dsq_chain.types import JobStatus, Prices, Resources
 from dsq_chain.workloads import workflow as wfm
@@ -61,6 +67,7 @@ DSQ = shutil.which("dsq", path=str(Path(sys.executable).parent)) or "dsq"
 WORKFLOW = wfm.loads("name: soak\nresources: {tasks: 1, cpusPerTask: 1, memPerCpu: 64}\n"
                      "steps: [{name: main, run: {command: 'sleep 1'}}]\n")
 PRICES = Prices(per_cpu_minute=1_000, per_gpu_minute=0, per_gb_minute=10)
+FAULTS = ("kill worker", "kill scheduler", "cut rpc", "restart node", "hostile events", "revert blocks")
 
 
 class CuttableProxy:
@@ -147,12 +154,35 @@ class Service:
                 self.kill9()
 
 
-def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path
-         ) -> tuple[Counter[str], Counter[str], list[str]]:
+@dataclasses.dataclass
+class Outcome:
+    """What a soak run found."""
+
+    statuses: Counter[str]
+    faults: Counter[str]
+    violations: list[str]
+    dropped: int = 0  # submissions a revert took away
+    fork_runs: int = 0  # jobs run again after a revert dropped the run's submission or assignment
+
+
+@dataclasses.dataclass
+class PendingRevert:
+    """A snapshot to revert to once the head reaches ``at``."""
+
+    snapshot: str
+    block: int
+    at: int
+
+
+def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path, kinds: Sequence[str] = FAULTS
+         ) -> Outcome:
     """Runs the soak; returns the jobs' final statuses, the faults injected and the violations found."""
     rng = random.Random(seed)
     keys = dev_keys(10)
     faults: Counter[str] = Counter()
+    forked: set[int] = set()  # job ids submitted or touched in reverted blocks
+    dropped = 0
+    pending_revert: PendingRevert | None = None
     state = tmp / "anvil-state.json"
     node = start_anvil(dump_state=state)
     try:
@@ -183,18 +213,30 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path
             s.start()
         ids: list[int] = []
         spam: list[int] = []
+        clients = (user, spammer, admin, hostile)
         try:
             end = time.monotonic() + seconds
             next_fault = time.monotonic() + rng.uniform(2, 5)
             while time.monotonic() < end:
                 try:
                     ids += user.submit(WORKFLOW, credits=Credits(1), max_rate=Credits(1))
+                    if pending_revert is not None and chain.block_number() >= pending_revert.at:
+                        forked |= revert(chain, dep, pending_revert)
+                        pending_revert = None
+                        faults["revert blocks"] += 1
+                        for c in clients:
+                            c.wallet.reset_nonce()
+                        count = user.job_count()  # ids above it are gone (and will be given again)
+                        dropped += sum(1 for i in ids if i > count)
+                        ids = [i for i in ids if i <= count]
+                        spam = [i for i in spam if i <= count]
                 except ChainUnavailable:
                     time.sleep(0.2)  # the node is restarting
                     continue
                 if time.monotonic() >= next_fault:
-                    kind = rng.choice(["kill worker", "kill scheduler", "cut rpc", "restart node", "hostile events"])
-                    faults[kind] += 1
+                    kind = rng.choice(kinds)
+                    if kind != "revert blocks":
+                        faults[kind] += 1
                     if kind == "kill worker":
                         w = rng.choice(workers)
                         w.kill9()
@@ -208,8 +250,13 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path
                         port = node.port
                         node.stop()  # SIGTERM: Anvil dumps its state
                         node = start_anvil(port, dump_state=state, load_state=state)
-                        for u in (user, spammer, admin, hostile):
-                            u.wallet.reset_nonce()
+                        pending_revert = None  # snapshots do not survive a restart
+                        for c in clients:
+                            c.wallet.reset_nonce()
+                    elif kind == "revert blocks":  # counted once reverted
+                        if pending_revert is None:
+                            head = chain.block_number()
+                            pending_revert = PendingRevert(chain.snapshot(), head, head + rng.randint(2, 8))
                     else:
                         hostile_events(chain, dep, hostile.address)
                         spam += spammer.submit(WORKFLOW, credits=Credits(1), max_rate=Credits(units=1),
@@ -224,7 +271,8 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path
         finally:
             for s in services:
                 s.stop()
-        violations = check(chain, dep, user, ids, [tmp / f"w{i}" / "executor" for i in range(n_workers)])
+        violations, fork_runs = check(chain, dep, user, ids, [tmp / f"w{i}" / "executor" for i in range(n_workers)],
+                                      forked)
         for job in spammer.jobs(spam):
             if job.status is not JobStatus.PENDING:
                 violations.append(f"spam job {job.id} (cap 1: no provider fits) is {job.status.name}")
@@ -234,7 +282,26 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path
         outcomes = Counter(j.status.name for j in user.jobs(ids))
     finally:
         node.stop()
-    return outcomes, faults, violations
+    return Outcome(outcomes, faults, violations, dropped, fork_runs)
+
+
+def revert(chain: Chain, dep: Deployment, pending: PendingRevert) -> set[int]:
+    """Reverts to the snapshot; returns the ids of the jobs submitted or changed in the blocks it removed."""
+    logs = chain.call_rpc("eth_getLogs", [{"address": dep.market, "fromBlock": hex(pending.block + 1),
+                                            "toBlock": "latest"}])
+    decoder = EventDecoder()
+    touched: set[int] = set()
+    for raw in logs:
+        try:
+            ev = decoder.decode(raw)
+        except Exception:  # an event this decoder does not know (hostile or newer): not a job's
+            continue
+        if isinstance(ev, JobSubmitted):
+            touched.update(range(ev.first_job_id, ev.first_job_id + ev.count))
+        elif isinstance(job_id := getattr(ev, "job_id", None), int):
+            touched.add(job_id)
+    chain.revert(pending.snapshot)
+    return touched
 
 
 def hostile_events(chain: Chain, dep: Deployment, sender: str) -> None:
@@ -246,7 +313,9 @@ def hostile_events(chain: Chain, dep: Deployment, sender: str) -> None:
                                             "gas": hex(3_000_000)}])
 
 
-def check(chain: Chain, dep: Deployment, user: GridClient, ids: list[int], roots: list[Path]) -> list[str]:
+def check(chain: Chain, dep: Deployment, user: GridClient, ids: list[int], roots: list[Path], forked: set[int]
+          ) -> tuple[list[str], int]:
+    """The violations on the surviving chain, and how many jobs ran again after a revert dropped a run."""
     violations: list[str] = []
     settled: Counter[int] = Counter()
     started: Counter[int] = Counter()
@@ -261,6 +330,8 @@ def check(chain: Chain, dep: Deployment, user: GridClient, ids: list[int], roots
     follower.add_handler(on)
     follower.poll()
     for job in user.jobs(ids):
+        if job.owner != user.address:
+            violations.append(f"job {job.id} is {job.owner}'s: the soak lost track of its submissions")
         if not job.status.is_final:
             violations.append(f"job {job.id} is {job.status.name}, not final")
         elif settled[job.id] != 1:
@@ -268,11 +339,14 @@ def check(chain: Chain, dep: Deployment, user: GridClient, ids: list[int], roots
         if started[job.id] > 1:
             violations.append(f"job {job.id} started {started[job.id]} times on chain")
     executors = [LocalExecutor(r) for r in roots if r.exists()]
+    fork_runs = 0
     for job_id in ids:
         runs = sum(len(ex.find(job_id)) for ex in executors)
-        if runs > 1:
+        if runs > 1 and job_id in forked:
+            fork_runs += 1
+        elif runs > 1:
             violations.append(f"job {job_id} run {runs} times by the workers")
-    return violations
+    return violations, fork_runs
 
 
 def reconcile(user: GridClient, others: list[str]) -> list[str]:
@@ -292,12 +366,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=0.5, help="seconds between submissions")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated kinds among: {', '.join(FAULTS)}")
     args = parser.parse_args(argv)
+    kinds = [k.strip() for k in args.faults.split(",") if k.strip()]
+    if not kinds or any(k not in FAULTS for k in kinds):
+        parser.error(f"--faults: expected kinds among {', '.join(FAULTS)}, got {args.faults!r}")
     with TemporaryDirectory(prefix="dsq-soak-") as tmp:
-        outcomes, faults, violations = soak(args.seconds, args.every, args.workers, args.seed, Path(tmp))
+        out = soak(args.seconds, args.every, args.workers, args.seed, Path(tmp), kinds)
+    outcomes, faults, violations = out.statuses, out.faults, out.violations
     print(f"soak {args.seconds:.0f} s (seed {args.seed}): {outcomes['FINISHED']} jobs completed of "
-          f"{sum(outcomes.values())} submitted ({', '.join(f'{k} {n}' for k, n in sorted(outcomes.items()))}), "
+          f"{sum(outcomes.values())} on the final chain "
+          f"({', '.join(f'{k} {n}' for k, n in sorted(outcomes.items()))}), "
+          f"{out.dropped} submissions dropped by reverts (not resubmitted), "
           f"{sum(faults.values())} faults injected ({', '.join(f'{k} {n}' for k, n in sorted(faults.items()))}), "
+          f"{out.fork_runs} jobs run again after a revert dropped their first run, "
           f"{len(violations)} violations (target 0)")
     for v in violations[:20]:
         print(f"  violation: {v}")

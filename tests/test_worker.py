@@ -365,7 +365,7 @@ def test_refuses_workflow_whose_bytes_do_not_match_the_hash(grid: Grid, rig: Rig
     [job_id] = submit(grid.user, workflow("echo real"), BIG)
     assign(grid, job_id)
     real = workflow("echo real").canonical()
-    rig.worker._workflows[job_id] = (workflow("echo substituted").canonical(), keccak(real))  # hash: the event's
+    rig.worker.workflows.raw[job_id] = (workflow("echo substituted").canonical(), keccak(real))  # hash: the event's
     rig.tick()
     assert [a.action for a in rig.actions] == [ReportAction.REFUSE]
     assert "workflow hash mismatch" in caplog.text

@@ -49,6 +49,7 @@ from tempfile import TemporaryDirectory
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eth_abi.abi import encode
+from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
 from dsq_chain.errors import ChainUnavailable
@@ -222,6 +223,7 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path, kin
                     ids += user.submit(WORKFLOW, credits=Credits(1), max_rate=Credits(1))
                     if pending_revert is not None and chain.block_number() >= pending_revert.at:
                         forked |= revert(chain, dep, pending_revert)
+                        note(f"revert blocks: back to block {pending_revert.block}")
                         pending_revert = None
                         faults["revert blocks"] += 1
                         for c in clients:
@@ -237,6 +239,7 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path, kin
                     kind = rng.choice(kinds)
                     if kind != "revert blocks":
                         faults[kind] += 1
+                        note(kind)
                     if kind == "kill worker":
                         w = rng.choice(workers)
                         w.kill9()
@@ -247,16 +250,18 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path, kin
                     elif kind == "cut rpc":
                         proxy.cut(rng.uniform(2, 5))
                     elif kind == "restart node":
-                        port = node.port
+                        port, before = node.port, chain.block_number()
                         node.stop()  # SIGTERM: Anvil dumps its state
                         node = start_anvil(port, dump_state=state, load_state=state)
                         pending_revert = None  # snapshots do not survive a restart
+                        note(f"node back at block {chain.block_number()} (it was at {before})")
                         for c in clients:
                             c.wallet.reset_nonce()
                     elif kind == "revert blocks":  # counted once reverted
                         if pending_revert is None:
                             head = chain.block_number()
                             pending_revert = PendingRevert(chain.snapshot(), head, head + rng.randint(2, 8))
+                            note(f"snapshot at block {head}, to revert at block {pending_revert.at}")
                     else:
                         hostile_events(chain, dep, hostile.address)
                         spam += spammer.submit(WORKFLOW, credits=Credits(1), max_rate=Credits(units=1),
@@ -285,17 +290,19 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path, kin
     return Outcome(outcomes, faults, violations, dropped, fork_runs)
 
 
+def note(what: str) -> None:
+    """One line per fault on stderr (the suite shows it when the short soak fails)."""
+    print(f"{time.strftime('%H:%M:%S')} fault: {what}", file=sys.stderr, flush=True)
+
+
 def revert(chain: Chain, dep: Deployment, pending: PendingRevert) -> set[int]:
     """Reverts to the snapshot; returns the ids of the jobs submitted or changed in the blocks it removed."""
-    logs = chain.call_rpc("eth_getLogs", [{"address": dep.market, "fromBlock": hex(pending.block + 1),
-                                            "toBlock": "latest"}])
+    logs = chain.w3.eth.get_logs({"address": to_checksum_address(dep.market), "fromBlock": pending.block + 1,
+                                  "toBlock": "latest"})
     decoder = EventDecoder()
     touched: set[int] = set()
     for raw in logs:
-        try:
-            ev = decoder.decode(raw)
-        except Exception:  # an event this decoder does not know (hostile or newer): not a job's
-            continue
+        ev = decoder.decode(raw)  # never raises: an event it does not know is Undecodable, not a job's
         if isinstance(ev, JobSubmitted):
             touched.update(range(ev.first_job_id, ev.first_job_id + ev.count))
         elif isinstance(job_id := getattr(ev, "job_id", None), int):

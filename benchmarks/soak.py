@@ -52,6 +52,7 @@ from eth_abi.abi import encode
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
+from dsq_chain.cli.common import EXIT_CHAIN
 from dsq_chain.errors import ChainUnavailable
 from dsq_chain.executors import LocalExecutor
 from dsq_chain.money import Credits
@@ -146,6 +147,15 @@ class Service:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    def supervise(self) -> int | None:
+        """Restarts the service if it exited by itself (as systemd's ``Restart=always`` would); returns the exit
+        code it had, or None if it runs. A service exits only at start (the run loops catch everything), e.g.
+        when its start-up checks meet an RPC cut: ``dsq`` then exits with EXIT_CHAIN."""
+        code = None if self.proc is None else self.proc.poll()
+        if code is not None:
+            self.start()
+        return code
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -163,6 +173,7 @@ class Outcome:
     faults: Counter[str]
     violations: list[str]
     dropped: int = 0  # submissions a revert took away
+    exits: int = 0  # services that exited by themselves (and were restarted)
     fork_runs: int = 0  # jobs run again after a revert dropped the run's submission or assignment
 
 
@@ -182,7 +193,8 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path, kin
     keys = dev_keys(10)
     faults: Counter[str] = Counter()
     forked: set[int] = set()  # job ids submitted or touched in reverted blocks
-    dropped = 0
+    violations: list[str] = []
+    dropped = exits = 0
     pending_revert: PendingRevert | None = None
     state = tmp / "anvil-state.json"
     node = start_anvil(dump_state=state)
@@ -219,6 +231,7 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path, kin
             end = time.monotonic() + seconds
             next_fault = time.monotonic() + rng.uniform(2, 5)
             while time.monotonic() < end:
+                exits += supervise(services, violations)
                 try:
                     ids += user.submit(WORKFLOW, credits=Credits(1), max_rate=Credits(1))
                     if pending_revert is not None and chain.block_number() >= pending_revert.at:
@@ -270,14 +283,16 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path, kin
                 time.sleep(every)
             deadline = time.monotonic() + 120 + seconds
             while time.monotonic() < deadline:
+                exits += supervise(services, violations)
                 if all(j.status.is_final for j in user.jobs(ids)):
                     break
                 time.sleep(1)
         finally:
             for s in services:
                 s.stop()
-        violations, fork_runs = check(chain, dep, user, ids, [tmp / f"w{i}" / "executor" for i in range(n_workers)],
+        found, fork_runs = check(chain, dep, user, ids, [tmp / f"w{i}" / "executor" for i in range(n_workers)],
                                       forked)
+        violations += found
         for job in spammer.jobs(spam):
             if job.status is not JobStatus.PENDING:
                 violations.append(f"spam job {job.id} (cap 1: no provider fits) is {job.status.name}")
@@ -287,7 +302,20 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path, kin
         outcomes = Counter(j.status.name for j in user.jobs(ids))
     finally:
         node.stop()
-    return Outcome(outcomes, faults, violations, dropped, fork_runs)
+    return Outcome(outcomes, faults, violations, dropped, exits, fork_runs)
+
+
+def supervise(services: list[Service], violations: list[str]) -> int:
+    """Restarts the services that exited; an exit for another reason than an unreachable node is a violation."""
+    exits = 0
+    for service in services:
+        code = service.supervise()
+        if code is not None:
+            exits += 1
+            note(f"{service.args[2]} exited with code {code}: restarted")
+            if code != EXIT_CHAIN:
+                violations.append(f"`dsq {' '.join(service.args[2:4])}` exited with code {code} (see its log)")
+    return exits
 
 
 def note(what: str) -> None:
@@ -385,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(outcomes.values())} on the final chain "
           f"({', '.join(f'{k} {n}' for k, n in sorted(outcomes.items()))}), "
           f"{out.dropped} submissions dropped by reverts (not resubmitted), "
+          f"{out.exits} service exits (restarted), "
           f"{sum(faults.values())} faults injected ({', '.join(f'{k} {n}' for k, n in sorted(faults.items()))}), "
           f"{out.fork_runs} jobs run again after a revert dropped their first run, "
           f"{len(violations)} violations (target 0)")

@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
+from dsq_chain import artifacts
+from dsq_chain.errors import ChainUnavailable
 from dsq_chain.sdk.anvil import free_port
+from dsq_chain.sdk.chain import Chain
+from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.services import preflight
 from tests.grid import Grid
 from tests.slurm_cluster import SlurmUnavailable, ensure_slurm_installed
@@ -108,3 +112,19 @@ def test_a_well_started_service_passes_every_check(grid: Grid) -> None:
     preflight.check_contracts(grid.chain, grid.deployment)
     preflight.check_scheduler(grid.scheduler.wallet, grid.deployment)
     assert preflight.check_provider(grid.pending.wallet, grid.deployment).name == "PENDING"
+
+
+def test_a_node_lost_in_the_middle_of_the_check_is_said_to_be_unreachable(grid: Grid,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node answers the first reads, then the link drops (an RPC cut as a service restarts): the check says
+    the node is unreachable, not that the token address holds some other contract."""
+    gone = Chain(f"http://127.0.0.1:{free_port()}", timeout=2)
+    monkeypatch.setattr(grid.chain, "rpc_url", gone.rpc_url)
+    monkeypatch.setattr(Deployment, "contracts", lambda self, chain: (
+        gone.w3.eth.contract(address=self.token, abi=artifacts.abi("CreditToken")),
+        gone.w3.eth.contract(address=self.market, abi=artifacts.abi("JobMarket"))))
+    with pytest.raises(ChainUnavailable, match="unreachable"):
+        preflight.check_contracts(grid.chain, grid.deployment)
+    for check in (preflight.check_scheduler, preflight.check_provider):
+        with pytest.raises(ChainUnavailable, match="unreachable"):
+            check(grid.scheduler.wallet, grid.deployment)

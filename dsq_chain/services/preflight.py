@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dsq_chain.errors import InputError
+from dsq_chain.errors import ChainUnavailable, InputError
 from dsq_chain.executors.base import ExecutorError, base_env, run_command
-from dsq_chain.sdk.chain import Chain, Wallet
+from dsq_chain.sdk.chain import Chain, Wallet, node_errors
 from dsq_chain.sdk.client import provider_from_view
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.types import ProviderStatus
@@ -52,7 +52,10 @@ def check_contracts(chain: Chain, deployment: Deployment) -> None:
                                             market.functions.SCHEDULER_ROLE().call())),
                         ("token", lambda: token.functions.decimals().call())):
         try:
-            probe()
+            with node_errors(chain.rpc_url):  # the node gone mid-check says so, not "not our contract"
+                probe()
+        except ChainUnavailable:
+            raise
         except Exception as e:  # any revert or undecodable answer: not our contract there
             address = deployment.market if what == "market" else deployment.token
             raise StartupError(f"{where}: {what} address {address} holds a contract that is not the "
@@ -63,8 +66,10 @@ def check_contracts(chain: Chain, deployment: Deployment) -> None:
 def check_scheduler(wallet: Wallet, deployment: Deployment) -> None:
     """``wallet`` may assign jobs: it holds the market's scheduler role."""
     _, market = deployment.contracts(wallet.chain)
-    role = market.functions.SCHEDULER_ROLE().call()
-    if not market.functions.hasRole(role, wallet.address).call():
+    with node_errors(wallet.chain.rpc_url):
+        role = market.functions.SCHEDULER_ROLE().call()
+        holds = market.functions.hasRole(role, wallet.address).call()
+    if not holds:
         raise StartupError(f"scheduler key {wallet.address} does not hold the scheduler role on market "
                            f"{deployment.market}: the admin grants it with `dsq admin grant-scheduler "
                            f"{wallet.address}`")
@@ -73,7 +78,9 @@ def check_scheduler(wallet: Wallet, deployment: Deployment) -> None:
 def check_provider(wallet: Wallet, deployment: Deployment) -> ProviderStatus:
     """``wallet`` is a registered provider (pending, approved or paused); returns its status."""
     _, market = deployment.contracts(wallet.chain)
-    status = provider_from_view(market.functions.getProvider(wallet.address).call()).status
+    with node_errors(wallet.chain.rpc_url):
+        view = market.functions.getProvider(wallet.address).call()
+    status = provider_from_view(view).status
     if status in (ProviderStatus.NONE, ProviderStatus.REMOVED):
         raise StartupError(f"worker key {wallet.address} is not a registered provider on market "
                            f"{deployment.market}: run `dsq provider register` with this key first")

@@ -266,7 +266,7 @@ class Wallet:
             tx = params | {"to": call.to, "data": call.data, "value": 0}
         return HexBytes(self.signer.sign_transaction(tx))
 
-    def _fees(self) -> dict[str, int]:
+    def fees(self) -> dict[str, int]:
         """EIP-1559 fees: the node's suggested tip, and room for the base fee to double.
 
         Not a legacy ``gasPrice`` of 2 x ``eth_gasPrice``: the overpayment became the block's tip,
@@ -281,7 +281,7 @@ class Wallet:
 
     def _bumped(self, fees: dict[str, int]) -> dict[str, int]:
         """Fees for a replacement: at least FEE_BUMP times the last ones, and what the chain asks now."""
-        now = self._fees()
+        now = self.fees()
         if "gasPrice" in fees:
             return {"gasPrice": max(math.ceil(fees["gasPrice"] * FEE_BUMP), now.get("gasPrice", 0))}
         tip = max(math.ceil(fees["maxPriorityFeePerGas"] * FEE_BUMP), now.get("maxPriorityFeePerGas", 0))
@@ -305,7 +305,7 @@ class Wallet:
         if self.read_only:
             raise InputError(f"{items[0].label}: this client is read-only: connect with a key, a keystore or a "
                              "signer to send transactions")
-        fees = self._fees()
+        fees = self.fees()
         # Estimate before taking nonces, so a revert found at estimation costs no nonce.
         items = [c if c.gas is not None else replace(c, gas=self.estimate(c)) for c in items]
         first = self._take_nonces(len(items))

@@ -72,8 +72,8 @@ def progress_path(deployment_path: Path) -> Path:
 
 
 def eth(wei: int) -> str:
-    """``wei`` in ether (the chain's native coin), without trailing zeros."""
-    text = format(Decimal(wei) / WEI_PER_ETH, "f")
+    """``wei`` in ether (the chain's native coin), rounded up to the gwei, without trailing zeros."""
+    text = format(Decimal(-(-wei // 10**9)) / 10**9, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
@@ -208,7 +208,7 @@ class Plan:
             out.append(f"gas price {gwei(self.max_price)} gwei")
         else:
             out.append(f"fees: {gwei(self.expected_price)} gwei per gas expected (base fee + tip), "
-                       f"at most {gwei(self.max_price)}")
+                       f"at most {gwei(self.max_price)} gwei")
         out.append(f"cost: about {eth(self.expected_cost)} ETH ({self.estimated_gas:,} gas estimated), at most "
                    f"{eth(self.max_cost)} ETH (gas limits {self.gas:,}); the account holds {eth(self.balance)} ETH")
         return out

@@ -26,11 +26,11 @@ from dsq_chain.cli import main
 from dsq_chain.errors import InputError
 from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import AnvilNode, dev_keys, free_port, start_anvil
-from dsq_chain.sdk.chain import Chain
+from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.client import AdminClient, GridClient
 from dsq_chain.sdk.codecheck import code_difference
 from dsq_chain.sdk.deployment import Deployment, deploy
-from dsq_chain.sdk.network_deploy import Progress, progress_path
+from dsq_chain.sdk.network_deploy import NetworkDeployer, Progress, progress_path
 from dsq_chain.types import JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,6 +312,30 @@ def test_a_transaction_still_in_the_pool_is_waited_for(node: AnvilNode, deployer
         _kill(proc)
     assert "CreditToken: sent 0x" not in rest
     assert d.progress().steps[0].tx == pooled and d.nonce() == 3
+
+
+def test_a_transaction_stuck_under_the_base_fee_is_replaced_with_higher_fees(node: AnvilNode, tmp_path: Path) -> None:
+    """The base fee jumps past the first transaction's cap right after it is sent (a fee spike): after
+    ``replace_after`` seconds it is signed again, same nonce, higher fees, and that version is mined."""
+    chain = Chain(node.rpc_url)
+    account = Account.create()
+    chain.call_rpc("anvil_setBalance", [account.address, hex(10**21)])
+    lines: list[str] = []
+
+    def report(line: str) -> None:
+        lines.append(line)
+        if line.startswith("CreditToken: sent"):
+            chain.call_rpc("anvil_setNextBlockBaseFeePerGas", [hex(100 * 10**9)])
+
+    deployer = NetworkDeployer(Wallet(chain, account.key, replace_after=1.0), tmp_path / "deployment.json",
+                               admin_delay=0, report=report)
+    dep = deployer.run(deployer.prepare())
+    token = Progress.load(progress_path(tmp_path / "deployment.json")).steps[0]
+    assert len(token.replaced) >= 1 and token.tx not in token.replaced, lines
+    assert any(f"{token.replaced[0]} not mined after 1 s: replaced by" in ln for ln in lines), lines
+    assert chain.w3.eth.get_transaction_receipt(token.tx)["contractAddress"] == dep.token  # type: ignore[arg-type]
+    assert chain.call_rpc("eth_getTransactionReceipt", [token.replaced[0]]) is None
+    assert int(chain.call_rpc("eth_getTransactionCount", [account.address, "latest"]), 16) == 3
 
 
 def test_refusals_are_one_clear_line_and_send_nothing(node: AnvilNode, deployer: Callable[..., Deployer]) -> None:

@@ -279,7 +279,7 @@ class Wallet:
         tip = int(self.chain.call_rpc("eth_maxPriorityFeePerGas", []), 16)
         return {"maxFeePerGas": 2 * int(block["baseFeePerGas"], 16) + tip, "maxPriorityFeePerGas": tip}
 
-    def _bumped(self, fees: dict[str, int]) -> dict[str, int]:
+    def bumped_fees(self, fees: dict[str, int]) -> dict[str, int]:
         """Fees for a replacement: at least FEE_BUMP times the last ones, and what the chain asks now."""
         now = self.fees()
         if "gasPrice" in fees:
@@ -363,7 +363,7 @@ class Wallet:
                 # be mined. The caller reads the nonce again and sends anew; a fee bump would not help.
                 raise TransactionFailed(f"nonce gap: the chain has {mined} transactions of ours, these start at "
                                         f"nonce {first} (an earlier one was dropped, e.g. by a reorg)")
-            fees = self._bumped(fees)
+            fees = self.bumped_fees(fees)
             for i in range(len(items)):
                 if i in found:
                     continue

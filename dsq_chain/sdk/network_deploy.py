@@ -6,7 +6,9 @@ file (``deployment.progress.json`` beside the deployment file), checks every ste
 prices the steps left (:class:`Plan`); :meth:`~NetworkDeployer.run` sends them one by one. Before each
 transaction is sent, its nonce, hash and future address are written to the progress file, so a process
 killed at any point is resumed without sending anything twice: a run finds a recorded transaction mined,
-waiting in the node's pool, or gone (then only is it sent again). A step counts as done once its
+waiting in the node's pool, or gone (then only is it sent again). A transaction not mined within the
+wallet's ``replace_after`` seconds is signed again with the same nonce and higher fees, as the SDK does
+for every transaction; whichever version is mined counts. A step counts as done once its
 transaction is ``confirmations`` blocks deep, the runtime code at its address matches the artifacts
 (:mod:`dsq_chain.sdk.codecheck`) and the transaction's input is the artifacts' creation code with the
 expected constructor arguments. The progress file also records the chain id, the deploying account,
@@ -101,6 +103,11 @@ class Step:
     tx: str = ""
     address: str = ""
     block: int | None = None
+    #: The gas limit and fees ``tx`` was signed with.
+    gas: int = 0
+    fees: dict[str, int] = field(default_factory=dict)
+    #: Earlier versions of ``tx`` (same nonce, lower fees), replaced because they were not mined in time.
+    replaced: list[str] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -348,9 +355,10 @@ class NetworkDeployer:
         for step in progress.steps:
             if step.done:
                 continue
+            data = self._creation_data(step.contract, addresses, progress)
             if not (step.sent and self._still_sent(step, progress)):
-                self._send(step, addresses, progress)
-            receipt = self._confirmed(step)
+                self._send(step, data, addresses, progress)
+            receipt = self._confirmed(step, progress, data)
             step.block = int(receipt["blockNumber"])
             self._verify(step, bytes(self._get_code(step.address)), addresses, progress)
             progress.save(self.progress_path)
@@ -365,74 +373,115 @@ class NetworkDeployer:
         deployment.save(self.deployment_path)
         return deployment
 
-    def _send(self, step: Step, addresses: dict[str, str], progress: Progress) -> None:
-        data = self._creation_data(step.contract, addresses, progress)
+    def _send(self, step: Step, data: str, addresses: dict[str, str], progress: Progress) -> None:
         fees = self.wallet.fees()
         gas = self._estimate(step.contract, addresses, progress)
         nonce = self._nonce("pending")
-        tx = {"nonce": nonce, "gas": gas, "chainId": progress.chain_id, "data": data, "value": 0, **fees}
-        raw = HexBytes(self.wallet.signer.sign_transaction(tx))
-        step.nonce, step.tx = nonce, HexBytes(keccak(raw)).to_0x_hex()
-        step.address = create_address(progress.deployer, nonce)
-        progress.save(self.progress_path)  # before sending: a run killed from here on finds it
-        resp = self.chain.request("eth_sendRawTransaction", [raw.to_0x_hex()])
-        if "error" in resp:
-            message = str(resp["error"].get("message") if isinstance(resp["error"], dict) else resp["error"])
+        step.nonce, step.address = nonce, create_address(progress.deployer, nonce)
+        error = self._sign_and_send(step, progress, data, gas, fees)
+        if error is not None:
             step.nonce, step.tx, step.address = None, "", ""
             progress.save(self.progress_path)
-            if "insufficient funds" in message.lower():
+            if "insufficient funds" in error.lower():
                 price = fees.get("gasPrice", fees.get("maxFeePerGas", 0))
                 raise InsufficientFunds(f"insufficient funds: deploying {step.contract} needs up to "
                                         f"{eth(gas * price)} ETH ({gas:,} gas at up to {gwei(price)} gwei), "
                                         f"{progress.deployer} holds {eth(self._balance())} ETH")
-            raise TransactionFailed(f"the node refused the {step.contract} deployment: {message}")
+            raise TransactionFailed(f"the node refused the {step.contract} deployment: {error}")
         self.report(f"{step.contract}: sent {step.tx} (nonce {nonce}, gas limit {gas:,})")
+
+    def _sign_and_send(self, step: Step, progress: Progress, data: str, gas: int, fees: dict[str, int]) -> str | None:
+        """Signs the creation of ``step``'s contract with its nonce, records the hash as the step's
+        transaction (before sending: a run killed from here on finds it) and sends it. Returns the
+        node's error message, if it refused."""
+        tx = {"nonce": step.nonce, "gas": gas, "data": data, "chainId": progress.chain_id, "value": 0, **fees}
+        raw = HexBytes(self.wallet.signer.sign_transaction(tx))
+        step.tx, step.gas, step.fees = HexBytes(keccak(raw)).to_0x_hex(), gas, fees
+        progress.save(self.progress_path)
+        resp = self.chain.request("eth_sendRawTransaction", [raw.to_0x_hex()])
+        if "error" not in resp:
+            return None
+        return str(resp["error"].get("message") if isinstance(resp["error"], dict) else resp["error"])
+
+    def _replace(self, step: Step, progress: Progress, data: str) -> None:
+        """Sends ``step``'s transaction again with the same nonce and higher fees (the base fee rose past
+        its cap, or its tip is too low; some nodes then drop it from their pool); whichever version is
+        mined counts."""
+        previous, gas, fees = step.tx, step.gas, step.fees
+        bumped = self.wallet.bumped_fees(fees)
+        step.replaced.append(previous)
+        error = self._sign_and_send(step, progress, data, gas, bumped)
+        if error is not None:  # mined meanwhile ("nonce too low"), or the node wants more: keep waiting
+            step.tx, step.fees = step.replaced.pop(), fees
+            progress.save(self.progress_path)
+            self.report(f"{step.contract}: replacing {previous} was refused ({error}); still waiting for it")
+            return
+        self.report(f"{step.contract}: {previous} not mined after {self.wallet.replace_after:.0f} s: replaced by "
+                    f"{step.tx} with fees {', '.join(f'{k} {gwei(v)} gwei' for k, v in bumped.items())}")
+
+    def _mined(self, step: Step, progress: Progress) -> TxReceipt | None:
+        """The receipt of whichever version of the step's transaction is mined (then the step's ``tx``)."""
+        for version in [step.tx, *reversed(step.replaced)]:
+            receipt = self._receipt(version)
+            if receipt is not None:
+                if version != step.tx:
+                    step.replaced = [v for v in [*step.replaced, step.tx] if v != version]
+                    step.tx = version
+                    progress.save(self.progress_path)
+                return receipt
+        return None
 
     def _still_sent(self, step: Step, progress: Progress) -> bool:
         """Whether the transaction an earlier run sent for ``step`` is mined or waiting in the node's pool;
         if it is neither, it never reached the chain: the step is cleared, to be sent again."""
-        if self._receipt(step.tx) is not None:
+        if self._mined(step, progress) is not None:
             return True
-        if self._transaction(step.tx) is not None:
+        if any(self._transaction(v) is not None for v in [step.tx, *step.replaced]):
             self.report(f"{step.contract}: {step.tx}, sent by an earlier run, is waiting in the pool")
             return True
         if self._get_code(step.address):  # mined under another hash (replaced by hand)
             raise TransactionFailed(f"{step.contract}: a contract is at {step.address} but {step.tx} is unknown to "
                                     f"the node: check it, then record it in {self.progress_path} or delete the file")
         self.report(f"{step.contract}: {step.tx}, sent by an earlier run, never reached the chain: sending again")
-        step.nonce, step.tx, step.address = None, "", ""
+        step.nonce, step.tx, step.address, step.replaced = None, "", "", []
         progress.save(self.progress_path)
         return False
 
-    def _confirmed(self, step: Step) -> TxReceipt:
+    def _confirmed(self, step: Step, progress: Progress, data: str) -> TxReceipt:
         """The step's receipt once ``confirmations`` blocks deep (the block still the chain's)."""
         deadline = time.monotonic() + self.timeout
-        receipt = self._wait_mined(step, deadline)
+        receipt = self._wait_mined(step, progress, data, deadline)
         while True:
             depth = self.chain.block_number() - int(receipt["blockNumber"]) + 1
             if depth >= self.confirmations:
                 again = self._receipt(step.tx)
                 if again is not None and again["blockHash"] == receipt["blockHash"]:
                     return again
-                receipt = self._wait_mined(step, deadline)  # reorged: wait for it to be mined again
+                receipt = self._wait_mined(step, progress, data, deadline)  # reorged: wait for it to be mined again
                 continue
             if time.monotonic() >= deadline:
                 raise TransactionFailed(f"{step.contract}: {step.tx} has {depth} of {self.confirmations} "
                                         f"confirmations after {self.timeout:.0f} s: run again to keep waiting")
             time.sleep(POLL_S)
 
-    def _wait_mined(self, step: Step, deadline: float | None = None) -> TxReceipt:
-        deadline = time.monotonic() + self.timeout if deadline is None else deadline
+    def _wait_mined(self, step: Step, progress: Progress, data: str, deadline: float) -> TxReceipt:
+        """The receipt of a version of the step's transaction; one still unmined after the wallet's
+        ``replace_after`` seconds is replaced with higher fees."""
+        since = time.monotonic()
         while True:
-            receipt = self._receipt(step.tx)
+            receipt = self._mined(step, progress)
             if receipt is not None:
                 if receipt["status"] != 1:
                     raise TransactionFailed(f"deploying {step.contract} reverted in block {receipt['blockNumber']} "
                                             f"({step.tx}, gas used {receipt['gasUsed']:,})")
                 return receipt
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 raise TransactionFailed(f"{step.contract}: {step.tx} not mined within {self.timeout:.0f} s: run again "
                                         "to keep waiting for it")
+            if now - since >= self.wallet.replace_after:
+                self._replace(step, progress, data)
+                since = now
             time.sleep(POLL_S)
 
     # -- checks ---------------------------------------------------------------------------------------

@@ -338,6 +338,30 @@ def test_a_transaction_stuck_under_the_base_fee_is_replaced_with_higher_fees(nod
     assert int(chain.call_rpc("eth_getTransactionCount", [account.address, "latest"]), 16) == 3
 
 
+def test_steps_a_reorg_took_away_are_deployed_again(tmp_path: Path) -> None:
+    """A finished deployment whose blocks vanished (the chain went back past them): a new run finds no
+    code at the recorded addresses and deploys from there, rather than writing a deployment of nothing."""
+    with start_anvil() as n:
+        chain = Chain(n.rpc_url)
+        account = Account.create()
+        chain.call_rpc("anvil_setBalance", [account.address, hex(10**20)])
+        before = chain.snapshot()
+        path = tmp_path / "deployment.json"
+        first = NetworkDeployer(chain.wallet(account.key), path, admin_delay=0)
+        first.run(first.prepare())
+        chain.revert(before)
+        chain.call_rpc("anvil_setBalance", [account.address, hex(10**20)])
+        lines: list[str] = []
+        again = NetworkDeployer(chain.wallet(account.key), path, report=lines.append)
+        plan = again.prepare()
+        assert [name for name, _ in plan.todo] == ["CreditToken", "ProviderRegistry", "JobMarket"], lines
+        assert lines[0].startswith("CreditToken: recorded at ") and "no code is there now" in lines[0]
+        dep = again.run(plan)
+        assert all(code_difference(name, bytes(chain.w3.eth.get_code(addr))) is None  # type: ignore[arg-type]
+                   for name, addr in (("CreditToken", dep.token), ("ProviderRegistry", dep.registry),
+                                      ("JobMarket", dep.market)))
+
+
 def test_refusals_are_one_clear_line_and_send_nothing(node: AnvilNode, deployer: Callable[..., Deployer]) -> None:
     d = deployer(ether=0.001)
     wrong = d.tmp / "wrong"

@@ -117,6 +117,11 @@ class Step:
     def sent(self) -> bool:
         return bool(self.tx) and not self.done
 
+    def clear(self) -> None:
+        """Back to "not sent" (its transaction never reached the chain)."""
+        self.nonce, self.tx, self.address, self.block = None, "", "", None
+        self.gas, self.fees, self.replaced = 0, {}, []
+
 
 @dataclass
 class Progress:
@@ -318,7 +323,7 @@ class NetworkDeployer:
                 self.report(f"{step.contract}: recorded at {step.address} but no code is there now (a reorg?): "
                             "deploying it and what follows again")
                 for later in progress.steps[i:]:
-                    later.nonce, later.tx, later.address, later.block = None, "", "", None
+                    later.clear()
                 return
             self._verify(step, code, addresses, progress)
             addresses[step.contract] = step.address
@@ -380,7 +385,7 @@ class NetworkDeployer:
         step.nonce, step.address = nonce, create_address(progress.deployer, nonce)
         error = self._sign_and_send(step, progress, data, gas, fees)
         if error is not None:
-            step.nonce, step.tx, step.address = None, "", ""
+            step.clear()
             progress.save(self.progress_path)
             if "insufficient funds" in error.lower():
                 price = fees.get("gasPrice", fees.get("maxFeePerGas", 0))
@@ -443,7 +448,7 @@ class NetworkDeployer:
             raise TransactionFailed(f"{step.contract}: a contract is at {step.address} but {step.tx} is unknown to "
                                     f"the node: check it, then record it in {self.progress_path} or delete the file")
         self.report(f"{step.contract}: {step.tx}, sent by an earlier run, never reached the chain: sending again")
-        step.nonce, step.tx, step.address, step.replaced = None, "", "", []
+        step.clear()
         progress.save(self.progress_path)
         return False
 

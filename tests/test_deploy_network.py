@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import shutil
 import subprocess
@@ -30,7 +31,7 @@ from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.client import AdminClient, GridClient
 from dsq_chain.sdk.codecheck import code_difference
 from dsq_chain.sdk.deployment import Deployment, deploy
-from dsq_chain.sdk.network_deploy import NetworkDeployer, Progress, progress_path
+from dsq_chain.sdk.network_deploy import InsufficientFunds, NetworkDeployer, Progress, progress_path
 from dsq_chain.types import JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -360,6 +361,52 @@ def test_steps_a_reorg_took_away_are_deployed_again(tmp_path: Path) -> None:
         assert all(code_difference(name, bytes(chain.w3.eth.get_code(addr))) is None  # type: ignore[arg-type]
                    for name, addr in (("CreditToken", dep.token), ("ProviderRegistry", dep.registry),
                                       ("JobMarket", dep.market)))
+
+
+def test_a_node_refusing_halfway_for_funds_names_the_amount_then_the_run_resumes(tmp_path: Path) -> None:
+    """The account is emptied elsewhere after the first contract: the node refuses the second
+    transaction; the error names what that step needs; once funded, the next run deploys only the rest."""
+    with start_anvil() as n:
+        chain = Chain(n.rpc_url)
+        account = Account.create()
+        chain.call_rpc("anvil_setBalance", [account.address, hex(10**20)])
+
+        def drain(line: str) -> None:
+            if line.startswith("CreditToken: deployed"):
+                chain.call_rpc("anvil_setBalance", [account.address, hex(10**12)])
+
+        path = tmp_path / "deployment.json"
+        first = NetworkDeployer(chain.wallet(account.key), path, admin_delay=0, report=drain)
+        needs = (r"^insufficient funds: deploying ProviderRegistry needs up to [0-9.]+ ETH \([0-9,]+ gas at up to "
+                 rf"[0-9.]+ gwei\), {account.address} holds 0\.000001 ETH$")
+        with pytest.raises(InsufficientFunds, match=needs):
+            first.run(first.prepare())
+        token = Progress.load(progress_path(path)).steps[0]
+        assert token.done and not Progress.load(progress_path(path)).steps[1].tx
+
+        chain.call_rpc("anvil_setBalance", [account.address, hex(10**20)])
+        lines: list[str] = []
+        again = NetworkDeployer(chain.wallet(account.key), path, report=lines.append)
+        plan = again.prepare()
+        assert [s.contract for s in plan.done] == ["CreditToken"]
+        dep = again.run(plan)
+        assert dep.token == token.address and not any(ln.startswith("CreditToken: sent") for ln in lines)
+        assert int(chain.call_rpc("eth_getTransactionCount", [account.address, "latest"]), 16) == 3
+
+
+def test_the_question_on_a_terminal_declined_sends_nothing(node: AnvilNode, deployer: Callable[..., Deployer]) -> None:
+    d = deployer()
+    leader, follower = pty.openpty()
+    try:
+        os.write(leader, b"n\n")
+        proc = subprocess.run(d.args(), stdin=follower, capture_output=True, text=True, env=d.env(), cwd=d.tmp,
+                              timeout=60)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert proc.returncode == EXIT_INPUT and "send these transactions? [y/N]" in proc.stdout, proc.stdout
+    assert proc.stderr.strip() == "dsq: error: not deploying: declined"
+    assert d.nonce() == 0 and not d.deployment.exists()
 
 
 def test_refusals_are_one_clear_line_and_send_nothing(node: AnvilNode, deployer: Callable[..., Deployer]) -> None:

@@ -31,7 +31,13 @@ from dsq_chain.sdk.chain import Chain, Wallet
 from dsq_chain.sdk.client import AdminClient, GridClient
 from dsq_chain.sdk.codecheck import code_difference
 from dsq_chain.sdk.deployment import Deployment, deploy
-from dsq_chain.sdk.network_deploy import InsufficientFunds, NetworkDeployer, Progress, progress_path
+from dsq_chain.sdk.network_deploy import (
+    InsufficientFunds,
+    NetworkDeployer,
+    Progress,
+    progress_path,
+    shareable_rpc_url,
+)
 from dsq_chain.types import JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -433,6 +439,13 @@ def test_refusals_are_one_clear_line_and_send_nothing(node: AnvilNode, deployer:
 
     d.deployment.write_text("{}")
     assert "already exists" in d.fails(EXIT_INPUT, "--yes")
+
+
+def test_the_deployment_file_records_only_a_local_rpc_url() -> None:
+    """The file is shared; a provider's URL may carry an API key."""
+    assert shareable_rpc_url("http://127.0.0.1:8545") == "http://127.0.0.1:8545"
+    assert shareable_rpc_url("https://eth-sepolia.example.com/v2/SECRETKEY") == ""
+    assert shareable_rpc_url("https://user:pw@node.example") == ""
 
 
 def test_the_code_check_ignores_immutables_only() -> None:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from eth_typing import HexAddress
 from eth_utils.address import to_checksum_address
@@ -86,6 +87,14 @@ def gwei(wei: int) -> str:
 def create_address(sender: str, nonce: int) -> str:
     """The address a contract created by ``sender``'s transaction with ``nonce`` gets (CREATE)."""
     return str(get_create_address(cast(HexAddress, sender), cast(Nonce, nonce)))
+
+
+def shareable_rpc_url(url: str) -> str:
+    """The RPC URL to record in the deployment file, which is meant to be shared: a local node's only.
+    A provider's URL often carries an API key (in its path, query or user part); users of the deployment
+    pass their own (``--rpc-url``, ``DSQ_RPC_URL``)."""
+    host = urlsplit(url).hostname or ""
+    return url if host in ("127.0.0.1", "localhost", "::1") else ""
 
 
 def artifact_digests() -> dict[str, str]:
@@ -374,7 +383,7 @@ class NetworkDeployer:
         if spent:
             self.report(f"spent {eth(spent)} ETH")
         deployment = assemble(addresses, chain_id=progress.chain_id, block=int(progress.steps[0].block or 0),
-                              admin=progress.admin, rpc_url=self.chain.rpc_url)
+                              admin=progress.admin, rpc_url=shareable_rpc_url(self.chain.rpc_url))
         deployment.save(self.deployment_path)
         return deployment
 

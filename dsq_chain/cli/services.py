@@ -55,7 +55,8 @@ def scheduler_run(
     standby: Annotated[float, typer.Option(
         "--standby", help="seconds a job waits in PENDING before this (standby) scheduler takes it; 0: active")] = 0.0,
     peer: Annotated[list[str] | None, typer.Option(
-        "--peer", help="address of another active scheduler (repeatable): the jobs are shared, none raced")] = None,
+        "--peer", metavar="ADDRESS",
+        help="address of another active scheduler (repeatable): the jobs are shared, none raced")] = None,
     takeover: Annotated[float, typer.Option(
         "--takeover", help="seconds a --peer's job waits before this scheduler takes it")] = DEFAULT_TAKEOVER_S,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,

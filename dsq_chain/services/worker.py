@@ -22,7 +22,8 @@ itself :data:`ENFORCE_GRACE_S` after chain time says the escrow is used up, then
 Reorgs: the follower tells the worker (``on_reorg``), which re-reads its nonce; the rest follows from
 reconciling with the surviving chain. A job found PENDING again while it runs here (its assignment was
 on the dropped fork) is held for :data:`REORG_HOLD_S`: adopted if assigned here again, cancelled if
-assigned elsewhere.
+assigned elsewhere. A report whose block vanished before the follower reached it, and a job id a reorg
+gave to another submission, are :mod:`~dsq_chain.services.worker_reorgs`' to find.
 
 Faults: an execution the executor lost, or that ended without starting, or that an operator cancelled,
 is reported PANICKED (a provider-side fault: the owner is refunded). An error with one job is logged
@@ -44,7 +45,7 @@ from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 
 from dsq_chain import artifacts
-from dsq_chain.errors import ContractError, DsqError, InputError, TransactionFailed
+from dsq_chain.errors import ContractError, DsqError, InputError, TransactionFailed, decode_revert
 from dsq_chain.executors import ExecSpec, ExecState, ExecStatus, Executor, ExecutorError, JobNotFoundError
 from dsq_chain.sdk.chain import Chain, Wallet, node_errors
 from dsq_chain.sdk.client import ProviderClient, job_from_view
@@ -65,6 +66,7 @@ from dsq_chain.services.heartbeat import write_heartbeat
 from dsq_chain.services.journal import Entry, Journal, Phase
 from dsq_chain.services.metrics import WorkerMetrics
 from dsq_chain.services.reports import CHAIN_DOWN, ReportSender
+from dsq_chain.services.worker_reorgs import ReorgGuard
 from dsq_chain.types import Job, JobStatus, Prices, ReportAction, Resources
 from dsq_chain.workloads.workflow import Workflow, WorkflowError, from_canonical, render_script
 
@@ -130,6 +132,7 @@ class ProviderWorker:
         #: Jobs released by a reorg while their execution runs: job id -> when first seen so.
         self._orphaned: dict[int, float] = {}
         self.chain_up = True
+        self.reorgs = ReorgGuard(self)
 
     # -- registration --------------------------------------------------------------------------
     def register(self, prices: Prices, labels: dict[str, str] | None = None,
@@ -158,6 +161,7 @@ class ProviderWorker:
                     block)
         self.wallet.reset_nonce()
         self.journal.rewound()
+        self.reorgs.rewind(block)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -183,6 +187,7 @@ class ProviderWorker:
         self._tick_cache = {}
         try:
             self.follower.poll()
+            self.reorgs.check_reports()
             self.chain_up = True
         except CHAIN_DOWN as e:
             if self.chain_up:
@@ -200,6 +205,7 @@ class ProviderWorker:
             except CHAIN_DOWN as e:
                 self.chain_up = False
                 self._count_error(e)
+        entries = self.reorgs.check_submissions(entries, jobs)
         actions: list[Action] = []
         to_run: list[tuple[Entry, Job]] = []
         for entry in entries:
@@ -246,6 +252,7 @@ class ProviderWorker:
         while plan.need is not None and job is not None:
             if plan.need == "validate":
                 problem, passing = self._validate(job)
+                self.reorgs.note_submission(entry, job)
                 facts = dataclasses.replace(facts, problem=problem, passing=passing, validated=True)
             else:  # look the execution up: submitted by a process that died before journaling it?
                 found = self._adopt(entry)
@@ -372,6 +379,7 @@ class ProviderWorker:
                 raise LookupError(f"no JobSubmitted event for job {head}")
             args = logs[0]["args"]
             raw = self._workflows[head] = (bytes(args["workflow"]), bytes(args["workflowHash"]))
+            self.reorgs.submissions[head] = logs[0]["transactionHash"].to_0x_hex()
         return raw
 
     def _run_jobs(self, pairs: Sequence[tuple[Entry, Job]]) -> list[Action]:
@@ -428,7 +436,7 @@ class ProviderWorker:
         return actions
 
     def _adopt(self, entry: Entry) -> ExecStatus | None:
-        found = self.executor.find(entry.job_id)
+        found = [e for e in self.executor.find(entry.job_id) if e != entry.stale_exec]
         if not found:
             return None
         exec_id = found[-1]
@@ -508,19 +516,20 @@ class ProviderWorker:
         self.wallet.reset_nonce()
         self._count_error(e)
 
-    def sent(self, actions: list[Action], t0: float) -> None:
-        """Reports mined: the journal follows (and an execution that must end is stopped)."""
+    def sent(self, actions: list[Action], t0: float, block: tuple[int, str] | None = None) -> None:
+        """Reports mined (in ``block``: number, hash): the journal follows (and an execution that must end is
+        stopped). The end time a FINISH carried is kept until the follower has passed its block."""
         elapsed = time.monotonic() - t0
+        where = {} if block is None else {"landed_block": block[0], "landed_hash": block[1]}
         for a in actions:
             phase, chain_status = journal_after(a)
             if phase is Phase.DONE and a.action in (ReportAction.OUT_OF_CREDITS, ReportAction.PANIC):
                 self._stop_execution(a.job_id)
             if phase is Phase.DONE:
-                self.journal.transition(a.job_id, phase, chain_status=chain_status, reason=a.reason)
+                self.journal.transition(a.job_id, phase, chain_status=chain_status, reason=a.reason, **where)
                 self._ooc_since.pop(a.job_id, None)
-                self._ended_at.pop(a.job_id, None)
             else:
-                self.journal.transition(a.job_id, phase, chain_status=chain_status)
+                self.journal.transition(a.job_id, phase, chain_status=chain_status, **where)
             if self.metrics and a.action is ReportAction.CLAIM:
                 entry = self.journal.get(a.job_id)
                 if entry:
@@ -607,7 +616,8 @@ class JobReader:
             self._words = None
 
     def read(self, job_ids: Iterable[int]) -> dict[int, Job]:
-        """The jobs by id; raises :class:`ChainUnavailable` / :class:`TransactionFailed`."""
+        """The jobs by id (one the contract does not have is left out); raises :class:`ChainUnavailable` /
+        :class:`TransactionFailed`."""
         ids = list(job_ids)
         out: dict[int, Job] = {}
         for start in range(0, len(ids), self.CHUNK):
@@ -619,6 +629,8 @@ class JobReader:
             if not isinstance(responses, list):
                 raise TransactionFailed(f"batch of getJob calls refused: {responses.get('error')}")
             for job_id, resp in zip(chunk, responses, strict=True):
+                if _not_found(resp):
+                    continue  # its submission vanished in a reorg (the worker's ReorgGuard sees to it)
                 if "error" in resp or resp.get("result") is None:
                     raise TransactionFailed(f"getJob({job_id}): {resp.get('error')}")
                 data = bytes.fromhex(str(resp["result"])[2:])
@@ -628,6 +640,15 @@ class JobReader:
                     (view,) = abi_decode(self.output_types, data)
                 out[job_id] = job_from_view(view)
         return out
+
+
+def _not_found(resp: dict[str, Any]) -> bool:
+    """Whether a getJob answer is the contract's JobNotFound revert."""
+    error = resp.get("error")
+    data = error.get("data") if isinstance(error, dict) else None
+    if isinstance(data, dict):
+        data = data.get("data")
+    return isinstance(data, str) and data.startswith("0x") and type(decode_revert(data)).__name__ == "JobNotFound"
 
 
 def _abi_type(param: dict[str, Any]) -> str:

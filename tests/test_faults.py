@@ -31,6 +31,7 @@ from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
 from dsq_chain.sdk.deployment import Deployment, deploy
 from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, Resources
 from dsq_chain.workloads import workflow as wfm
+from tests.netcut import LinkCut
 from tests.worker_scenarios import billed_end
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults")]
@@ -124,8 +125,10 @@ class Cluster:
     def scheduler(self, *extra: str) -> subprocess.Popen[bytes]:
         return self.spawn("scheduler", self.keys[1], "scheduler", "run", *extra)
 
-    def worker(self, i: int = 0) -> subprocess.Popen[bytes]:
-        return self.spawn(f"worker{i}", self.keys[5 + i], "worker", "run", "--state-dir", str(self.state(i)),
+    def worker(self, i: int = 0, *, rpc_url: str | None = None) -> subprocess.Popen[bytes]:
+        """Worker ``i``; ``rpc_url``: reach the node there (e.g. through a :class:`LinkCut`) instead."""
+        via = ("--rpc-url", rpc_url) if rpc_url else ()
+        return self.spawn(f"worker{i}", self.keys[5 + i], *via, "worker", "run", "--state-dir", str(self.state(i)),
                           "--poll", "0.1")
 
     def state(self, i: int) -> Path:
@@ -390,3 +393,48 @@ def test_a_reorg_that_removes_an_assignment_the_worker_claimed_is_followed_by_th
     had already started it on the dead fork. (Found failing in this review: the worker kept the dropped
     claim's nonce and re-ran the job; fixed in worker.py with on_reorg and REORG_HOLD_S.)"""
     _reorg(cluster, worker_on_fork=True, wait_s=90)  # a report stuck behind a dropped nonce is resent after 30 s
+
+
+# ------------------------------------------------------------------------------------------ ISP dropout
+#: How long the worker's link stays cut in the dropout test: much longer than its job (issue 18's 10 minutes,
+#: scaled down to a 3 s job).
+OUTAGE_S = 20.0
+
+
+def test_a_worker_cut_off_from_the_node_as_its_job_ends_bills_the_run_not_the_outage(cluster: Cluster) -> None:
+    """The worker reaches the node through a relay whose link is cut ~1 s before its 3 s job ends and stays cut
+    for 20 s; the job ends meanwhile. Once the link is back the worker reports it, once, with the end time it
+    saw: the owner pays the run (from the START block to the engine's end, within a second or two of integer
+    block time), not the outage."""
+    c = cluster
+    c.deploy([Resources(2, 0, 2_048)])
+    link = LinkCut(c.port)
+    try:
+        c.scheduler()
+        c.worker(rpc_url=link.url)
+        done = c.dir / "done"
+        [job] = c.submit(job_workflow(c.side, f"sleep 3; touch {done}"))
+        wait_until(lambda: c.status(job) is S.RUNNING and job in c.side_effects(), 60, "the job running",
+                   logs=c.logs)
+        time.sleep(2.0)
+        link.cut()
+        say(f"link cut with job {job} RUNNING; it ends in about a second")
+        wait_until(done.exists, 10, "the job to end while the link is cut")
+        ended = done.stat().st_mtime
+        time.sleep(OUTAGE_S)
+        assert c.status(job) is S.RUNNING and link.refused > 0, "the worker reached the node during the outage"
+        link.restore()
+        say(f"link restored after {OUTAGE_S:.0f} s ({link.refused} connection(s) refused meanwhile)")
+        assert c.wait_final(job, 60) is S.FINISHED
+        c.check_ledger([job])  # settled once, run once, RUNNING once; billed up to the end time it carried
+        [settled] = c.events("JobSettled", job)
+        [started] = [e for e in c.events("JobStatusChanged", job) if S(e["status"]) is S.RUNNING]
+        run_s = ended - c.chain.timestamp(started["block"])
+        billed_s = settled["billed"] / (PRICES.rate_for(c.user.job(job).resources) / 60)
+        say(f"job {job}: ran {run_s:.1f} s (START block to the engine's end), billed {billed_s:.1f} s; "
+            f"the outage lasted {OUTAGE_S:.0f} s")
+        assert abs(billed_s - run_s) <= 1.5, f"billed {billed_s:.1f} s for a run of {run_s:.1f} s"
+        assert c.events("EntrySkipped", job) == []  # its FINISH was not sent twice
+        assert c.procs["worker0"].poll() is None, c.log("worker0")
+    finally:
+        link.close()

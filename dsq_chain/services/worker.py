@@ -248,6 +248,8 @@ class ProviderWorker:
         """Gathers the facts about one job, asks :func:`decide`, carries the plan out; returns its reports.
         Jobs to hand to the executor go to ``to_run``."""
         facts = self._facts(entry, job)
+        if job is None and facts.execution is not None and facts.execution.state.is_final:
+            self._end_time(entry.job_id)  # seen ended while the node is unreachable: billed up to now, not later
         plan = decide(facts)
         while plan.need is not None and job is not None:
             if plan.need == "validate":
@@ -479,7 +481,7 @@ class ProviderWorker:
         """Chain time the job was first seen ended: now while the chain answers; during an outage, the
         last chain time read plus the time since (0 if none was read: the report's block time)."""
         if job_id not in self._ended_at:
-            now = self._chain_now()
+            now = self._chain_now() if self.chain_up else None
             clock = self._chain_clock
             if now is None and clock is not None:
                 now = clock[0] + int(time.monotonic() - clock[1])

@@ -401,11 +401,13 @@ def test_a_reorg_that_removes_an_assignment_the_worker_claimed_is_followed_by_th
 OUTAGE_S = 20.0
 
 
-def test_a_worker_cut_off_from_the_node_as_its_job_ends_bills_the_run_not_the_outage(cluster: Cluster) -> None:
+@pytest.mark.parametrize("outage", ["link cut", "worker killed"])
+def test_a_worker_cut_off_from_the_node_as_its_job_ends_bills_the_run_not_the_outage(cluster: Cluster,
+                                                                                      outage: str) -> None:
     """The worker reaches the node through a relay whose link is cut ~1 s before its 3 s job ends and stays cut
-    for 20 s; the job ends meanwhile. Once the link is back the worker reports it, once, with the end time it
-    saw: the owner pays the run (from the START block to the engine's end, within a second or two of integer
-    block time), not the outage."""
+    for 20 s (or: the worker is killed -9 then, and started again 20 s later); the job ends meanwhile. Then the
+    worker reports it, once, with the end time the engine saw: the owner pays the run (from the START block to
+    the engine's end, within a second or two of integer block time), not the outage."""
     c = cluster
     c.deploy([Resources(2, 0, 2_048)])
     link = LinkCut(c.port)
@@ -417,14 +419,21 @@ def test_a_worker_cut_off_from_the_node_as_its_job_ends_bills_the_run_not_the_ou
         wait_until(lambda: c.status(job) is S.RUNNING and job in c.side_effects(), 60, "the job running",
                    logs=c.logs)
         time.sleep(2.0)
-        link.cut()
-        say(f"link cut with job {job} RUNNING; it ends in about a second")
-        wait_until(done.exists, 10, "the job to end while the link is cut")
+        if outage == "link cut":
+            link.cut()
+        else:
+            c.kill9("worker0")
+        say(f"{outage} with job {job} RUNNING; it ends in about a second")
+        wait_until(done.exists, 10, "the job to end during the outage")
         ended = done.stat().st_mtime
         time.sleep(OUTAGE_S)
-        assert c.status(job) is S.RUNNING and link.refused > 0, "the worker reached the node during the outage"
-        link.restore()
-        say(f"link restored after {OUTAGE_S:.0f} s ({link.refused} connection(s) refused meanwhile)")
+        assert c.status(job) is S.RUNNING, "the job was reported during the outage"
+        if outage == "link cut":
+            assert link.refused > 0, "the worker did not try the node during the outage"
+            link.restore()
+        else:
+            c.worker(rpc_url=link.url)
+        say(f"outage over after {OUTAGE_S:.0f} s")
         assert c.wait_final(job, 60) is S.FINISHED
         c.check_ledger([job])  # settled once, run once, RUNNING once; billed up to the end time it carried
         [settled] = c.events("JobSettled", job)

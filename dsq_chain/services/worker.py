@@ -248,8 +248,8 @@ class ProviderWorker:
         """Gathers the facts about one job, asks :func:`decide`, carries the plan out; returns its reports.
         Jobs to hand to the executor go to ``to_run``."""
         facts = self._facts(entry, job)
-        if job is None and facts.execution is not None and facts.execution.state.is_final:
-            self._end_time(entry.job_id)  # seen ended while the node is unreachable: billed up to now, not later
+        if facts.execution is not None and facts.execution.state.is_final:
+            self._end_time(entry.job_id, facts.execution)  # the FINISH bills up to it, however late it lands
         plan = decide(facts)
         while plan.need is not None and job is not None:
             if plan.need == "validate":
@@ -315,6 +315,8 @@ class ProviderWorker:
     def _start(self, job: Job, status: ExecStatus) -> list[Action]:
         """The reports of a SCHEDULED job the executor has (see :func:`decisions.start`)."""
         ooc = self._ooc_since.get(job.id)
+        if status.state.is_final:
+            self._end_time(job.id, status)
         plan = start_reports(job, status, None if ooc is None else time.monotonic() - ooc)
         self._note_outcome(job.id, plan)
         return list(plan.reports)
@@ -477,14 +479,18 @@ class ProviderWorker:
         self._chain_clock = (now, time.monotonic())
         return now
 
-    def _end_time(self, job_id: int) -> int:
-        """Chain time the job was first seen ended: now while the chain answers; during an outage, the
-        last chain time read plus the time since (0 if none was read: the report's block time)."""
+    def _end_time(self, job_id: int, ex: ExecStatus | None = None) -> int:
+        """Chain time the job ended, worked out when first seen ended: chain time now (while the chain
+        answers; during an outage, the last chain time read plus the time since), less how long ago the
+        engine saw it end when it says (so a worker restarted after an outage bills no more either); 0 if
+        no chain time was ever read (the report's block time)."""
         if job_id not in self._ended_at:
             now = self._chain_now() if self.chain_up else None
             clock = self._chain_clock
             if now is None and clock is not None:
                 now = clock[0] + int(time.monotonic() - clock[1])
+            if now and ex is not None and ex.ended_at is not None:
+                now -= int(max(0.0, time.time() - ex.ended_at))
             self._ended_at[job_id] = now or 0
         return self._ended_at[job_id]
 

@@ -407,7 +407,7 @@ def test_a_worker_cut_off_from_the_node_as_its_job_ends_bills_the_run_not_the_ou
     """The worker reaches the node through a relay whose link is cut ~1 s before its 3 s job ends and stays cut
     for 20 s (or: the worker is killed -9 then, and started again 20 s later); the job ends meanwhile. Then the
     worker reports it, once, with the end time the engine saw: the owner pays the run (from the START block to
-    the engine's end, within a second or two of integer block time), not the outage."""
+    the engine's end, within the two seconds that integer block times may cost), not the outage."""
     c = cluster
     c.deploy([Resources(2, 0, 2_048)])
     link = LinkCut(c.port)
@@ -442,7 +442,7 @@ def test_a_worker_cut_off_from_the_node_as_its_job_ends_bills_the_run_not_the_ou
         billed_s = settled["billed"] / (PRICES.rate_for(c.user.job(job).resources) / 60)
         say(f"job {job}: ran {run_s:.1f} s (START block to the engine's end), billed {billed_s:.1f} s; "
             f"the outage lasted {OUTAGE_S:.0f} s")
-        assert abs(billed_s - run_s) <= 1.5, f"billed {billed_s:.1f} s for a run of {run_s:.1f} s"
+        assert abs(billed_s - run_s) < 2.0, f"billed {billed_s:.1f} s for a run of {run_s:.1f} s"
         assert c.events("EntrySkipped", job) == []  # its FINISH was not sent twice
         assert c.procs["worker0"].poll() is None, c.log("worker0")
     finally:

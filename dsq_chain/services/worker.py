@@ -490,7 +490,7 @@ class ProviderWorker:
             if now is None and clock is not None:
                 now = clock[0] + int(time.monotonic() - clock[1])
             if now and ex is not None and ex.ended_at is not None:
-                now -= int(max(0.0, time.time() - ex.ended_at))
+                now = int(now - max(0.0, time.time() - ex.ended_at))
             self._ended_at[job_id] = now or 0
         return self._ended_at[job_id]
 

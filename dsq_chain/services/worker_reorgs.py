@@ -20,7 +20,6 @@ Two things can go wrong when blocks vanish:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -42,8 +41,6 @@ class ReorgGuard:
         cp = worker.follower.checkpoint
         #: Reports mined after this block are checked at the next tick (the follower's checkpoint then).
         self.checked_to = cp.block if cp else 0
-        #: Head job id -> transaction hash of its submission (filled with the workflow cache).
-        self.submissions: dict[int, str] = {}
         #: Active jobs whose submission must be looked up again (a reorg happened).
         self.suspects: set[int] = set()
 
@@ -51,9 +48,7 @@ class ReorgGuard:
         """The follower saw a reorg back to ``block``: caches of submissions go, active jobs become suspects,
         and the reports mined after ``block`` are checked at the next tick."""
         w = self.worker
-        w._workflows.clear()
-        w._parsed.clear()
-        self.submissions.clear()
+        w.workflows.forget()
         self.suspects |= {e.job_id for e in w.journal.active()}
         self.checked_to = min(self.checked_to, block)
 
@@ -70,7 +65,7 @@ class ReorgGuard:
             if (number, block_hash) in gone:
                 self._revive(job_id, number)
             elif cp is not None and number <= cp.block:
-                w._ended_at.pop(job_id, None)  # the follower has passed it: a later reorg is its to see
+                w.clock.forget(job_id)  # the follower has passed it: a later reorg is its to see
         if cp is not None:
             self.checked_to = cp.block
 
@@ -90,7 +85,7 @@ class ReorgGuard:
     # -- job ids given to another submission ---------------------------------------------------------
     def note_submission(self, entry: Entry, job: Job) -> None:
         """Journals the submission ``job`` was validated for (its workflow was just fetched)."""
-        tx = self.submissions.get(job.head_id or job.id)
+        tx = self.worker.workflows.submissions.get(job.head_id or job.id)
         if tx is not None and tx != entry.submission:
             self.worker.journal.update(job.id, submission=tx)
 
@@ -109,15 +104,14 @@ class ReorgGuard:
             job = jobs.get(entry.job_id)
             tx: str | None = None
             if job is not None:
-                with contextlib.suppress(LookupError):  # no submission event: nothing to compare with
-                    w._workflow_bytes(job)
-                tx = self.submissions.get(job.head_id or job.id)
+                tx = w.workflows.submission(job)
                 if entry.submission is None or tx is None or tx == entry.submission:
                     out.append(entry)
                     continue
             what = "gone" if job is None else f"another one now (transaction {tx})"
-            w._drop(entry, w._exec_status(entry), f"its submission (transaction {entry.submission}) is {what}: a reorg")
-            w._ended_at.pop(entry.job_id, None)
+            w._drop(entry, w.executions.status(entry), f"its submission (transaction {entry.submission}) is {what}: "
+                    "a reorg")
+            w.clock.forget(entry.job_id)
             log.warning("job %d: the submission it was assigned for (transaction %s) is %s after a reorg: its "
                         "execution %s is stopped%s", entry.job_id, entry.submission, what, entry.exec_id,
                         "" if job is None else "; the job is examined afresh")

@@ -6,7 +6,8 @@ Two things can go wrong when blocks vanish:
   receipt. The follower sees a reorg only when its checkpoint's block changes; a report mined after the
   checkpoint (the follower lags by ``confirmations``, or simply had not polled yet) can vanish with the
   follower none the wiser. So every tick checks the blocks of the reports the follower had not yet
-  passed at its previous poll (and, after a reorg it did see, of every report after the common ancestor);
+  passed at its previous poll (and, after a reorg it did see, of every report after the common ancestor,
+  as far back as the follower remembers blocks: :data:`~dsq_chain.services.follower.RECENT_BLOCKS`);
   a job whose report's block is gone is made active again and decided from the surviving chain (a
   vanished FINISH is sent again with the end time first seen, not a later one), and the nonce is read
   again. Without this a job whose FINISH vanished would stay RUNNING on chain while the journal says DONE.
@@ -24,6 +25,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from dsq_chain.sdk.chain import Chain
+from dsq_chain.services.follower import RECENT_BLOCKS
 from dsq_chain.services.journal import Entry, Phase
 from dsq_chain.types import Job
 
@@ -57,15 +59,16 @@ class ReorgGuard:
         """Makes active again the jobs whose last report's block is gone (call right after a follower poll)."""
         w = self.worker
         cp = w.follower.checkpoint
-        rows = w.journal.landed_after(self.checked_to)
+        # A reorg deeper than the follower remembers replays everything; the reports checked stay as recent.
+        rows = w.journal.landed_after(max(self.checked_to, (cp.block if cp else 0) - RECENT_BLOCKS))
         gone = {(b, h) for b, h in {(b, h) for _, b, h in rows} if not block_is(w.wallet.chain, b, h)}
         if gone:
             w.wallet.reset_nonce()  # our transactions in those blocks are gone too
         for job_id, number, block_hash in rows:
             if (number, block_hash) in gone:
                 self._revive(job_id, number)
-            elif cp is not None and number <= cp.block:
-                w.clock.forget(job_id)  # the follower has passed it: a later reorg is its to see
+            elif cp is not None and number <= cp.block and getattr(w.journal.get(job_id), "phase", None) is Phase.DONE:
+                w.clock.forget(job_id)  # the follower has passed its FINISH: a later reorg is its to see
         if cp is not None:
             self.checked_to = cp.block
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from dsq_chain.executors import LocalExecutor
+from dsq_chain.executors import ExecState, LocalExecutor
 from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import AnvilNode, dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
@@ -394,6 +394,33 @@ def test_a_reorg_that_removes_an_assignment_the_worker_claimed_is_followed_by_th
     claim's nonce and re-ran the job; fixed in worker.py with on_reorg and REORG_HOLD_S.)"""
     _reorg(cluster, worker_on_fork=True, wait_s=90)  # a report stuck behind a dropped nonce is resent after 30 s
 
+
+
+def test_a_reorg_that_gives_a_running_jobs_id_to_another_submission_runs_the_new_one(cluster: Cluster) -> None:
+    """A job runs on a fork that is then dropped with its submission; on the surviving chain another submission
+    (another workflow) gets the same id and the scheduler assigns it to the same worker: the worker stops the old
+    job's process and runs the new job, once (issue 18)."""
+    c = cluster
+    c.deploy([Resources(2, 0, 2_048)])
+    c.scheduler()
+    c.worker()
+    old_side = c.dir / "old-side-effects.txt"
+    snap = c.chain.snapshot()
+    [old] = c.submit(job_workflow(old_side, "sleep 120"))
+    wait_until(lambda: c.status(old) is S.RUNNING and old_side.exists(), 60, "the old job running", logs=c.logs)
+    executor = LocalExecutor(c.state(0) / "executor", kill_grace_s=1.0)
+    [old_exec] = executor.find(old)
+    c.chain.revert(snap)
+    c.user.wallet.reset_nonce()
+    [new] = c.submit(job_workflow(c.side, "true"))
+    assert new == old
+    say(f"reorg: job {old} (sleep 120) dropped with its submission; job {new} (true) submitted in its place")
+    assert c.wait_final(new, 90) is S.FINISHED
+    wait_until(lambda: executor.status(old_exec).final, 30, "the old job's process stopped", logs=c.logs)
+    assert executor.status(old_exec).state is ExecState.CANCELLED
+    assert len(executor.find(new)) == 2  # the old execution and the new one
+    say(f"job {new} ran as the new submission; the old execution {old_exec} was cancelled")
+    c.check_ledger([new])
 
 # ------------------------------------------------------------------------------------------ ISP dropout
 #: How long the worker's link stays cut in the dropout test: much longer than its job (issue 18's 10 minutes,

@@ -718,3 +718,33 @@ def test_a_report_whose_block_vanished_before_the_follower_saw_it_is_sent_again(
     assert s["exitCode"] == 0
     assert s["billed"] == expected_bill(grid.user, job, CPU_PRICES.rate_for(wf.resources), BIG)
     assert phase_of(rig.worker, job) is Phase.DONE
+
+
+def test_an_out_of_credits_report_whose_block_vanished_is_sent_again_not_turned_into_a_panic(
+        grid: Grid, rig: Rig) -> None:
+    """The worker stops a job whose escrow chain time used up (the engine's limit is late) and reports
+    OUT_OF_CREDITS; that report's block vanishes before the follower reached it. The execution it cancelled
+    itself is then no provider fault: OUT_OF_CREDITS is sent again (the provider is paid the escrow), not PANIC."""
+    rig.worker.follower.confirmations = 1
+    wf = workflow("sleep 60")
+    rate = CPU_PRICES.rate_for(wf.resources)
+    credits = credits_for(2, rate)
+    [job] = submit(grid.user, wf, credits)
+    assign(grid, job)
+    grid.chain.mine()
+    rig.until(job, JobStatus.RUNNING)
+    [exec_id] = rig.executor.find(job)
+    rig.executor.extend(exec_id, 600)  # the engine would let it run 10 minutes
+    time.sleep(5.0)  # chain time uses the escrow up (2 s) and the grace (2 s)
+    snap = grid.chain.snapshot()
+    rig.tick()
+    assert grid.user.job(job).status is JobStatus.OUT_OF_CREDITS
+    assert rig.executor.status(exec_id).state is ExecState.CANCELLED  # stopped by the worker
+    grid.chain.revert(snap)
+    grid.reset_nonces()
+    assert grid.user.job(job).status is JobStatus.RUNNING
+    rig.until(job, JobStatus.OUT_OF_CREDITS, timeout=20)
+    # (sent until chain time agrees again: Anvil's clock restarts from the snapshot's after a revert)
+    assert rig.reported(job, ReportAction.PANIC) == 0 and rig.reported(job, ReportAction.OUT_OF_CREDITS) >= 2
+    assert settlement(grid.user, job)["billed"] == credits
+    assert phase_of(rig.worker, job) is Phase.DONE

@@ -268,6 +268,7 @@ class ProviderWorker:
             held_s=None if held is None else now - held,
             escrow_used_up=running and job is not None and self.clock.escrow_used_up(job),
             ooc_waited_s=None if ooc is None else now - ooc,
+            stopped_out_of_credits=entry.chain_status == JobStatus.OUT_OF_CREDITS.name,  # a revived row only
         )
 
     def _carry_out(self, entry: Entry, job: Job | None, facts: Facts, plan: Plan,

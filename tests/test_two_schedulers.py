@@ -23,7 +23,7 @@ from dsq_chain.errors import InputError
 from dsq_chain.executors import LocalExecutor
 from dsq_chain.sdk.client import skipped_entries
 from dsq_chain.sdk.events import RoleGranted, RoleRevoked
-from dsq_chain.services.scheduler import MetaScheduler
+from dsq_chain.services.scheduler import MetaScheduler, RoundResult
 from dsq_chain.services.shares import Shares
 from dsq_chain.services.worker import ProviderWorker
 from dsq_chain.types import JobStatus
@@ -186,3 +186,23 @@ def test_a_standby_leaves_the_work_to_the_active_one_and_takes_over_when_it_stop
     assert assignments_per_job(grid) == Counter(first + second)
     assert assigners(grid) == Counter({active.wallet.address: len(first), standby.wallet.address: len(second)})
     assert 1.0 <= took < 20, f"the standby took over after {took:.1f} s (its delay is 1.5 s)"
+
+
+class Counting(MetaScheduler):
+    rounds = 0
+
+    def round(self, *, max_attempts: int = 3, synced: bool = False) -> RoundResult:
+        self.rounds += 1
+        return super().round(max_attempts=max_attempts, synced=synced)
+
+
+def test_jobs_left_to_another_scheduler_do_not_keep_the_loop_busy(grid: Grid) -> None:
+    """A standby holding jobs back waits for blocks like an idle scheduler (it ran a round per loop before)."""
+    wallet = grid.chain.wallet(EXTRA_KEYS[5])
+    grid.admin.grant_scheduler(wallet.address)
+    standby = Counting(wallet, grid.deployment, poll_interval=0.05, standby_s=30)
+    ids = submit(grid.user, ONE_CPU, count=3)
+    with running(standby):
+        time.sleep(2.0)
+    assert all(grid.user.job(i).status is JobStatus.PENDING for i in ids), "the standby's delay has not passed"
+    assert standby.rounds <= 3, f"{standby.rounds} rounds in 2 s for jobs held back"

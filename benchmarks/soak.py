@@ -14,6 +14,10 @@ submitted every ``--every`` seconds while, every few seconds, one fault is injec
 * hostile events: an unapproved provider sets label keys that are not UTF-8, empty or overlong, and values no
   label encodes to; another account submits jobs no provider can take (cancelled at the end).
 
+A service that exits by itself is restarted, as systemd's ``Restart=always`` would (one restarted during an RPC
+cut exits at its start-up checks: node unreachable, exit code 3); any other exit code is a violation. Each fault
+is noted on stderr with its time.
+
 Then the stream stops, the grid drains, and the checks run on the surviving chain. A violation is any of: a job
 not final, a job settled more than once (or final without a settlement), a job started more than once on chain
 or run more than once by a worker, credits not reconciling to the unit (market balance == escrows + internal
@@ -21,11 +25,12 @@ balances). A submission a revert took away no longer exists: it is counted as dr
 stream goes on) and its id, which the next submission reuses, is checked as that new job. A job whose
 submission or assignment was in reverted blocks may have run on the dropped fork before the worker learnt it
 (work started on a dropped fork has started): such a second run is counted and printed, not a violation.
-Prints jobs completed, faults injected by kind, submissions dropped and violations (target 0); exit code 1 on
-any violation.
+Prints jobs completed, submissions dropped, service exits, faults injected by kind, second runs after a revert
+and violations (target 0); exit code 1 on any violation.
 
     .venv/bin/python benchmarks/soak.py --seconds 600
-    .venv/bin/python benchmarks/soak.py --seconds 40     # the short variant the suite runs
+    .venv/bin/python benchmarks/soak.py --seconds 30     # the short variant the suite runs (tests/test_soak.py)
+    .venv/bin/python benchmarks/soak.py --seconds 30 --faults "revert blocks,kill worker"   # chosen kinds only
 """
 
 from __future__ import annotations

@@ -206,3 +206,21 @@ def test_jobs_left_to_another_scheduler_do_not_keep_the_loop_busy(grid: Grid) ->
         time.sleep(2.0)
     assert all(grid.user.job(i).status is JobStatus.PENDING for i in ids), "the standby's delay has not passed"
     assert standby.rounds <= 3, f"{standby.rounds} rounds in 2 s for jobs held back"
+
+
+def test_each_active_scheduler_sweeps_its_own_share_of_expired_claims_first(grid: Grid) -> None:
+    """Two active schedulers would both send timeoutClaim for the same job (with block times, the second is mined
+    and reverts): a peer's expired claims wait ``takeover_s`` more (chain time) before this one sweeps them."""
+    ids = submit(grid.user, ONE_CPU, count=4)
+    MetaScheduler(grid.scheduler.wallet, grid.deployment).round()  # a third scheduler assigned them all
+    peers = [grid.chain.wallet(EXTRA_KEYS[i]).address for i in (4, 5)]
+    a = scheduler_with(grid, 4, peers=peers, takeover_s=100.0)
+    scheduler_with(grid, 5)  # b holds the role; it does not run
+    a.sync()
+    mine = [j for j in ids if a.shares.owner(j) == a.wallet.address]
+    assert len(a.shares.active) == 2 and 0 < len(mine) < len(ids)
+    grid.chain.increase_time(a.claim_timeout + 1)
+    assert sorted(a.sweep_claim_timeouts()) == mine, "only its own share at first"
+    grid.chain.increase_time(100)
+    assert sorted(a.sweep_claim_timeouts()) == sorted(set(ids) - set(mine)), "the peer's after takeover_s"
+    assert all(grid.user.job(j).status is JobStatus.PENDING for j in ids)

@@ -22,7 +22,8 @@ import re
 import subprocess
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -226,6 +227,18 @@ class Executor(ABC):
         job's executions if the worker died between ``submit`` and its journal write.
         """
 
+    def submit_many(self, specs: Sequence[ExecSpec], parallelism: int = 8) -> list[str | Exception]:
+        """:meth:`submit` for each spec, in order: the executor job id, or the error that submission raised.
+
+        By default ``parallelism`` submissions run at once in threads (an engine whose submit waits on a
+        command, like ``sbatch``, spends its time waiting); an engine that can start many jobs for the cost
+        of one (the local executor: one supervisor launch per call) overrides it.
+        """
+        if len(specs) <= 1 or parallelism <= 1:
+            return [_attempt(self.submit, spec) for spec in specs]
+        with ThreadPoolExecutor(min(parallelism, len(specs)), thread_name_prefix="dsq-submit") as pool:
+            return list(pool.map(lambda spec: _attempt(self.submit, spec), specs))
+
     @abstractmethod
     def status(self, exec_id: str) -> ExecStatus:
         """Current state of a job; raises :class:`JobNotFoundError` for ids it never issued."""
@@ -256,6 +269,13 @@ class Executor(ABC):
 
 
 # --- helpers shared by the implementations -------------------------------------------------
+
+
+def _attempt(submit: Callable[[ExecSpec], str], spec: ExecSpec) -> str | Exception:
+    try:
+        return submit(spec)
+    except Exception as e:  # handed back to the caller, in the spec's place
+        return e
 
 
 def deepsquare_env(work: Path, cache: Path, uid: int) -> dict[str, str]:

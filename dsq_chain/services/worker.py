@@ -36,7 +36,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -77,8 +76,10 @@ MAX_FAILURES = 5
 ENFORCE_GRACE_S = 2.0
 #: The running loop rewrites ``state_dir/heartbeat.json`` this often (``dsq provider doctor`` reads it).
 HEARTBEAT_EVERY_S = 5.0
-#: Executor submissions of one tick run in parallel, this many at once.
+#: Executor submissions of one tick run in parallel, this many at once (where the executor submits one by one).
 SUBMIT_PARALLELISM = 8
+#: Jobs handed to the executor in one ``submit_many`` call (the local executor starts them with one launch).
+SUBMIT_CHUNK = 64
 #: A tick stops handing new jobs to the executor after this many seconds (the rest wait for the next tick), so
 #: that the jobs it started are reported RUNNING - and billed - soon after they really started.
 SUBMIT_BUDGET_S = 2.0
@@ -382,7 +383,7 @@ class ProviderWorker:
         todo = list(pairs)
         started_any = False
         while todo and (not started_any or time.monotonic() < deadline):
-            chunk, todo = todo[:self.submit_parallelism], todo[self.submit_parallelism:]
+            chunk, todo = todo[:SUBMIT_CHUNK], todo[SUBMIT_CHUNK:]
             actions += self._submit_chunk([job for _, job in chunk])
             started_any = True
         if todo:
@@ -403,20 +404,13 @@ class ProviderWorker:
                                            gpus=wf.gpus, time_limit_s=limit)))
             except ValueError as e:
                 log.error("job %d: cannot run: %s", job.id, e)
-        futures: list[Future[str]]
-        if len(todo) <= 1:
-            futures = [_run_now(self.executor.submit, spec) for _, spec in todo]
-        else:
-            with ThreadPoolExecutor(len(todo), thread_name_prefix="dsq-submit") as pool:
-                futures = [pool.submit(self.executor.submit, spec) for _, spec in todo]
+        results = self.executor.submit_many([spec for _, spec in todo], self.submit_parallelism) if todo else []
         actions: list[Action] = []
-        for (job, spec), fut in zip(todo, futures, strict=True):
+        for (job, spec), exec_id in zip(todo, results, strict=True):
             self._absent.discard(job.id)  # submitted, or failed somewhere in submit: look it up next time
-            try:
-                exec_id = fut.result()
-            except Exception as e:  # retried next tick (found with find() first)
-                log.error("job %d: submitting to %s failed: %s", job.id, self.executor.name, e)
-                self._count_error(e)
+            if isinstance(exec_id, Exception):  # retried next tick (found with find() first)
+                log.error("job %d: submitting to %s failed: %s", job.id, self.executor.name, exec_id)
+                self._count_error(exec_id)
                 continue
             self.journal.transition(job.id, Phase.SUBMITTED, exec_id=exec_id, time_limit_s=spec.time_limit_s)
             log.info("job %d submitted to %s as %s (limit %d s)", job.id, self.executor.name, exec_id,
@@ -471,7 +465,7 @@ class ProviderWorker:
         """Chain time the job was first seen ended: now while the chain answers; during an outage, the
         last chain time read plus the time since (0 if none was read: the report's block time)."""
         if job_id not in self._ended_at:
-            now = self._chain_now()
+            now = self._cached("now", self._chain_now)
             clock = self._chain_clock
             if now is None and clock is not None:
                 now = clock[0] + int(time.monotonic() - clock[1])
@@ -655,15 +649,6 @@ def _word(t: str, w: bytes) -> Any:
 def _topic(address: str) -> str:
     """An address as an indexed event topic."""
     return "0x" + "0" * 24 + address[2:].lower()
-
-
-def _run_now(fn: Any, *args: Any) -> Future[Any]:
-    fut: Future[Any] = Future()
-    try:
-        fut.set_result(fn(*args))
-    except Exception as e:  # delivered through the future
-        fut.set_exception(e)
-    return fut
 
 
 def time_limit_s(escrow: int, rate: int) -> int:

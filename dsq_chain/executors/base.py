@@ -243,6 +243,17 @@ class Executor(ABC):
     def status(self, exec_id: str) -> ExecStatus:
         """Current state of a job; raises :class:`JobNotFoundError` for ids it never issued."""
 
+    def status_many(self, exec_ids: Sequence[str]) -> dict[str, ExecStatus]:
+        """The current state of each job it could read (by default one :meth:`status` call each); an id left
+        out is asked again with :meth:`status`, which raises what is wrong with it."""
+        out: dict[str, ExecStatus] = {}
+        for exec_id in exec_ids:
+            try:
+                out[exec_id] = self.status(exec_id)
+            except ExecutorError:
+                continue
+        return out
+
     @abstractmethod
     def cancel(self, exec_id: str) -> None:
         """Kill the job (all its processes); no error if it already ended or is unknown."""

@@ -194,6 +194,7 @@ class ProviderWorker:
         if not entries:
             self._gauge()
             return []
+        self._tick_cache["executions"] = self.executor.status_many([e.exec_id for e in entries if e.exec_id])
         jobs: dict[int, Job] = {}
         if self.chain_up:
             try:
@@ -405,6 +406,7 @@ class ProviderWorker:
             except ValueError as e:
                 log.error("job %d: cannot run: %s", job.id, e)
         results = self.executor.submit_many([spec for _, spec in todo], self.submit_parallelism) if todo else []
+        started = self.executor.status_many([r for r in results if isinstance(r, str)])
         actions: list[Action] = []
         for (job, spec), exec_id in zip(todo, results, strict=True):
             self._absent.discard(job.id)  # submitted, or failed somewhere in submit: look it up next time
@@ -416,7 +418,7 @@ class ProviderWorker:
             log.info("job %d submitted to %s as %s (limit %d s)", job.id, self.executor.name, exec_id,
                      spec.time_limit_s)
             try:
-                actions += self._start(job, self.executor.status(exec_id))
+                actions += self._start(job, started.get(exec_id) or self.executor.status(exec_id))
             except ExecutorError as e:
                 log.error("job %d: %s", job.id, e)
         return actions
@@ -433,6 +435,9 @@ class ProviderWorker:
     def _exec_status(self, entry: Entry) -> ExecStatus | None:
         if entry.exec_id is None:
             return None
+        read: ExecStatus | None = self._tick_cache.get("executions", {}).get(entry.exec_id)
+        if read is not None:  # read for every active job at the start of the tick
+            return read
         try:
             return self.executor.status(entry.exec_id)
         except JobNotFoundError as e:  # journaled, then lost by the executor: a provider-side fault

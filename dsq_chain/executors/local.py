@@ -130,15 +130,17 @@ class LocalExecutor(Executor):
     @staticmethod
     def _wait_started(dirs: Sequence[Path], timeout_s: float) -> bool:
         """Waits until every job's script runs or ended; False if some had not after ``timeout_s``."""
-        waiting = list(dirs)
+        waiting = [(str(d / sv.JOB), str(d / sv.STATE)) for d in dirs]
         deadline = time.monotonic() + timeout_s
+        delay = 0.005
         while True:
-            waiting = [d for d in waiting if not ((d / sv.JOB).exists() or (d / sv.STATE).exists())]
+            waiting = [w for w in waiting if not (os.path.exists(w[0]) or os.path.exists(w[1]))]
             if not waiting:
                 return True
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.01)
+            time.sleep(delay)
+            delay = min(0.05, delay * 2)
 
     def _prepare(self, spec: ExecSpec) -> str:
         """Writes the job's directory (spec, script, limit, empty outputs); returns its executor job id."""

@@ -78,8 +78,9 @@ ENFORCE_GRACE_S = 2.0
 HEARTBEAT_EVERY_S = 5.0
 #: Executor submissions of one tick run in parallel, this many at once (where the executor submits one by one).
 SUBMIT_PARALLELISM = 8
-#: Jobs handed to the executor in one ``submit_many`` call (the local executor starts them with one launch).
-SUBMIT_CHUNK = 64
+#: Jobs handed to the executor in one ``submit_many`` call (the local executor starts them with one launch and
+#: waits for them together: a whole round of the scheduler's assignments fits).
+SUBMIT_CHUNK = 256
 #: A tick stops handing new jobs to the executor after this many seconds (the rest wait for the next tick), so
 #: that the jobs it started are reported RUNNING - and billed - soon after they really started.
 SUBMIT_BUDGET_S = 2.0

@@ -262,16 +262,21 @@ def submit_all(user: GridClient, wf: wfm.Workflow, jobs: int, array: int) -> lis
     return ids
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--jobs", type=int, default=1000, help="jobs in the throughput phase (default 1000)")
-    p.add_argument("--providers", type=int, default=1, help="provider workers (default 1)")
+def grid_options(p: argparse.ArgumentParser, *, timeout: float) -> None:
+    """The options of a run through the grid: jobs, advertised cpus, job array size, time-out."""
+    p.add_argument("--jobs", type=int, default=1000, help="jobs to run (default 1000)")
     p.add_argument("--cpus", type=int, default=200,
                    help="cpus each provider advertises on chain; 0 = the detected hardware (default 200)")
     p.add_argument("--array", type=int, default=250, help="jobs per submission (job array size, default 250)")
+    p.add_argument("--timeout", type=float, default=timeout, help="give up after this many seconds")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    grid_options(p, timeout=600)
+    p.add_argument("--providers", type=int, default=1, help="provider workers (default 1)")
     p.add_argument("--probe", type=int, default=20, help="single jobs in the latency phase (default 20)")
     p.add_argument("--poll", type=float, default=0.1, help="worker/scheduler poll interval in s (default 0.1)")
-    p.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")
     p.add_argument("--profile", help="write a cProfile of the first worker to this file")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import WORKFLOW, GridRig, loadavg, submit_all, wait_all_final
+from e2e import WORKFLOW, GridRig, grid_options, loadavg, submit_all, wait_all_final
 
 from dsq_chain.executors.slurm import parse_slurm_state
 from dsq_chain.types import JobStatus
@@ -110,13 +110,10 @@ def compare(cluster: SlurmCluster, jobs: int, *, parallel: int = 8, cpus: int = 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--jobs", type=int, default=1000, help="jobs on each path (default 1000)")
+    grid_options(p, timeout=1800)  # --jobs (on each path), --cpus, --array (the grid's), --timeout (per path)
     p.add_argument("--oversubscribe", type=int, default=64,
                    help="jobs sharing one CPU in the cluster's partition (default 64)")
     p.add_argument("--parallel", type=int, default=8, help="sbatch calls at once on the direct path (default 8)")
-    p.add_argument("--cpus", type=int, default=200, help="cpus the grid's provider advertises (default 200)")
-    p.add_argument("--array", type=int, default=250, help="grid submissions as job arrays of this size")
-    p.add_argument("--timeout", type=float, default=1800, help="give up on a path after this many seconds")
     args = p.parse_args(argv)
     cluster = SlurmCluster.start(oversubscribe=args.oversubscribe)
     try:

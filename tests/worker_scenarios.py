@@ -258,14 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     worker = CrashingWorker(wallet, Deployment.load(args.deployment), executor, args.state, poll_interval=args.poll)
     worker.crash_at = args.crash_at
     if args.crash_at == "submitted":
-        real_submit = executor.submit
+        real_submit = executor.submit_many
 
-        def submit_then_die(spec: Any) -> str:
-            exec_id = real_submit(spec)  # the job runs; the journal never hears of exec_id
+        def submit_then_die(specs: Any, parallelism: int = 8) -> list[str | Exception]:
+            exec_ids = real_submit(specs, parallelism)  # the jobs run; the journal never hears of their ids
             _die()
-            return exec_id
+            return exec_ids
 
-        executor.submit = submit_then_die  # type: ignore[method-assign]
+        executor.submit_many = submit_then_die  # type: ignore[method-assign]
     if args.register:
         cpu, gpu, gb = (int(x) for x in args.register.split(","))
         worker.register(Prices(cpu, gpu, gb))

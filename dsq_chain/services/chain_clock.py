@@ -58,10 +58,10 @@ class ChainClock:
         node is ``reachable``; else the last chain time read plus the time since), less how long ago the
         engine saw it end when ``ex`` says; 0 if no chain time was ever read (the report's block time)."""
         if job_id not in self.ended_at:
-            now = self.now() if reachable else None
+            if reachable:
+                self.tick.get("now", self.now)  # read once a tick (not once a job), counted on from there
             clock = self.last
-            if now is None and clock is not None:
-                now = clock[0] + int(time.monotonic() - clock[1])
+            now = None if clock is None else clock[0] + int(time.monotonic() - clock[1])
             if now and ex is not None and ex.ended_at is not None:
                 now = int(now - max(0.0, time.time() - ex.ended_at))
             self.ended_at[job_id] = now or 0

@@ -57,6 +57,7 @@ from dsq_chain.services.decisions import (
 from dsq_chain.services.decisions import start as start_reports
 from dsq_chain.services.executions import SUBMIT_BUDGET_S, SUBMIT_PARALLELISM, Executions, time_limit_s
 from dsq_chain.services.follower import EventFollower
+from dsq_chain.services.heads import HeadWatcher
 from dsq_chain.services.heartbeat import write_heartbeat
 from dsq_chain.services.job_checks import TickCache, Workflows, problem
 from dsq_chain.services.journal import Entry, Journal, Phase
@@ -142,22 +143,33 @@ class ProviderWorker:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Ticks until ``stop`` is set; an unexpected error is logged and the loop goes on (backing off)."""
+        """Ticks until ``stop`` is set; an unexpected error is logged and the loop goes on (backing off).
+        Between ticks it waits for the node's next block (``newHeads``, :class:`HeadWatcher`: an assignment
+        is acted on as soon as it is mined) or ``poll_interval``, whichever comes first."""
         backoff = self.poll_interval
         last_beat = 0.0
-        while not stop.is_set():
-            try:
-                self.tick()
-                backoff = self.poll_interval
-                if time.monotonic() - last_beat >= HEARTBEAT_EVERY_S:
-                    write_heartbeat(self.state_dir, self.address, self.chain_up)
-                    last_beat = time.monotonic()
-            except Exception as e:  # the daemon must outlive any one bad tick
-                log.exception("tick failed: %s; retrying in %.1f s", e, backoff)
-                self._count_error(e)
-                self.wallet.reset_nonce()
-                backoff = min(10.0, max(backoff, 0.1) * 2)
-            stop.wait(backoff)
+        heads = HeadWatcher(self.wallet.chain.rpc_url)
+        heads.start(wait_s=0)
+        seen = heads.seq
+        try:
+            while not stop.is_set():
+                try:
+                    self.tick()
+                    backoff = self.poll_interval
+                    if time.monotonic() - last_beat >= HEARTBEAT_EVERY_S:
+                        write_heartbeat(self.state_dir, self.address, self.chain_up)
+                        last_beat = time.monotonic()
+                except Exception as e:  # the daemon must outlive any one bad tick
+                    log.exception("tick failed: %s; retrying in %.1f s", e, backoff)
+                    self._count_error(e)
+                    self.wallet.reset_nonce()
+                    backoff = min(10.0, max(backoff, 0.1) * 2)
+                if backoff > self.poll_interval:
+                    stop.wait(backoff)
+                else:
+                    seen = heads.wait(seen, backoff)
+        finally:
+            heads.close()
 
     def tick(self) -> list[Action]:
         """Follows events, reconciles every active job, sends this tick's reports; returns them."""
@@ -166,6 +178,7 @@ class ProviderWorker:
         entries = self.journal.active()
         actions: list[Action] = []
         more: list[Action] = []
+        self.executions.read(entries)
         if entries:
             jobs = self._read(entries)
             entries = self.reorgs.check_submissions(entries, jobs)

@@ -85,13 +85,20 @@ class JobFilter:
 
     ``allowed``/``allowed_mask`` narrow the label signatures when the job
     shares a frontier with jobs of broader label needs (None: no narrowing);
-    ``excluded`` holds provider indices the job may not go to.
+    ``excluded`` holds provider indices the job may not go to; ``disk`` is the
+    scratch disk it needs (checked against :attr:`ProviderIndex.disk`).
     """
 
     cap: int
     excluded: frozenset[int]
     allowed: bytes | None = None
     allowed_mask: int = 0
+    disk: int = 0
+
+    @property
+    def plain(self) -> bool:
+        """True when the job has no exclusions and needs no disk (then its search result holds for its demand)."""
+        return not self.excluded and not self.disk
 
 
 def rate_edges(reference_rate: float) -> tuple[int, ...]:
@@ -130,6 +137,8 @@ class ProviderIndex:
         self.tc = [p.total.cpus for p in ps]
         self.tg = [p.total.gpus for p in ps]
         self.tm = [p.total.mem_mb for p in ps]
+        #: Free scratch disk at the batch's start (not decremented: the chain skips an entry that no longer fits).
+        self.disk = [p.free.disk_gb for p in ps]
         self.ic = [inverse(t) for t in self.tc]
         self.ig = [inverse(t) for t in self.tg]
         self.im = [inverse(t) for t in self.tm]
@@ -319,8 +328,8 @@ class ProviderIndex:
 
         return bound
 
-    def leaf_entries(self, d: Demand, lo: int, hi: int) -> list[_Entry]:
-        """Heap entries with the exact scores of the providers ``lo .. hi - 1`` that can take ``d`` now.
+    def entries(self, d: Demand, positions: Iterable[int]) -> list[_Entry]:
+        """Heap entries with the exact scores of the providers at ``positions`` that can take ``d`` now.
 
         The arithmetic is :func:`~dsq_chain.matching.scoring.score`'s, term for
         term, so that scores agree bit for bit with :meth:`Matcher.explain`.
@@ -332,7 +341,7 @@ class ProviderIndex:
         ic, ig, im, pc, pg, pm = self.ic, self.ig, self.im, self.pc, self.pg, self.pm
         sig, unrel, rel, address, version = self.sig, self.unrel, self.rel, self.address, self.version
         out: list[_Entry] = []
-        for i in range(lo, hi):
+        for i in positions:
             if fc[i] < c or fg[i] < g or fm[i] < m or not allowed[sig[i]]:
                 continue
             rate = c * pc[i] + g * pg[i] + (m * pm[i]) // 1024
@@ -378,7 +387,8 @@ class Frontier:
         version, fc, fg, fm, tc, tg, tm = index.version, index.fc, index.fg, index.fm, index.tc, index.tg, index.tm
         ic, ig, im, sig, node_mask = index.ic, index.ig, index.im, index.sig, index.mask
         c, g, m, wl = d.cpus, d.gpus, d.mem_mb, index.weights.load
-        cap, excluded, allowed, allowed_mask = job.cap, job.excluded, job.allowed, job.allowed_mask
+        cap, excluded, allowed, allowed_mask, disk = job.cap, job.excluded, job.allowed, job.allowed_mask, job.disk
+        free_disk = index.disk
         heaps = self._heaps
         last = bisect_right(self._edges, cap)  # the buckets before it hold rates below cap only
         aside: list[tuple[list[_Entry], _Entry]] = []
@@ -414,7 +424,12 @@ class Frontier:
                     heapreplace(
                         heap, (price + wl * load + reliability, address, ref, version[ref], rate, price, reliability)
                     )
-                elif (rate > cap and k == last) or ref in excluded or (allowed is not None and not allowed[sig[ref]]):
+                elif (
+                    (rate > cap and k == last)
+                    or ref in excluded
+                    or free_disk[ref] < disk
+                    or (allowed is not None and not allowed[sig[ref]])
+                ):
                     aside.append((heap, heappop(heap)))
                     skips += 1
                     if skips == budget:
@@ -442,7 +457,7 @@ class Frontier:
             return
         left = index.left[node]
         if left == _NO_CHILD:
-            for entry in index.leaf_entries(self.demand, index.lo[node], index.hi[node]):
+            for entry in index.entries(self.demand, range(index.lo[node], index.hi[node])):
                 self._push(entry)
             return
         for child in (left, index.right[node]):

@@ -227,6 +227,7 @@ class _Batch:
         self._labels: dict[tuple[tuple[LabelConstraint, ...], bool], _Labels] = {}
         self._all = self._labels_for((), False)
         self._frontiers: dict[_DemandKey, Frontier] = {}
+        self._demands: dict[_DemandKey, Demand] = {}
         # Per demand, the highest cap at which it found nothing for a job without exclusions:
         # capacity only shrinks during a batch, so jobs of that demand with a cap as low fail too.
         self._failed_cap: dict[_DemandKey, int] = {}
@@ -249,9 +250,13 @@ class _Batch:
             return None
         if not labels.count or not self._index.could_take(res.cpus, res.gpus, res.mem_mb, cap, labels.mask):
             return None
-        found = self._search(job, key, labels, fair, JobFilter(cap, excluded))
+        plain = JobFilter(cap, excluded, disk=res.disk_gb)
+        if job.allowed:
+            found = self._among(job, key, labels, fair, plain)
+        else:
+            found = self._search(job, key, labels, fair, plain)
         if found is None:
-            if not excluded:
+            if plain.plain and not job.allowed:
                 self._failed_cap[key] = max(cap, self._failed_cap.get(key, -1))
             return None
         i, rate = found
@@ -274,40 +279,55 @@ class _Batch:
         skipped = self._skips.get(key, 0)
         if skipped < labels.count:
             shared = self._frontier(job, self._all, fair)
-            narrowed = JobFilter(plain.cap, plain.excluded, labels.flags, labels.mask)
+            narrowed = JobFilter(plain.cap, plain.excluded, labels.flags, labels.mask, plain.disk)
             found, skips, complete = shared.best(narrowed, labels.count - skipped)
             self._skips[key] = skipped + skips
             if complete:
                 return found
         return self._frontier(job, labels, fair).best(plain)[0]
 
+    def _among(
+        self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float, plain: JobFilter
+    ) -> tuple[int, int] | None:
+        """The best of the few providers a directly placed job allows: scored one by one, no search."""
+        position = self._index.position
+        allowed = sorted({position[a] for a in allowed_addresses(job) if a in position} - plain.excluded)
+        disk = self._index.disk
+        usable = [
+            e
+            for e in self._index.entries(self._demand(job, key, labels, fair), allowed)
+            if e[4] <= plain.cap and disk[e[2]] >= plain.disk
+        ]
+        if not usable:
+            return None
+        best = min(usable)
+        return best[2], best[4]
+
     def _frontier(self, job: PendingJob, labels: _Labels, fair: float) -> Frontier:
         res = job.resources
         key = (res.cpus, res.gpus, res.mem_mb, labels.flags, fair)
         frontier = self._frontiers.get(key)
         if frontier is None:
-            ref_rate = self._market.reference.rate_for(res)
-            demand = Demand(
-                res.cpus, res.gpus, res.mem_mb, labels.flags, labels.mask, 1.0 / ref_rate, fair, rate_edges(ref_rate)
-            )
-            frontier = self._frontiers[key] = Frontier(self._index, demand)
+            frontier = self._frontiers[key] = Frontier(self._index, self._demand(job, key, labels, fair))
         return frontier
 
+    def _demand(self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float) -> Demand:
+        demand = self._demands.get(key)
+        if demand is None:
+            res = job.resources
+            ref_rate = self._market.reference.rate_for(res)
+            demand = self._demands[key] = Demand(
+                res.cpus, res.gpus, res.mem_mb, labels.flags, labels.mask, 1.0 / ref_rate, fair, rate_edges(ref_rate)
+            )
+        return demand
+
     def _excluded(self, job: PendingJob) -> frozenset[int]:
-        """Index positions the job may not go to: refused or timed out, excluded or not allowed by its
-        placement, or without its scratch disk free (disk is not in the index: checked here, against
-        the free disk at the batch's start; the chain skips an entry that no longer fits)."""
-        if not job.excluded and not job.allowed and not job.resources.disk_gb:
+        """Index positions the job may not go to: refused or timed out, or excluded by its placement.
+        (Its allowed providers and scratch disk are checked in the search: see :class:`JobFilter`.)"""
+        if not job.excluded:
             return frozenset()
         position = self._index.position
-        out = {position[a] for a in excluded_addresses(job) if a in position}
-        allowed = allowed_addresses(job)
-        disk = job.resources.disk_gb
-        for p in self._market.active:
-            address = p.address.lower()
-            if address in position and ((allowed and address not in allowed) or p.free.disk_gb < disk):
-                out.add(position[address])
-        return frozenset(out)
+        return frozenset(position[a] for a in excluded_addresses(job) if a in position)
 
     def _labels_for(self, constraints: tuple[LabelConstraint, ...], gpus: bool) -> _Labels:
         """The verdict of ``constraints`` (providers counted among those with GPUs for a GPU job)."""

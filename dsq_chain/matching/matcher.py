@@ -37,7 +37,7 @@ from dsq_chain.matching.constraints import (
 )
 from dsq_chain.matching.explain import Explanation, ProviderVerdict
 from dsq_chain.matching.fairshare import FairShare
-from dsq_chain.matching.index import Demand, Frontier, JobFilter, ProviderIndex, rate_edges
+from dsq_chain.matching.index import Demand, Frontier, ProviderIndex, rate_edges
 from dsq_chain.matching.model import Assignment, PendingJob, ProviderState
 from dsq_chain.matching.scoring import MarketReference, Weights, score, share_level
 from dsq_chain.types import LabelConstraint
@@ -250,13 +250,12 @@ class _Batch:
             return None
         if not labels.count or not self._index.could_take(res.cpus, res.gpus, res.mem_mb, cap, labels.mask):
             return None
-        plain = JobFilter(cap, excluded, disk=res.disk_gb)
         if job.allowed:
-            found = self._among(job, key, labels, fair, plain)
+            found = self._among(job, key, labels, fair, excluded)
         else:
-            found = self._search(job, key, labels, fair, plain)
+            found = self._search(job, key, labels, fair, excluded)
         if found is None:
-            if plain.plain and not job.allowed:
+            if not excluded and not res.disk_gb and not job.allowed:
                 self._failed_cap[key] = max(cap, self._failed_cap.get(key, -1))
             return None
         i, rate = found
@@ -264,7 +263,7 @@ class _Batch:
         return Assignment(job.id, self._index.address[i], rate)
 
     def _search(
-        self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float, plain: JobFilter
+        self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float, excluded: frozenset[int]
     ) -> tuple[int, int] | None:
         """Search the frontier of ``job``'s shape, narrowed to its labels, or a frontier of its own.
 
@@ -274,38 +273,39 @@ class _Batch:
         own (which costs about that many evaluations to walk): the classic
         rent-or-buy rule, never more than twice the better choice.
         """
+        cap, disk = job.max_rate, job.resources.disk_gb
         if labels.everything:
-            return self._frontier(job, labels, fair).best(plain)[0]
+            return self._frontier(job, key, labels, fair).best(cap, excluded, disk)[0]
         skipped = self._skips.get(key, 0)
         if skipped < labels.count:
-            shared = self._frontier(job, self._all, fair)
-            narrowed = JobFilter(plain.cap, plain.excluded, labels.flags, labels.mask, plain.disk)
-            found, skips, complete = shared.best(narrowed, labels.count - skipped)
+            res = job.resources
+            shared = self._frontier(job, (res.cpus, res.gpus, res.mem_mb, self._all.flags, fair), self._all, fair)
+            found, skips, complete = shared.best(
+                cap, excluded, disk, labels.flags, labels.mask, labels.count - skipped
+            )
             self._skips[key] = skipped + skips
             if complete:
                 return found
-        return self._frontier(job, labels, fair).best(plain)[0]
+        return self._frontier(job, key, labels, fair).best(cap, excluded, disk)[0]
 
     def _among(
-        self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float, plain: JobFilter
+        self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float, excluded: frozenset[int]
     ) -> tuple[int, int] | None:
         """The best of the few providers a directly placed job allows: scored one by one, no search."""
         position = self._index.position
-        allowed = sorted({position[a] for a in allowed_addresses(job) if a in position} - plain.excluded)
+        allowed = sorted({position[a] for a in allowed_addresses(job) if a in position} - excluded)
         disk = self._index.disk
         usable = [
             e
             for e in self._index.entries(self._demand(job, key, labels, fair), allowed)
-            if e[4] <= plain.cap and disk[e[2]] >= plain.disk
+            if e[4] <= job.max_rate and disk[e[2]] >= job.resources.disk_gb
         ]
         if not usable:
             return None
         best = min(usable)
         return best[2], best[4]
 
-    def _frontier(self, job: PendingJob, labels: _Labels, fair: float) -> Frontier:
-        res = job.resources
-        key = (res.cpus, res.gpus, res.mem_mb, labels.flags, fair)
+    def _frontier(self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float) -> Frontier:
         frontier = self._frontiers.get(key)
         if frontier is None:
             frontier = self._frontiers[key] = Frontier(self._index, self._demand(job, key, labels, fair))
@@ -323,7 +323,7 @@ class _Batch:
 
     def _excluded(self, job: PendingJob) -> frozenset[int]:
         """Index positions the job may not go to: refused or timed out, or excluded by its placement.
-        (Its allowed providers and scratch disk are checked in the search: see :class:`JobFilter`.)"""
+        (Its allowed providers and scratch disk are checked in the search: see :meth:`Frontier.best`.)"""
         if not job.excluded:
             return frozenset()
         position = self._index.position

@@ -144,6 +144,12 @@ class ProviderIndex:
         self.rel = [p.stats.reliability for p in ps]
         # The score's reliability term without the fair-share part, exactly as scoring.score computes it.
         self.unrel = [weights.reliability * (1.0 - r) for r in self.rel]
+        #: Per provider, what scoring reads that a batch does not change: totals, their inverses, prices,
+        #: unreliability term, reliability, label signature, address.
+        self.fixed = list(
+            zip(self.tc, self.tg, self.tm, self.ic, self.ig, self.im, self.pc, self.pg, self.pm, self.unrel, self.rel,
+                self.sig, self.address, strict=True)
+        )  # fmt: skip
         #: Per provider, its part of the dynamic node bounds (see :data:`_Dynamic`).
         self.row: list[_Dynamic] = [self._derive(i) for i in range(len(ps))]
         self._build_nodes()
@@ -304,18 +310,20 @@ class ProviderIndex:
         c, g, m, allowed, inv_ref, fair = d.cpus, d.gpus, d.mem_mb, d.allowed, d.inv_ref, d.fair
         w = self.weights
         wp, wl = w.price, w.load
-        fc, fg, fm, tc, tg, tm = self.fc, self.fg, self.fm, self.tc, self.tg, self.tm
-        ic, ig, im, pc, pg, pm = self.ic, self.ig, self.im, self.pc, self.pg, self.pm
-        sig, unrel, rel, address, version = self.sig, self.unrel, self.rel, self.address, self.version
+        fc, fg, fm, fixed, version = self.fc, self.fg, self.fm, self.fixed, self.version
         out: list[_Entry] = []
         for i in positions:
-            if fc[i] < c or fg[i] < g or fm[i] < m or not allowed[sig[i]]:
+            f_c, f_g, f_m = fc[i], fg[i], fm[i]
+            if f_c < c or f_g < g or f_m < m:
                 continue
-            rate = c * pc[i] + g * pg[i] + (m * pm[i]) // 1024
-            load = max((tc[i] - fc[i] + c) * ic[i], (tm[i] - fm[i] + m) * im[i], (tg[i] - fg[i] + g) * ig[i])
+            tc, tg, tm, ic, ig, im, pc, pg, pm, unrel, rel, sig, address = fixed[i]
+            if not allowed[sig]:
+                continue
+            rate = c * pc + g * pg + (m * pm) // 1024
+            load = max((tc - f_c + c) * ic, (tm - f_m + m) * im, (tg - f_g + g) * ig)
             price = wp * (rate * inv_ref)
-            reliability = unrel[i] + fair * rel[i]
-            out.append((price + wl * load + reliability, address[i], i, version[i], rate, price, reliability))
+            reliability = unrel + fair * rel
+            out.append((price + wl * load + reliability, address, i, version[i], rate, price, reliability))
         return out
 
 
@@ -435,8 +443,9 @@ class Frontier:
                 return
         left = index.left[node]
         if left == _NO_CHILD:
+            heaps, edges = self._heaps, self._edges
             for entry in index.entries(self.demand, range(index.lo[node], index.hi[node])):
-                self._push(entry)
+                heappush(heaps[bisect_right(edges, entry[4])], entry)
             return
         for child in (left, index.right[node]):
             lb = self._bound(child)

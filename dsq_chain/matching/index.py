@@ -32,7 +32,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from heapq import heappop, heappush, heapreplace
+from heapq import heapify, heappop, heappush, heapreplace
 from operator import eq
 from typing import TypeVar, cast
 
@@ -337,18 +337,34 @@ class Frontier:
 
     __slots__ = ("_bound", "_edges", "_heaps", "_index", "demand")
 
-    def __init__(self, index: ProviderIndex, demand: Demand) -> None:
+    def __init__(self, index: ProviderIndex, demand: Demand, *, root: bool = True) -> None:
         self._index = index
         self.demand = demand
         self._bound = index.bound_fn(demand)
         self._edges = demand.rate_edges
         self._heaps: list[list[_Entry]] = [[] for _ in range(len(self._edges) + 1)]
-        root = self._bound(0) if len(index) else None
-        if root is not None:
-            self._push((root[0], "", -1, index.placements, root[1], 0.0, 0.0))
+        if not root:
+            return
+        root_bound = self._bound(0) if len(index) else None
+        if root_bound is not None:
+            self._push((root_bound[0], "", -1, index.placements, root_bound[1], 0.0, 0.0))
 
     def _push(self, entry: _Entry) -> None:
         heappush(self._heaps[bisect_right(self._edges, entry[4])], entry)
+
+    def __len__(self) -> int:
+        """Entries held (providers scored and nodes not expanded yet)."""
+        return sum(map(len, self._heaps))
+
+    def narrowed(self, demand: Demand) -> Frontier:
+        """A frontier for ``demand``, the same shape and fair share as this one's with narrower labels,
+        starting where this one is: its entries of providers and nodes ``demand`` allows."""
+        out = Frontier(self._index, demand, root=False)
+        sig, mask, allowed, allowed_mask = self._index.sig, self._index.mask, demand.allowed, demand.allowed_mask
+        for heap, source in zip(out._heaps, self._heaps, strict=True):
+            heap.extend(e for e in source if (allowed[sig[e[2]]] if e[2] >= 0 else mask[-1 - e[2]] & allowed_mask))
+            heapify(heap)
+        return out
 
     def best(
         self,

@@ -44,6 +44,10 @@ from dsq_chain.types import LabelConstraint
 
 #: Fair-share half-life when none is given: a week.
 DEFAULT_HALF_LIFE_S = 7 * 24 * 3600.0
+#: A demand with label constraints gets a frontier of its own once it has skipped this many entries of its
+#: shape's shared frontier, plus one per _BUY_DIVISOR entries there (copying them costs about as much).
+_BUY_BASE = 512
+_BUY_DIVISOR = 2
 #: Frontiers are kept per demand: (cpus, gpus, memory, allowed label signatures, fair-share weight).
 _DemandKey = tuple[int, int, int, bytes, float]
 
@@ -269,24 +273,25 @@ class _Batch:
 
         Jobs with label constraints start in the shape's shared frontier,
         skipping the entries of other providers; once a demand has skipped as
-        many entries as its labels allow providers, it gets a frontier of its
-        own (which costs about that many evaluations to walk): the classic
-        rent-or-buy rule, never more than twice the better choice.
+        many entries as it would cost to copy the shared frontier's entries it
+        can use (or as its labels allow providers), it gets a frontier of its
+        own, starting from that copy: the classic rent-or-buy rule, never more
+        than twice the better choice.
         """
         cap, disk = job.max_rate, job.resources.disk_gb
-        if labels.everything:
+        if labels.everything or key in self._frontiers:
             return self._frontier(job, key, labels, fair).best(cap, excluded, disk)[0]
+        res = job.resources
+        shared = self._frontier(job, (res.cpus, res.gpus, res.mem_mb, self._all.flags, fair), self._all, fair)
         skipped = self._skips.get(key, 0)
-        if skipped < labels.count:
-            res = job.resources
-            shared = self._frontier(job, (res.cpus, res.gpus, res.mem_mb, self._all.flags, fair), self._all, fair)
-            found, skips, complete = shared.best(
-                cap, excluded, disk, labels.flags, labels.mask, labels.count - skipped
-            )
+        budget = min(labels.count, _BUY_BASE + len(shared) // _BUY_DIVISOR) - skipped
+        if budget > 0:
+            found, skips, complete = shared.best(cap, excluded, disk, labels.flags, labels.mask, budget)
             self._skips[key] = skipped + skips
             if complete:
                 return found
-        return self._frontier(job, key, labels, fair).best(cap, excluded, disk)[0]
+        frontier = self._frontiers[key] = shared.narrowed(self._demand(job, key, labels, fair))
+        return frontier.best(cap, excluded, disk)[0]
 
     def _among(
         self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float, excluded: frozenset[int]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from dsq_chain.matching.constraints import (
     ConstraintError,
@@ -359,7 +360,7 @@ class _FairQueue:
 
     def __init__(self, jobs: list[PendingJob], fairshare: FairShare, now: float) -> None:
         self._queues: dict[str, list[PendingJob]] = {}
-        for job in sorted(jobs, key=lambda j: (j.submitted_at, j.id), reverse=True):
+        for job in sorted(jobs, key=attrgetter("submitted_at", "id"), reverse=True):
             self._queues.setdefault(job.owner, []).append(job)  # oldest last: pop() from the end
         self._usage = {owner: fairshare.usage(owner, now) for owner in self._queues}
         self._placed = dict.fromkeys(self._queues, 0)

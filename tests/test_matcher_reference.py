@@ -114,7 +114,7 @@ def markets(draw: st.DrawFn) -> tuple[dict[str, ProviderState], list[PendingJob]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(markets(), st.sampled_from([1, 2, 4, 16]), st.sampled_from([Weights(), Weights(1.0, 2.0, 0.5, 3.0)]))
+@given(markets(), st.sampled_from([1, 2, 4, 32]), st.sampled_from([Weights(), Weights(1.0, 2.0, 0.5, 3.0)]))
 def test_property_placements_equal_the_brute_force_reference(
     market: tuple[dict[str, ProviderState], list[PendingJob], FairShare], leaf_size: int, weights: Weights
 ) -> None:

@@ -44,6 +44,8 @@ _EPS = 1e-9
 _NO_CHILD = -1
 #: A popped node whose bound rose by more than this since it was pushed goes back to the heap.
 _RETRY = 1e-3
+#: Providers per tree leaf: a leaf is scored in one pass, so its size trades bound checks for scorings.
+DEFAULT_LEAF_SIZE = 32
 #: Number of rate buckets of a frontier (besides the one below the first edge).
 _RATE_BUCKETS = 37
 #: Stands for "no such provider" in the GPU joint minimum (finite, so that 0 * it is 0).
@@ -110,7 +112,7 @@ class ProviderIndex:
         signatures: Sequence[int],
         weights: Weights,
         market: MarketReference,
-        leaf_size: int = 16,
+        leaf_size: int = DEFAULT_LEAF_SIZE,
     ) -> None:
         if leaf_size < 1:
             raise ValueError("leaf_size must be >= 1")
@@ -396,7 +398,7 @@ class Frontier:
         buckets = self._heaps[: bisect_right(self._edges, cap) + 1]
         aside: list[tuple[list[_Entry], _Entry]] = []
         best: _Entry | None = None
-        for heap in buckets:
+        for heap in filter(None, buckets):
             while heap:
                 top = heap[0]
                 if best is not None and top >= best:

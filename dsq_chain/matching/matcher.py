@@ -38,7 +38,7 @@ from dsq_chain.matching.constraints import (
 )
 from dsq_chain.matching.explain import Explanation, ProviderVerdict
 from dsq_chain.matching.fairshare import FairShare
-from dsq_chain.matching.index import Demand, Frontier, ProviderIndex, rate_edges
+from dsq_chain.matching.index import DEFAULT_LEAF_SIZE, Demand, Frontier, ProviderIndex, rate_edges
 from dsq_chain.matching.model import Assignment, PendingJob, ProviderState
 from dsq_chain.matching.scoring import MarketReference, Weights, score, share_level
 from dsq_chain.types import LabelConstraint
@@ -95,7 +95,7 @@ class Matcher:
         fairshare: FairShare | None = None,
         *,
         provisional_minutes: float = 60.0,
-        leaf_size: int = 16,
+        leaf_size: int = DEFAULT_LEAF_SIZE,
     ) -> None:
         if not provisional_minutes >= 0:
             raise ValueError(f"provisional_minutes must be >= 0, got {provisional_minutes!r}")

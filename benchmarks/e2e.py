@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import tempfile
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dsq_chain.executors import LocalExecutor
+from dsq_chain.executors import make_executor
 from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
@@ -116,6 +117,24 @@ def latencies(user: GridClient, clock: BlockClock, from_block: int, ids: set[int
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far (0.0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_usage(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def loadavg() -> str:
+    """The 1-minute load average (the machine is shared: wall-clock figures are upper bounds)."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -146,107 +165,166 @@ def wait_all_final(user: GridClient, ids: list[int], timeout: float) -> list[Job
     return [statuses[i] for i in ids]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--jobs", type=int, default=1000, help="jobs in the throughput phase (default 1000)")
-    p.add_argument("--providers", type=int, default=1, help="provider workers (default 1)")
+class GridRig:
+    """A fresh Anvil with the contracts, a funded user, and the scheduler and ``providers`` workers in their own
+    processes (as deployed), each worker on ``make_executor(executor, **exec_kw)`` with ``root`` under ``tmp``.
+
+    ``cpus``: what each provider advertises on chain (0: the hardware its executor detects)."""
+
+    def __init__(self, tmp: Path, *, providers: int = 1, cpus: int = 200, executor: str = "local",
+                 exec_kw: dict[str, Any] | None = None, poll: float = 0.1, verbose: bool = False,
+                 profile: str | None = None) -> None:
+        self.tmp, self.providers, self.cpus, self.poll = tmp, providers, cpus, poll
+        self.executor = executor
+        self.exec_kw = dict(exec_kw or ({"kill_grace_s": 1.0} if executor == "local" else {}))
+        self.level = logging.INFO if verbose else logging.WARNING
+        self.profile = profile
+        self.keys = dev_keys(4 + providers)
+        self.procs: list[Any] = []
+        self.advertised: list[Resources] = []
+        self.workers: list[str] = []
+
+    def __enter__(self) -> GridRig:
+        self._node = start_anvil(accounts=max(20, 4 + self.providers))
+        self.node = self._node.__enter__()
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
+        keys, node = self.keys, self.node
+        self.chain = Chain(node.rpc_url)
+        admin_w = self.chain.wallet(keys[0])
+        dep = self.deployment = deploy(admin_w)
+        admin = AdminClient(admin_w, dep)
+        self.user = GridClient(Chain(node.rpc_url).wallet(keys[1]), dep)
+        sched_w = Chain(node.rpc_url).wallet(keys[2])
+        admin.mint(self.user.address, Credits(10**6))
+        admin.grant_scheduler(sched_w.address)
+        for i in range(self.providers):
+            ex = make_executor(self.executor, root=self.tmp / f"exec{i}", **self.exec_kw)
+            w = ProviderWorker(Chain(node.rpc_url).wallet(keys[4 + i]), dep, ex, self.tmp / f"worker{i}",
+                               poll_interval=self.poll)
+            if self.cpus:
+                cap = ex.capacity()
+                ProviderClient(w.wallet, dep).register(
+                    Resources(self.cpus, 0, max(cap.mem_mb, self.cpus * 64)), PRICES)
+            else:
+                w.register(PRICES)
+            admin.approve(w.address)
+            self.advertised.append(w.client.info().total)
+            self.workers.append(w.address)
+            w.close()
+        self.clock = BlockClock(node.rpc_url)
+        self.clock.start()
+        ctx = mp.get_context("spawn")
+        self.stop = ctx.Event()
+        self.procs = [ctx.Process(target=run_scheduler, name="scheduler",
+                                  args=(node.rpc_url, keys[2], dep, self.poll, self.stop, self.level))]
+        for i in range(self.providers):
+            self.procs.append(ctx.Process(target=run_worker, name=f"worker{i}", args=(
+                node.rpc_url, keys[4 + i], dep, self.executor, {"root": self.tmp / f"exec{i}", **self.exec_kw},
+                self.tmp / f"worker{i}", self.poll, self.stop, self.level, self.profile if i == 0 else None)))
+        for proc in self.procs:
+            proc.start()
+
+    def pids(self) -> dict[str, int]:
+        """The processes whose CPU time counts: the node, the scheduler and each worker."""
+        return {"anvil": self.node.pid, **{str(proc.name): int(proc.pid or 0) for proc in self.procs}}
+
+    def worker_transactions(self) -> int:
+        return sum(int(self.chain.call_rpc("eth_getTransactionCount", [a, "latest"]), 16) for a in self.workers)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.procs:
+            self.stop.set()
+            for proc in self.procs:
+                if proc.pid is None:
+                    continue  # never started
+                proc.join(60)
+                if proc.is_alive():
+                    proc.terminate()
+            self.clock.stop()
+        self._node.__exit__(None, None, None)
+
+
+def submit_all(user: GridClient, wf: wfm.Workflow, jobs: int, array: int) -> list[int]:
+    """``jobs`` jobs of ``wf`` in job arrays of ``array``; their ids."""
+    ids: list[int] = []
+    left = jobs
+    while left > 0:
+        n = min(array, left)
+        ids += user.submit(wf, credits=Credits(1), max_rate=Credits(1), count=n)
+        left -= n
+    return ids
+
+
+def grid_options(p: argparse.ArgumentParser, *, timeout: float) -> None:
+    """The options of a run through the grid: jobs, advertised cpus, job array size, time-out."""
+    p.add_argument("--jobs", type=int, default=1000, help="jobs to run (default 1000)")
     p.add_argument("--cpus", type=int, default=200,
                    help="cpus each provider advertises on chain; 0 = the detected hardware (default 200)")
     p.add_argument("--array", type=int, default=250, help="jobs per submission (job array size, default 250)")
+    p.add_argument("--timeout", type=float, default=timeout, help="give up after this many seconds")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    grid_options(p, timeout=600)
+    p.add_argument("--providers", type=int, default=1, help="provider workers (default 1)")
     p.add_argument("--probe", type=int, default=20, help="single jobs in the latency phase (default 20)")
     p.add_argument("--poll", type=float, default=0.1, help="worker/scheduler poll interval in s (default 0.1)")
-    p.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")
     p.add_argument("--profile", help="write a cProfile of the first worker to this file")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(relativeCreated)7d %(threadName)s %(name)s %(message)s")
 
-    keys = dev_keys(4 + args.providers)
     tmp = Path(tempfile.mkdtemp(prefix="dsq-bench-e2e-"))
     wf = wfm.loads(WORKFLOW)
-    with start_anvil(accounts=max(20, 4 + args.providers)) as node:
-        chain = Chain(node.rpc_url)
-        admin_w = chain.wallet(keys[0])
-        dep = deploy(admin_w)
-        admin = AdminClient(admin_w, dep)
-        user = GridClient(Chain(node.rpc_url).wallet(keys[1]), dep)
-        sched_w = Chain(node.rpc_url).wallet(keys[2])
-        admin.mint(user.address, Credits(10**6))
-        admin.grant_scheduler(sched_w.address)
-        workers = []
-        for i in range(args.providers):
-            ex = LocalExecutor(tmp / f"exec{i}", kill_grace_s=1.0)
-            w = ProviderWorker(Chain(node.rpc_url).wallet(keys[4 + i]), dep, ex, tmp / f"worker{i}",
-                               poll_interval=args.poll)
-            if args.cpus:
-                cap = ex.capacity()
-                ProviderClient(w.wallet, dep).register(Resources(args.cpus, 0, max(cap.mem_mb, args.cpus * 64)),
-                                                       PRICES)
-            else:
-                w.register(PRICES)
-            admin.approve(w.address)
-            workers.append(w)
-        hw = [w.client.info().total for w in workers]
-        for w in workers:
-            w.close()
-        clock = BlockClock(node.rpc_url)
-        clock.start()
-        ctx = mp.get_context("spawn")
-        stop = ctx.Event()
-        level = logging.INFO if args.verbose else logging.WARNING
-        procs = [ctx.Process(target=run_scheduler, name="scheduler",
-                             args=(node.rpc_url, keys[2], dep, args.poll, stop, level))]
-        for i in range(args.providers):
-            profile = args.profile if i == 0 else None
-            procs.append(ctx.Process(target=run_worker, name=f"worker{i}", args=(
-                node.rpc_url, keys[4 + i], dep, tmp / f"exec{i}", tmp / f"worker{i}", args.poll, stop, level, profile)))
-        for proc in procs:
-            proc.start()
-        print(f"{args.jobs} jobs `true`, {args.providers} provider(s) advertising {hw[0].cpus} cpus each, "
-              f"arrays of {args.array}, poll {args.poll} s", flush=True)
-        try:
-            # ---- phase 1: throughput
-            first_block = chain.block_number() + 1
-            t0 = time.monotonic()
-            ids: list[int] = []
-            left = args.jobs
-            while left > 0:
-                n = min(args.array, left)
-                ids += user.submit(wf, credits=Credits(1), max_rate=Credits(1), count=n)
-                left -= n
-            t_submitted = time.monotonic() - t0
-            statuses = wait_all_final(user, ids, args.timeout)
-            elapsed = time.monotonic() - t0
-            bad = [s for s in statuses if s is not JobStatus.FINISHED]
-            print(f"throughput: {len(ids)} jobs FINISHED in {elapsed:.1f} s = {len(ids) / elapsed:.1f} jobs/s "
-                  f"(submission took {t_submitted:.1f} s){f'; NOT FINISHED: {len(bad)}' if bad else ''}", flush=True)
-            lat = latencies(user, clock, first_block, set(ids))
-            print("  " + summary("submission->RUNNING (incl. queueing)", lat["running"]))
-            print("  " + summary("submission->FINISHED (incl. queueing)", lat["finished"]))
-            # ---- phase 2: latency on an idle grid
-            if args.probe:
-                probe_block = chain.block_number() + 1
-                probe_ids = []
-                for _ in range(args.probe):
-                    [j] = user.submit(wf, credits=Credits(1), max_rate=Credits(1))
-                    probe_ids.append(j)
-                    wait_all_final(user, [j], 60)
-                lat = latencies(user, clock, probe_block, set(probe_ids))
-                print("latency, one job at a time on an idle grid:")
-                print("  " + summary("submission->RUNNING", lat["running"]))
-                print("  " + summary("submission->FINISHED", lat["finished"]))
-        finally:
-            stop.set()
-            for proc in procs:
-                proc.join(60)
-                if proc.is_alive():
-                    proc.terminate()
-            clock.stop()
-        txs = {w.address: int(chain.call_rpc("eth_getTransactionCount", [w.address, "latest"]), 16) for w in workers}
-        total = args.jobs + args.probe
-        print(f"worker transactions: {sum(txs.values())} for {total} jobs "
-              f"({sum(txs.values()) / total:.2f} per job; includes registration)")
+    bad: list[JobStatus] = []
+    with GridRig(tmp, providers=args.providers, cpus=args.cpus, poll=args.poll, verbose=args.verbose,
+                 profile=args.profile) as rig:
+        user, clock = rig.user, rig.clock
+        print(f"{args.jobs} jobs `true`, {args.providers} provider(s) advertising {rig.advertised[0].cpus} cpus "
+              f"each, arrays of {args.array}, poll {args.poll} s", flush=True)
+        # ---- phase 1: throughput
+        first_block = rig.chain.block_number() + 1
+        pids = rig.pids()
+        cpu0 = cpu_usage(pids)
+        t0 = time.monotonic()
+        ids = submit_all(user, wf, args.jobs, args.array)
+        t_submitted = time.monotonic() - t0
+        statuses = wait_all_final(user, ids, args.timeout)
+        elapsed = time.monotonic() - t0
+        bad = [s for s in statuses if s is not JobStatus.FINISHED]
+        cpu = {name: used - cpu0[name] for name, used in cpu_usage(pids).items()}
+        print(f"throughput: {len(ids)} jobs FINISHED in {elapsed:.1f} s = {len(ids) / elapsed:.1f} jobs/s "
+              f"(first submission to last settlement; target >= 50 jobs/s; load average {loadavg()}; "
+              f"submission took {t_submitted:.1f} s){f'; NOT FINISHED: {len(bad)}' if bad else ''}", flush=True)
+        print("  CPU time over that window: " + ", ".join(f"{name} {used:.1f} s" for name, used in cpu.items())
+              + f" ({sum(cpu.values()) / len(ids) * 1000:.1f} ms per job; job supervisors not counted)", flush=True)
+        lat = latencies(user, clock, first_block, set(ids))
+        print("  " + summary("submission->RUNNING (incl. queueing)", lat["running"]))
+        print("  " + summary("submission->FINISHED (incl. queueing)", lat["finished"]))
+        # ---- phase 2: latency on an idle grid
+        if args.probe:
+            probe_block = rig.chain.block_number() + 1
+            probe_ids = []
+            for _ in range(args.probe):
+                [j] = user.submit(wf, credits=Credits(1), max_rate=Credits(1))
+                probe_ids.append(j)
+                wait_all_final(user, [j], 60)
+            lat = latencies(user, clock, probe_block, set(probe_ids))
+            print(f"latency, one job at a time on an idle grid (load average {loadavg()}):")
+            print("  " + summary("submission->RUNNING", lat["running"]))
+            print("  " + summary("submission->FINISHED", lat["finished"]))
+        txs = rig.worker_transactions()
+    total = args.jobs + args.probe
+    print(f"worker transactions: {txs} for {total} jobs ({txs / total:.2f} per job; includes registration)")
     return 1 if bad else 0
 
 
@@ -256,11 +334,11 @@ def run_scheduler(rpc_url: str, key: str, dep: Deployment, poll: float, stop: th
     MetaScheduler(Chain(rpc_url).wallet(key), dep, poll_interval=poll).run(stop)
 
 
-def run_worker(rpc_url: str, key: str, dep: Deployment, root: Path, state: Path, poll: float, stop: threading.Event,
-               level: int, profile: str | None) -> None:
+def run_worker(rpc_url: str, key: str, dep: Deployment, executor: str, exec_kw: dict[str, Any], state: Path,
+               poll: float, stop: threading.Event, level: int, profile: str | None) -> None:
     """A provider worker in its own process (as deployed), optionally under cProfile."""
     logging.basicConfig(level=level, format="%(relativeCreated)7d worker %(name)s %(message)s")
-    worker = ProviderWorker(Chain(rpc_url).wallet(key), dep, LocalExecutor(root, kill_grace_s=1.0), state,
+    worker = ProviderWorker(Chain(rpc_url).wallet(key), dep, make_executor(executor, **exec_kw), state,
                             poll_interval=poll)
     if profile:
         import cProfile

@@ -254,6 +254,29 @@ class ExecutorContract:
         for exec_id in (a, b):
             assert wait_final(executor, exec_id, self.timing.quick_s).state is ExecState.COMPLETED
 
+    def test_submit_many_runs_each_job_once_and_status_many_agrees(self, executor: Executor) -> None:
+        """A batch: each spec gets its own execution, in order, each runs exactly once; one spec the executor
+        refuses takes its error in its place without stopping the others. ``status_many`` tells what
+        ``status`` tells, for all of them at once."""
+        specs = [spec(f"echo ran-{i} >> runs\n") for i in range(4)]
+        specs.insert(2, spec("true\n", gpus=64))  # more GPUs than any test machine has
+        results = executor.submit_many(specs)
+        assert len(results) == 5
+        bad = results.pop(2)
+        if isinstance(bad, str):  # an engine that queues it anyway (Slurm): it never starts; no harm done
+            executor.cancel(bad)
+        else:
+            assert isinstance(bad, Exception)
+        ids = [r for r in results if isinstance(r, str)]
+        assert len(ids) == 4 and len(set(ids)) == 4
+        good = [s for i, s in enumerate(specs) if i != 2]
+        assert [executor.find(s.job_id) for s in good] == [[i] for i in ids]
+        finals = {i: wait_final(executor, i, self.timing.quick_s) for i in ids}
+        assert all(st.state is ExecState.COMPLETED for st in finals.values()), finals
+        assert executor.status_many([*ids, "not-an-id"]) == {i: executor.status(i) for i in ids}
+        for n, i in enumerate(ids):  # ran once, in its own working directory
+            assert (executor.logs(i)[0].parent / "work" / "runs").read_text() == f"ran-{n}\n"
+
     def test_capacity_and_features(self, executor: Executor) -> None:
         cap = executor.capacity()
         assert 1 <= cap.cpus <= (os.cpu_count() or 1)

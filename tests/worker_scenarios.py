@@ -221,7 +221,7 @@ class CrashingWorker(ProviderWorker):
             _die()
         return super()._send(actions)
 
-    def sent(self, actions: list[Action], t0: float) -> None:
+    def sent(self, actions: list[Action], t0: float, block: tuple[int, str] | None = None) -> None:
         # The transaction is mined; the journal does not know yet.
         kinds = {a.action for a in actions}
         if (self.crash_at == "claimed" and ReportAction.CLAIM in kinds) or (
@@ -229,7 +229,7 @@ class CrashingWorker(ProviderWorker):
             self.crash_at == "after_final" and kinds & _FINAL
         ):
             _die()
-        super().sent(actions, t0)
+        super().sent(actions, t0, block)
 
 
 _FINAL = {ReportAction.FINISH, ReportAction.OUT_OF_CREDITS, ReportAction.PANIC}
@@ -258,14 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     worker = CrashingWorker(wallet, Deployment.load(args.deployment), executor, args.state, poll_interval=args.poll)
     worker.crash_at = args.crash_at
     if args.crash_at == "submitted":
-        real_submit = executor.submit
+        real_submit = executor.submit_many
 
-        def submit_then_die(spec: Any) -> str:
-            exec_id = real_submit(spec)  # the job runs; the journal never hears of exec_id
+        def submit_then_die(specs: Any, parallelism: int = 8) -> list[str | Exception]:
+            exec_ids = real_submit(specs, parallelism)  # the jobs run; the journal never hears of their ids
             _die()
-            return exec_id
+            return exec_ids
 
-        executor.submit = submit_then_die  # type: ignore[method-assign]
+        executor.submit_many = submit_then_die  # type: ignore[method-assign]
     if args.register:
         cpu, gpu, gb = (int(x) for x in args.register.split(","))
         worker.register(Prices(cpu, gpu, gb))

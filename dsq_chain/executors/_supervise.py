@@ -1,9 +1,10 @@
 """Per-job supervisor of the local executor (standard library only).
 
-Run as ``python _supervise.py [--detach] JOBDIR``. The local executor starts one
-per job, detached from the worker (own session, double fork), so that a job
-survives the worker's death and any later executor instance can find it from
-the files in ``JOBDIR`` alone:
+Run as ``python _supervise.py --detach JOBDIR...``. The local executor starts it
+once per batch of jobs: it forks one supervisor per job, detached from the
+worker (own session, double fork), so that a job survives the worker's death
+and any later executor instance can find it from the files in ``JOBDIR`` alone
+(one interpreter start serves the batch; each job keeps a process of its own):
 
 ==============  ======================================================  ==========
 file            content                                                 written by
@@ -69,13 +70,27 @@ def boot_id() -> str:
 
 def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
     """``(state, pgrp, session, start_ticks)`` of a live process, or None."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
+    fields = _stat_fields(str(pid))
     # fields[0] is field 3 of proc(5): state; 5 pgrp; 6 session; 22 starttime.
-    return fields[0], int(fields[2]), int(fields[3]), int(fields[19])
+    return None if fields is None else (fields[0].decode(), int(fields[2]), int(fields[3]), int(fields[19]))
+
+
+def _stat_fields(pid: str) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (raw reads: a job's end scans all of /proc)."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        raw = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        return raw[raw.rindex(b")") + 2 :].split()
+    except ValueError:
+        return None
 
 
 def process_matches(pid: int, start_ticks: int, boot: str) -> bool:
@@ -89,12 +104,13 @@ def process_matches(pid: int, start_ticks: int, boot: str) -> bool:
 def session_members(sid: int) -> list[int]:
     """Live (non-zombie) processes whose session id is ``sid``."""
     members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+    wanted = str(sid).encode()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
             continue
-        st = proc_stat(int(entry.name))
-        if st is not None and st[2] == sid and st[0] not in "ZX":
-            members.append(int(entry.name))
+        fields = _stat_fields(name)
+        if fields is not None and len(fields) > 3 and fields[3] == wanted and fields[0] not in (b"Z", b"X"):
+            members.append(int(name))
     return members
 
 
@@ -281,14 +297,45 @@ def _signame(signum: int) -> str:
 
 def main(argv: list[str]) -> int:
     detach = "--detach" in argv
-    args = [a for a in argv if a != "--detach"]
-    if len(args) != 1:
-        print("usage: _supervise.py [--detach] JOBDIR", file=sys.stderr)
+    dirs = [Path(a).resolve() for a in argv if a != "--detach"]
+    if not dirs or (len(dirs) > 1 and not detach):
+        print("usage: _supervise.py JOBDIR | _supervise.py --detach JOBDIR...", file=sys.stderr)
         return 2
-    jobdir = Path(args[0]).resolve()
-    if detach and os.fork() > 0:
-        os._exit(0)  # the worker reaps this parent at once; the supervisor is re-parented to init
-    return Supervisor(jobdir).run()
+    if not detach:
+        return Supervisor(dirs[0]).run()
+    # One interpreter start for the whole batch: each job still gets a supervisor process of its own, forked
+    # from this one, so a supervisor's death touches its own job only. This process then exits: the worker
+    # reaps it at once and the supervisors are re-parented to init.
+    # The children wait for the last fork (the pipe's end) before they start: forking goes at full speed, and
+    # the worker waiting for this process is not held up by the jobs it starts.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gate_r, gate_w = os.pipe()
+    for jobdir in dirs:
+        if os.fork() == 0:
+            os.close(gate_w)
+            _supervise_forked(jobdir, gate_r)
+    return 0
+
+
+def _supervise_forked(jobdir: Path, gate: int) -> None:
+    """In a child forked by :func:`main`: supervise one job, its output to the job's own log; never returns."""
+    code = 1
+    try:
+        os.read(gate, 1)  # end of file once the parent forked every supervisor and exited
+        os.close(gate)
+        fd = os.open(jobdir / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        os.chdir(jobdir)
+        code = Supervisor(jobdir).run()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import re
 import subprocess
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -181,6 +182,8 @@ class ExecStatus:
     """True once the work actually began running (False for a job cancelled while pending)."""
     reason: str = ""
     """Human-readable detail (engine state, reason, signal)."""
+    ended_at: float | None = None
+    """Unix time the engine saw the job end (the local supervisor's exit time); None when not ended or not known."""
 
     @property
     def final(self) -> bool:
@@ -226,9 +229,32 @@ class Executor(ABC):
         job's executions if the worker died between ``submit`` and its journal write.
         """
 
+    def submit_many(self, specs: Sequence[ExecSpec], parallelism: int = 8) -> list[str | Exception]:
+        """:meth:`submit` for each spec, in order: the executor job id, or the error that submission raised.
+
+        By default ``parallelism`` submissions run at once in threads (an engine whose submit waits on a
+        command, like ``sbatch``, spends its time waiting); an engine that can start many jobs for the cost
+        of one (the local executor: one supervisor launch per call) overrides it.
+        """
+        if len(specs) <= 1 or parallelism <= 1:
+            return [_attempt(self.submit, spec) for spec in specs]
+        with ThreadPoolExecutor(min(parallelism, len(specs)), thread_name_prefix="dsq-submit") as pool:
+            return list(pool.map(lambda spec: _attempt(self.submit, spec), specs))
+
     @abstractmethod
     def status(self, exec_id: str) -> ExecStatus:
         """Current state of a job; raises :class:`JobNotFoundError` for ids it never issued."""
+
+    def status_many(self, exec_ids: Sequence[str]) -> dict[str, ExecStatus]:
+        """The current state of each job it could read (by default one :meth:`status` call each); an id left
+        out is asked again with :meth:`status`, which raises what is wrong with it."""
+        out: dict[str, ExecStatus] = {}
+        for exec_id in exec_ids:
+            try:
+                out[exec_id] = self.status(exec_id)
+            except ExecutorError:
+                continue
+        return out
 
     @abstractmethod
     def cancel(self, exec_id: str) -> None:
@@ -256,6 +282,13 @@ class Executor(ABC):
 
 
 # --- helpers shared by the implementations -------------------------------------------------
+
+
+def _attempt(submit: Callable[[ExecSpec], str], spec: ExecSpec) -> str | Exception:
+    try:
+        return submit(spec)
+    except Exception as e:  # handed back to the caller, in the spec's place
+        return e
 
 
 def deepsquare_env(work: Path, cache: Path, uid: int) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 Every job gets a directory ``<root>/jobs/<exec_id>/`` (layout in
 :mod:`dsq_chain.executors._supervise`) and a small supervisor process, detached
-from the worker, that runs the script in its own session, enforces the time
+from the worker (a batch of jobs submitted together shares one interpreter
+start: the supervisors are forked from it, one per job), that runs the script in its own session, enforces the time
 limit (SIGTERM to the whole group, SIGKILL after ``kill_grace_s``), honours
 cancel requests and writes the outcome atomically. The executor object keeps
 nothing in memory: a new instance on the same ``root`` (after the worker was
@@ -61,6 +62,8 @@ _EXEC_ID_RE = re.compile(r"^(\d+)-[0-9a-f]{8}$")
 _SUPERVISOR_PY = Path(sv.__file__).resolve()
 #: A job whose supervisor has not shown up this long after submit is considered lost.
 LAUNCH_GRACE_S = 30.0
+#: ``submit_many`` waits this long at most for the scripts it started to run (the rest show as PENDING).
+START_WAIT_S = 2.0
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -99,6 +102,48 @@ class LocalExecutor(Executor):
     # --- Executor API ---------------------------------------------------------------------
 
     def submit(self, spec: ExecSpec) -> str:
+        """Starts the job and waits until its script runs (or already ended)."""
+        [result] = self.submit_many([spec])
+        if isinstance(result, Exception):
+            raise result
+        d = self.jobs / result
+        if not self._wait_started([d], 20):
+            raise ExecutorError(f"supervisor for {result} did not start within 20 s: {self._log_tail(d)}")
+        return result
+
+    def submit_many(self, specs: Sequence[ExecSpec], parallelism: int = 8) -> list[str | Exception]:
+        """Prepares every job's directory, then starts their supervisors with one launch (one interpreter
+        start for the batch, one supervisor process per job) and waits up to :data:`START_WAIT_S` for their
+        scripts to run; a job still starting then is PENDING to :meth:`status`. ``parallelism`` is not needed."""
+        results: list[str | Exception] = []
+        for spec in specs:
+            try:
+                results.append(self._prepare(spec))
+            except Exception as e:  # this job only: the others go on
+                results.append(e)
+        ready = [self.jobs / r for r in results if isinstance(r, str)]
+        error = self._launch(ready) if ready else None
+        if error is None and ready:
+            self._wait_started(ready, START_WAIT_S)
+        return [error if error is not None and isinstance(r, str) else r for r in results]
+
+    @staticmethod
+    def _wait_started(dirs: Sequence[Path], timeout_s: float) -> bool:
+        """Waits until every job's script runs or ended; False if some had not after ``timeout_s``."""
+        waiting = [(str(d / sv.JOB), str(d / sv.STATE)) for d in dirs]
+        deadline = time.monotonic() + timeout_s
+        delay = 0.005
+        while True:
+            waiting = [w for w in waiting if not (os.path.exists(w[0]) or os.path.exists(w[1]))]
+            if not waiting:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(0.05, delay * 2)
+
+    def _prepare(self, spec: ExecSpec) -> str:
+        """Writes the job's directory (spec, script, limit, empty outputs); returns its executor job id."""
         exec_id = f"{spec.job_id}-{secrets.token_hex(4)}"
         final = self.jobs / exec_id
         with self._gpu_lock(spec.gpus > 0):
@@ -140,7 +185,6 @@ class LocalExecutor(Executor):
             if self.job_user:
                 (tmp / sv.SCRIPT).chmod(0o644)  # bash runs as the job user and reads it
             os.rename(tmp, final)
-        self._launch(final)
         return exec_id
 
     def status(self, exec_id: str) -> ExecStatus:
@@ -246,17 +290,17 @@ class LocalExecutor(Executor):
             raise JobNotFoundError(f"no local job {exec_id} under {self.jobs}")
         return d
 
-    def _launch(self, d: Path) -> None:
-        """Start the detached supervisor and wait until the job's script runs (or already ended)."""
-        with open(d / sv.LOG, "ab") as log:
+    def _launch(self, dirs: Sequence[Path]) -> ExecutorError | None:
+        """Starts the detached supervisors of ``dirs`` with one launch; returns the error if it failed."""
+        with open(dirs[0] / sv.LOG, "ab") as log:
             proc = subprocess.run(
                 # -I -S: the supervisor needs the standard library only; skipping site (a venv's .pth
                 # files) starts it in about a third of the time, and no PYTHON* variable reaches it.
-                [self.python, "-I", "-S", str(_SUPERVISOR_PY), "--detach", str(d)],
+                [self.python, "-I", "-S", str(_SUPERVISOR_PY), "--detach", *map(str, dirs)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                cwd=d,
+                cwd=dirs[0],
                 # The supervisor is the job's parent: it must not hold the worker's secrets either
                 # (a job could read them from /proc/$PPID/environ). The job's env comes from spec.json.
                 env=base_env(),
@@ -265,16 +309,10 @@ class LocalExecutor(Executor):
                 timeout=60,
                 check=False,
             )
-        if proc.returncode != 0:
-            raise ExecutorError(
-                f"supervisor for {d.name} failed to start (exit {proc.returncode}): {self._log_tail(d)}"
-            )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if (d / sv.JOB).exists() or (d / sv.STATE).exists():
-                return
-            time.sleep(0.01)
-        raise ExecutorError(f"supervisor for {d.name} did not start within 20 s: {self._log_tail(d)}")
+        if proc.returncode == 0:
+            return None
+        return ExecutorError(f"supervisors for {', '.join(d.name for d in dirs)} failed to start "
+                             f"(exit {proc.returncode}): {self._log_tail(dirs[0])}")
 
     @staticmethod
     def _log_tail(d: Path) -> str:
@@ -293,11 +331,13 @@ class LocalExecutor(Executor):
         except ValueError:
             state = ExecState.UNKNOWN
         code = doc.get("exit_code")
+        ended = doc.get("ended_at")
         return ExecStatus(
             state=state,
             exit_code=int(code) if isinstance(code, int) else None,
             started=bool(doc.get("started", False)),
             reason=str(doc.get("reason", "")),
+            ended_at=float(ended) if isinstance(ended, (int, float)) else None,
         )
 
     @staticmethod

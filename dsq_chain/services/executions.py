@@ -2,10 +2,10 @@
 
 * :func:`time_limit_s` / :func:`run_specs` — the run spec of a claimed job (its script, resources, and the
   time limit its escrow buys);
-* :func:`submit_all` — a tick's executor submissions, in parallel;
-* :class:`Executions` — the executor seen through the journal (an entry's ``exec_id``): submitting and
-  journaling, an execution's state, looked up by chain id when the journal lacks it, extended after a
-  top-up, stopped, its logs.
+* :class:`Executions` — the executor seen through the journal (an entry's ``exec_id``): submitting
+  (``Executor.submit_many``: the local executor starts a batch with one launch, others submit in
+  parallel) and journaling, the executions' states (read for all active jobs at once each tick),
+  looked up by chain id when the journal lacks it, extended after a top-up, stopped, its logs.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from dsq_chain.billing import paid_seconds
 from dsq_chain.errors import InputError
@@ -27,8 +25,11 @@ from dsq_chain.workloads.workflow import render_script
 
 log = logging.getLogger("dsq.worker")
 
-#: Executor submissions of one tick run in parallel, this many at once.
+#: Executor submissions of one tick run in parallel, this many at once (where the executor submits one by one).
 SUBMIT_PARALLELISM = 8
+#: Jobs handed to the executor in one ``submit_many`` call (the local executor starts them with one launch and
+#: waits for them together: a whole round of the scheduler's assignments fits).
+SUBMIT_CHUNK = 256
 #: A tick stops handing new jobs to the executor after this many seconds (the rest wait for the next tick), so
 #: that the jobs it started are reported RUNNING - and billed - soon after they really started.
 SUBMIT_BUDGET_S = 2.0
@@ -59,23 +60,6 @@ def run_specs(jobs: Sequence[Job], workflows: Workflows) -> list[tuple[Job, Exec
     return out
 
 
-def submit_all(executor: Executor, specs: Sequence[ExecSpec]) -> list[Future[str]]:
-    """Submits every spec, in parallel when there are several; each future holds an execution id or the error."""
-    if len(specs) <= 1:
-        return [_run_now(executor.submit, spec) for spec in specs]
-    with ThreadPoolExecutor(len(specs), thread_name_prefix="dsq-submit") as pool:
-        return [pool.submit(executor.submit, spec) for spec in specs]
-
-
-def _run_now(fn: Callable[..., Any], *args: Any) -> Future[Any]:
-    fut: Future[Any] = Future()
-    try:
-        fut.set_result(fn(*args))
-    except Exception as e:  # delivered through the future
-        fut.set_exception(e)
-    return fut
-
-
 class Executions:
     """The executor's side of the journaled jobs (see the module docstring)."""
 
@@ -84,43 +68,53 @@ class Executions:
         self.journal = journal
         #: Claimed jobs this process knows the executor does not have (looked up once, or claimed by us).
         self.absent: set[int] = set()
+        #: The journaled executions' states as read at the start of this tick (:meth:`read`).
+        self._states: dict[str, ExecStatus] = {}
+
+    def read(self, entries: Sequence[Entry]) -> None:
+        """Reads the state of every entry's execution at once (``Executor.status_many``: one ``scontrol`` for
+        all of them on Slurm) for this tick's :meth:`status` calls."""
+        self._states = {}
+        try:
+            self._states = self.executor.status_many([e.exec_id for e in entries if e.exec_id])
+        except (ExecutorError, OSError) as e:  # each job's state is then asked for alone, its error with it
+            log.warning("reading the executions' states at once failed: %s", e)
 
     def submit(self, jobs: Sequence[Job], workflows: Workflows, on_error: Callable[[BaseException], None], *,
                deadline: float, parallelism: int = SUBMIT_PARALLELISM) -> list[tuple[Job, ExecStatus]]:
-        """Hands the jobs to the executor, ``parallelism`` at once and oldest first, starting no new batch after
-        ``deadline`` (``time.monotonic()``; the rest wait for the next tick); returns the state of each one
-        submitted."""
+        """Hands the jobs to the executor, :data:`SUBMIT_CHUNK` per call (``parallelism`` at once where it
+        submits one by one) and oldest first, starting no new batch after ``deadline`` (``time.monotonic()``;
+        the rest wait for the next tick); returns the state of each one submitted."""
         started: list[tuple[Job, ExecStatus]] = []
         todo = list(jobs)
         started_any = False
         while todo and (not started_any or time.monotonic() < deadline):
-            chunk, todo = todo[:parallelism], todo[parallelism:]
-            started += self._submit_chunk(chunk, workflows, on_error)
+            chunk, todo = todo[:SUBMIT_CHUNK], todo[SUBMIT_CHUNK:]
+            started += self._submit_chunk(chunk, workflows, on_error, parallelism)
             started_any = True
         if todo:
             log.info("%d claimed job(s) wait for the next tick to be submitted", len(todo))
         return started
 
-    def _submit_chunk(self, jobs: Sequence[Job], workflows: Workflows,
-                      on_error: Callable[[BaseException], None]) -> list[tuple[Job, ExecStatus]]:
-        """Submits the jobs in parallel and journals each execution (with its time limit). A failed submission
-        is logged, told to ``on_error`` and retried next tick (the executor is asked for the job first)."""
+    def _submit_chunk(self, jobs: Sequence[Job], workflows: Workflows, on_error: Callable[[BaseException], None],
+                      parallelism: int) -> list[tuple[Job, ExecStatus]]:
+        """Submits the jobs (``Executor.submit_many``) and journals each execution (with its time limit). A failed
+        submission is logged, told to ``on_error`` and retried next tick (the executor is asked for the job first)."""
         todo = run_specs(jobs, workflows)
-        futures = submit_all(self.executor, [spec for _, spec in todo])
+        results = self.executor.submit_many([spec for _, spec in todo], parallelism) if todo else []
+        states = self.executor.status_many([r for r in results if isinstance(r, str)])
         started: list[tuple[Job, ExecStatus]] = []
-        for (job, spec), fut in zip(todo, futures, strict=True):
+        for (job, spec), exec_id in zip(todo, results, strict=True):
             self.absent.discard(job.id)  # submitted, or failed somewhere in submit: look it up next time
-            try:
-                exec_id = fut.result()
-            except Exception as e:  # retried next tick (found with find() first)
-                log.error("job %d: submitting to %s failed: %s", job.id, self.executor.name, e)
-                on_error(e)
+            if isinstance(exec_id, Exception):  # retried next tick (found with find() first)
+                log.error("job %d: submitting to %s failed: %s", job.id, self.executor.name, exec_id)
+                on_error(exec_id)
                 continue
             self.journal.transition(job.id, Phase.SUBMITTED, exec_id=exec_id, time_limit_s=spec.time_limit_s)
             log.info("job %d submitted to %s as %s (limit %d s)", job.id, self.executor.name, exec_id,
                      spec.time_limit_s)
             try:
-                started.append((job, self.executor.status(exec_id)))
+                started.append((job, states.get(exec_id) or self.executor.status(exec_id)))
             except ExecutorError as e:
                 log.error("job %d: %s", job.id, e)
         return started
@@ -129,6 +123,9 @@ class Executions:
         """The state of the entry's journaled execution (None if none is journaled)."""
         if entry.exec_id is None:
             return None
+        read = self._states.get(entry.exec_id)
+        if read is not None:  # read with every active job's at the start of the tick
+            return read
         try:
             return self.executor.status(entry.exec_id)
         except JobNotFoundError as e:  # journaled, then lost by the executor: a provider-side fault
@@ -137,8 +134,8 @@ class Executions:
     def adopt(self, entry: Entry) -> ExecStatus | None:
         """Asks the executor for the job by its chain id (submitted by a process that died before journaling
         it?); journals the execution found and returns its state."""
-        found = self.executor.find(entry.job_id)
-        if not found:
+        found = [e for e in self.executor.find(entry.job_id) if e != entry.stale_exec]
+        if not found:  # (an execution of an earlier assignment of the id is never adopted)
             return None
         exec_id = found[-1]
         self.journal.transition(entry.job_id, Phase.SUBMITTED if entry.phase in (Phase.NEW, Phase.CLAIMED)

@@ -21,7 +21,10 @@ pick; the next job of the same demand resumes where the previous one stopped.
 Entries are bucketed by rate, so that a job only looks at the buckets within
 its price cap. A job may search a frontier made for broader labels than its
 own (see ``matcher._Batch._search``): entries it cannot use (other labels,
-above its cap, excluded) are set aside during its search and put back.
+above its cap, excluded) are set aside during its search and put back. When
+that gets too costly, its demand gets a frontier of its own, a copy of the
+broader one's entries it can use (:meth:`Frontier.narrowed`): scores do not
+depend on labels, so the copy is as far along as the original.
 
 The index owns private copies of the free capacities: :meth:`ProviderIndex.place`
 decrements them and refreshes the bounds on the path to the root.

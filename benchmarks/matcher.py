@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import random
 import sys
 import time
@@ -157,12 +158,14 @@ def main(argv: list[str] | None = None) -> int:
             print(_row(n_jobs, n_providers))
         print("\n".join(digest_checks))
         return 0 if all("same as recorded" in c for c in digest_checks) else 1
+    load_before = os.getloadavg()[0]
     wall, cpu, placed = run(100_000, 10_000)
     print(f"headline: 100,000 jobs over 10,000 providers: {wall:.2f} s wall ({100_000 / wall:,.0f} jobs/s), "
           f"{cpu:.2f} s cpu ({100_000 / cpu:,.0f} jobs/s), {placed:,} placed (target < 3 s cpu)")  # fmt: skip
     wall, cpu, placed = run(10_000, 20_000)
     print(f"per-job growth: 10,000 jobs over 20,000 providers: {cpu:.2f} s cpu, {placed:,} placed "
           "(target < 0.5 s cpu)")
+    print(f"load average (1 min) before / after these two runs: {load_before:.1f} / {os.getloadavg()[0]:.1f}")
     print("\nscaling in jobs (10,000 providers)")
     print(HEADER)
     for n_jobs in (10_000, 25_000, 50_000, 100_000):

@@ -142,8 +142,30 @@ def resources_problem(res: object, what: str) -> str | None:
     return None
 
 
+def _plain_count(value: object) -> bool:
+    """A fast sufficient test for :func:`_is_count` (exactly an int, not a subclass)."""
+    return type(value) is int and value >= 0  # type: ignore[operator]
+
+
+def _plain_resources(res: object) -> bool:
+    """A fast sufficient test that :func:`resources_problem` finds nothing."""
+    return (type(res) is Resources and _plain_count(res.cpus) and _plain_count(res.gpus)
+            and _plain_count(res.mem_mb))  # fmt: skip
+
+
 def job_problem(job: object) -> str | None:
     """Why ``job`` cannot be matched at all (malformed record), or None."""
+    if (
+        type(job) is PendingJob
+        and type(job.id) is int
+        and _plain_resources(job.resources)
+        and _plain_count(job.max_rate)
+        and type(job.owner) is str
+        and type(job.submitted_at) in (float, int)
+        and (not job.labels or all(type(c) is LabelConstraint for c in job.labels))
+        and (not job.excluded or all(type(a) is str for a in job.excluded))
+    ):
+        return None  # the common case, decided by exact types; anything else gets the full check below
     if not isinstance(job, PendingJob):
         return f"not a PendingJob: {type(job).__name__}"
     if not isinstance(job.id, int):
@@ -166,6 +188,21 @@ def job_problem(job: object) -> str | None:
 
 def provider_problem(provider: ProviderState) -> str | None:
     """Why ``provider``'s state is unusable (malformed or inconsistent), or None."""
+    total, free, prices = provider.total, provider.free, provider.prices
+    if (
+        type(provider.address) is str
+        and provider.address
+        and _plain_resources(total)
+        and _plain_resources(free)
+        and free.fits_in(total)
+        and type(prices) is Prices
+        and _plain_count(prices.per_cpu_minute)
+        and _plain_count(prices.per_gpu_minute)
+        and _plain_count(prices.per_gb_minute)
+        and type(provider.labels) is dict
+        and all(type(k) is str and type(v) is str for k, v in provider.labels.items())
+    ):
+        return None  # the common case, decided by exact types; anything else gets the full check below
     if not isinstance(provider.address, str) or not provider.address:
         return f"address must be a non-empty string, got {provider.address!r}"
     problem = resources_problem(provider.total, "total") or resources_problem(provider.free, "free")

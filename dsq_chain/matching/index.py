@@ -21,7 +21,10 @@ pick; the next job of the same demand resumes where the previous one stopped.
 Entries are bucketed by rate, so that a job only looks at the buckets within
 its price cap. A job may search a frontier made for broader labels than its
 own (see ``matcher._Batch._search``): entries it cannot use (other labels,
-above its cap, excluded) are set aside during its search and put back.
+above its cap, excluded) are set aside during its search and put back. When
+that gets too costly, its demand gets a frontier of its own, a copy of the
+broader one's entries it can use (:meth:`Frontier.narrowed`): scores do not
+depend on labels, so the copy is as far along as the original.
 
 The index owns private copies of the free capacities: :meth:`ProviderIndex.place`
 decrements them and refreshes the bounds on the path to the root.
@@ -32,7 +35,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from heapq import heappop, heappush, heapreplace
+from heapq import heapify, heappop, heappush, heapreplace
+from operator import eq
+from typing import TypeVar, cast
 
 from dsq_chain.matching.model import ProviderState
 from dsq_chain.matching.scoring import MarketReference, Weights, inverse
@@ -42,6 +47,8 @@ _EPS = 1e-9
 _NO_CHILD = -1
 #: A popped node whose bound rose by more than this since it was pushed goes back to the heap.
 _RETRY = 1e-3
+#: Providers per tree leaf: a leaf is scored in one pass, so its size trades bound checks for scorings.
+DEFAULT_LEAF_SIZE = 32
 #: Number of rate buckets of a frontier (besides the one below the first edge).
 _RATE_BUCKETS = 37
 #: Stands for "no such provider" in the GPU joint minimum (finite, so that 0 * it is 0).
@@ -50,13 +57,19 @@ _FAR = 1e12
 #: Heap entry: (key, address, ref, version, rate, price term, reliability terms).
 #: ``ref >= 0`` is a provider index, scored at ``version``: ``key`` is its
 #: score, the sum of the price term, the load term and the reliability terms.
-#: ``ref < 0`` is node ``-1 - ref``: ``key`` and ``rate`` are lower bounds and
-#: the address is empty, so that it pops before providers with an equal key.
+#: ``ref < 0`` is node ``-1 - ref``: ``key`` and ``rate`` are lower bounds (computed after ``version``
+#: placements) and the address is empty, so that it pops before providers with an equal key.
 _Entry = tuple[float, str, int, int, int, float, float]
 _Bound = Callable[[int], "tuple[float, int] | None"]
-#: Dynamic node bounds: max free cpus, gpus, memory; min used fraction of cpus, gpus, memory,
-#: of the tightest resource; min joint cpu-price and gpu-price terms (see ProviderIndex._derive).
+#: Dynamic node bounds, all minima: of the negated free cpus, gpus, memory (the most free); of the used
+#: fraction of cpus, gpus, memory, of the tightest resource; of the joint cpu-price and gpu-price terms
+#: (see ProviderIndex._derive).
 _Dynamic = tuple[int, int, int, float, float, float, float, float, float]
+_NO_DYNAMIC: _Dynamic = (0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+#: Static node bounds, all minima: of the cpu, gpu, memory prices; of the reliability and of its negation
+#: (the range); of the inverse cpu, gpu, memory capacity; of the unreliability term.
+_Static = tuple[int, int, int, float, float, float, float, float, float]
+_NO_STATIC: _Static = (0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,25 +92,18 @@ class Demand:
     rate_edges: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class JobFilter:
-    """What one job requires beyond its frontier's :class:`Demand`.
-
-    ``allowed``/``allowed_mask`` narrow the label signatures when the job
-    shares a frontier with jobs of broader label needs (None: no narrowing);
-    ``excluded`` holds provider indices the job may not go to.
-    """
-
-    cap: int
-    excluded: frozenset[int]
-    allowed: bytes | None = None
-    allowed_mask: int = 0
-
-
 def rate_edges(reference_rate: float) -> tuple[int, ...]:
     """Bucket edges for rates: from a quarter to eight times ``reference_rate``, 10 % apart."""
     edges = {int(reference_rate * 0.25 * 1.1**k) for k in range(_RATE_BUCKETS)}
     return tuple(sorted(e for e in edges if e > 0))
+
+
+_Row = TypeVar("_Row", _Static, _Dynamic)
+
+
+def _minima(rows: list[_Row]) -> _Row:
+    """The column-wise minima of one or more rows."""
+    return rows[0] if len(rows) == 1 else cast(_Row, tuple(map(min, *rows)))
 
 
 class ProviderIndex:
@@ -109,7 +115,7 @@ class ProviderIndex:
         signatures: Sequence[int],
         weights: Weights,
         market: MarketReference,
-        leaf_size: int = 16,
+        leaf_size: int = DEFAULT_LEAF_SIZE,
     ) -> None:
         if leaf_size < 1:
             raise ValueError("leaf_size must be >= 1")
@@ -124,12 +130,16 @@ class ProviderIndex:
         self.position = {p.address.lower(): i for i, p in enumerate(ps)}
         self.sig = [signatures[k] for k in order]
         self.version = [0] * len(ps)
+        #: Placements so far: a node entry pushed at the current count still has its exact bound.
+        self.placements = 0
         self.fc = [p.free.cpus for p in ps]
         self.fg = [p.free.gpus for p in ps]
         self.fm = [p.free.mem_mb for p in ps]
         self.tc = [p.total.cpus for p in ps]
         self.tg = [p.total.gpus for p in ps]
         self.tm = [p.total.mem_mb for p in ps]
+        #: Free scratch disk at the batch's start (not decremented: the chain skips an entry that no longer fits).
+        self.disk = [p.free.disk_gb for p in ps]
         self.ic = [inverse(t) for t in self.tc]
         self.ig = [inverse(t) for t in self.tg]
         self.im = [inverse(t) for t in self.tm]
@@ -139,28 +149,29 @@ class ProviderIndex:
         self.rel = [p.stats.reliability for p in ps]
         # The score's reliability term without the fair-share part, exactly as scoring.score computes it.
         self.unrel = [weights.reliability * (1.0 - r) for r in self.rel]
-        self.uc = [0.0] * len(ps)
-        self.ug = [0.0] * len(ps)
-        self.um = [0.0] * len(ps)
-        self.umax = [0.0] * len(ps)
-        self.jc = [0.0] * len(ps)
-        self.jg = [0.0] * len(ps)
-        for i in range(len(ps)):
-            self._derive(i)
+        #: Per provider, what scoring reads that a batch does not change: totals, their inverses, prices,
+        #: unreliability term, reliability, label signature, address.
+        self.fixed = list(
+            zip(self.tc, self.tg, self.tm, self.ic, self.ig, self.im, self.pc, self.pg, self.pm, self.unrel, self.rel,
+                self.sig, self.address, strict=True)
+        )  # fmt: skip
+        #: Per provider, its part of the dynamic node bounds (see :data:`_Dynamic`).
+        self.row: list[_Dynamic] = [self._derive(i) for i in range(len(ps))]
         self._build_nodes()
 
     def __len__(self) -> int:
         return len(self.address)
 
-    def _derive(self, i: int) -> None:
-        """Recompute provider ``i``'s used fractions and joint terms from its free capacity."""
-        self.uc[i] = uc = (self.tc[i] - self.fc[i]) * self.ic[i]
-        self.ug[i] = ug = (self.tg[i] - self.fg[i]) * self.ig[i]
-        self.um[i] = um = (self.tm[i] - self.fm[i]) * self.im[i]
-        self.umax[i] = umax = max(uc, ug, um)
+    def _derive(self, i: int) -> _Dynamic:
+        """Provider ``i``'s part of the dynamic bounds (negated free capacity, used fractions, joint terms)."""
+        fc, fg, fm = self.fc[i], self.fg[i], self.fm[i]
+        uc = (self.tc[i] - fc) * self.ic[i]
+        ug = (self.tg[i] - fg) * self.ig[i]
+        um = (self.tm[i] - fm) * self.im[i]
+        umax = max(uc, ug, um)
         base = self.weights.load * umax + self.unrel[i]
-        self.jc[i] = self.k_cpu * self.pc[i] + base
-        self.jg[i] = self.k_gpu * self.pg[i] + base if self.tg[i] > 0 else _FAR
+        jg = self.k_gpu * self.pg[i] + base if self.tg[i] > 0 else _FAR
+        return (-fc, -fg, -fm, uc, ug, um, umax, self.k_cpu * self.pc[i] + base, jg)
 
     # ------------------------------------------------------------------ tree construction
 
@@ -170,8 +181,12 @@ class ProviderIndex:
         self.left: list[int] = []
         self.right: list[int] = []
         self.parent: list[int] = []
-        # Static per node: price minima, reliability range, inverse-capacity minima, min unreliability.
-        self.static: list[tuple[int, int, int, float, float, float, float, float, float]] = []
+        self.static: list[_Static] = []
+        self._static_rows: list[_Static] = [
+            (self.pc[i], self.pg[i], self.pm[i], self.rel[i], -self.rel[i], self.ic[i], self.ig[i], self.im[i],
+             self.unrel[i])
+            for i in range(len(self.address))
+        ]  # fmt: skip
         self.mask: list[int] = []  # label signatures present, as bits
         self.dynamic: list[_Dynamic] = []
         self.leaf_of = [0] * len(self.address)
@@ -179,86 +194,58 @@ class ProviderIndex:
             self._make_node(0, len(self.address), _NO_CHILD)
 
     def _make_node(self, lo: int, hi: int, parent: int) -> int:
+        """Node ``lo .. hi - 1`` and its subtree; an inner node's bounds combine its children's."""
         node = len(self.lo)
         self.lo.append(lo)
         self.hi.append(hi)
         self.parent.append(parent)
         self.left.append(_NO_CHILD)
         self.right.append(_NO_CHILD)
-        rel = self.rel[lo:hi]
-        mask = 0
-        for s in set(self.sig[lo:hi]):
-            mask |= 1 << s
-        self.mask.append(mask)
-        self.static.append(
-            (
-                min(self.pc[lo:hi]),
-                min(self.pg[lo:hi]),
-                min(self.pm[lo:hi]),
-                min(rel),
-                max(rel),
-                min(self.ic[lo:hi]),
-                min(self.ig[lo:hi]),
-                min(self.im[lo:hi]),
-                min(self.unrel[lo:hi]),
-            )
-        )
-        self.dynamic.append(self._leaf_range(lo, hi))
+        self.mask.append(0)
+        self.static.append(_NO_STATIC)
+        self.dynamic.append(_NO_DYNAMIC)
         if hi - lo <= self._leaf_size:
+            mask = 0
+            for s in set(self.sig[lo:hi]):
+                mask |= 1 << s
             for i in range(lo, hi):
                 self.leaf_of[i] = node
+            self.mask[node] = mask
+            self.static[node] = _minima(self._static_rows[lo:hi])
+            self.dynamic[node] = self._leaf_range(lo, hi)
         else:
             mid = (lo + hi) // 2
-            self.left[node] = self._make_node(lo, mid, node)
-            self.right[node] = self._make_node(mid, hi, node)
+            left = self.left[node] = self._make_node(lo, mid, node)
+            right = self.right[node] = self._make_node(mid, hi, node)
+            self.mask[node] = self.mask[left] | self.mask[right]
+            self.static[node] = cast(_Static, tuple(map(min, self.static[left], self.static[right])))
+            self.dynamic[node] = cast(_Dynamic, tuple(map(min, self.dynamic[left], self.dynamic[right])))
         return node
 
     # ------------------------------------------------------------------ bounds maintenance
 
     def _leaf_range(self, lo: int, hi: int) -> _Dynamic:
-        return (
-            max(self.fc[lo:hi]),
-            max(self.fg[lo:hi]),
-            max(self.fm[lo:hi]),
-            min(self.uc[lo:hi]),
-            min(self.ug[lo:hi]),
-            min(self.um[lo:hi]),
-            min(self.umax[lo:hi]),
-            min(self.jc[lo:hi]),
-            min(self.jg[lo:hi]),
-        )
+        return _minima(self.row[lo:hi])
 
     def place(self, i: int, cpus: int, gpus: int, mem_mb: int) -> None:
         """Take ``cpus``/``gpus``/``mem_mb`` from provider ``i``'s free capacity and refresh the bounds."""
         self.version[i] += 1
+        self.placements += 1
         node = self.leaf_of[i]
-        before = (
-            self.fc[i], self.fg[i], self.fm[i], self.uc[i], self.ug[i], self.um[i], self.umax[i], self.jc[i], self.jg[i]
-        )  # fmt: skip
+        before = self.row[i]
         self.fc[i] -= cpus
         self.fg[i] -= gpus
         self.fm[i] -= mem_mb
-        self._derive(i)
+        self.row[i] = self._derive(i)
         # The node bounds change only if provider i held one of its leaf's extremes.
-        if any(value == extreme for value, extreme in zip(before, self.dynamic[node], strict=True)):
+        if any(map(eq, before, self.dynamic[node])):
             self.dynamic[node] = self._leaf_range(self.lo[node], self.hi[node])
             self._refresh_ancestors(self.parent[node])
 
     def _refresh_ancestors(self, node: int) -> None:
         dynamic, left, right, parent = self.dynamic, self.left, self.right, self.parent
         while node != _NO_CHILD:
-            a, b = dynamic[left[node]], dynamic[right[node]]
-            new = (
-                max(a[0], b[0]),
-                max(a[1], b[1]),
-                max(a[2], b[2]),
-                min(a[3], b[3]),
-                min(a[4], b[4]),
-                min(a[5], b[5]),
-                min(a[6], b[6]),
-                min(a[7], b[7]),
-                min(a[8], b[8]),
-            )
+            new = cast(_Dynamic, tuple(map(min, dynamic[left[node]], dynamic[right[node]])))
             if new == dynamic[node]:
                 return  # the ancestors' bounds cannot change either
             dynamic[node] = new
@@ -269,9 +256,9 @@ class ProviderIndex:
         prices, label signatures present): a job that fits nowhere costs no search."""
         if not self.address:
             return False
-        mfc, mfg, mfm = self.dynamic[0][:3]
+        nfc, nfg, nfm = self.dynamic[0][:3]
         pc, pg, pm = self.static[0][:3]
-        return (mfc >= cpus and mfg >= gpus and mfm >= mem_mb and bool(self.mask[0] & allowed_mask)
+        return (-nfc >= cpus and -nfg >= gpus and -nfm >= mem_mb and bool(self.mask[0] & allowed_mask)
                 and cpus * pc + gpus * pg + (mem_mb * pm) // 1024 <= cap)
 
     # ------------------------------------------------------------------ scoring
@@ -298,17 +285,17 @@ class ProviderIndex:
         static, mask, dynamic = self.static, self.mask, self.dynamic
 
         def bound(node: int) -> tuple[float, int] | None:
-            mfc, mfg, mfm, muc, mug, mum, mumax, mjc, mjg = dynamic[node]
-            if mfc < c or mfg < g or mfm < m or not mask[node] & allowed_mask:
+            nfc, nfg, nfm, muc, mug, mum, mumax, mjc, mjg = dynamic[node]
+            if -nfc < c or -nfg < g or -nfm < m or not mask[node] & allowed_mask:
                 return None
-            pc, pg, pm, rmin, rmax, ic, ig, im, munrel = static[node]
+            pc, pg, pm, rmin, nrmax, ic, ig, im, munrel = static[node]
             mem_rate = (m * pm) // 1024
             rate = c * pc + g * pg + mem_rate
             lb = (
                 kp * rate
                 + wl * max(muc + c * ic, mum + m * im, mug + g * ig)
                 + wr
-                + (rmin if use_min_rel else rmax) * slope
+                + (rmin if use_min_rel else -nrmax) * slope
             )
             rest = (1.0 - lam_c) * (wl * mumax + munrel) + fair * rmin
             joint = lam_c * mjc + spare_c * pc + kp * (g * pg + mem_rate) + rest
@@ -319,8 +306,8 @@ class ProviderIndex:
 
         return bound
 
-    def leaf_entries(self, d: Demand, lo: int, hi: int) -> list[_Entry]:
-        """Heap entries with the exact scores of the providers ``lo .. hi - 1`` that can take ``d`` now.
+    def entries(self, d: Demand, positions: Iterable[int]) -> list[_Entry]:
+        """Heap entries with the exact scores of the providers at ``positions`` that can take ``d`` now.
 
         The arithmetic is :func:`~dsq_chain.matching.scoring.score`'s, term for
         term, so that scores agree bit for bit with :meth:`Matcher.explain`.
@@ -328,18 +315,20 @@ class ProviderIndex:
         c, g, m, allowed, inv_ref, fair = d.cpus, d.gpus, d.mem_mb, d.allowed, d.inv_ref, d.fair
         w = self.weights
         wp, wl = w.price, w.load
-        fc, fg, fm, tc, tg, tm = self.fc, self.fg, self.fm, self.tc, self.tg, self.tm
-        ic, ig, im, pc, pg, pm = self.ic, self.ig, self.im, self.pc, self.pg, self.pm
-        sig, unrel, rel, address, version = self.sig, self.unrel, self.rel, self.address, self.version
+        fc, fg, fm, fixed, version = self.fc, self.fg, self.fm, self.fixed, self.version
         out: list[_Entry] = []
-        for i in range(lo, hi):
-            if fc[i] < c or fg[i] < g or fm[i] < m or not allowed[sig[i]]:
+        for i in positions:
+            f_c, f_g, f_m = fc[i], fg[i], fm[i]
+            if f_c < c or f_g < g or f_m < m:
                 continue
-            rate = c * pc[i] + g * pg[i] + (m * pm[i]) // 1024
-            load = max((tc[i] - fc[i] + c) * ic[i], (tm[i] - fm[i] + m) * im[i], (tg[i] - fg[i] + g) * ig[i])
+            tc, tg, tm, ic, ig, im, pc, pg, pm, unrel, rel, sig, address = fixed[i]
+            if not allowed[sig]:
+                continue
+            rate = c * pc + g * pg + (m * pm) // 1024
+            load = max((tc - f_c + c) * ic, (tm - f_m + m) * im, (tg - f_g + g) * ig)
             price = wp * (rate * inv_ref)
-            reliability = unrel[i] + fair * rel[i]
-            out.append((price + wl * load + reliability, address[i], i, version[i], rate, price, reliability))
+            reliability = unrel + fair * rel
+            out.append((price + wl * load + reliability, address, i, version[i], rate, price, reliability))
         return out
 
 
@@ -353,54 +342,80 @@ class Frontier:
 
     __slots__ = ("_bound", "_edges", "_heaps", "_index", "demand")
 
-    def __init__(self, index: ProviderIndex, demand: Demand) -> None:
+    def __init__(self, index: ProviderIndex, demand: Demand, *, root: bool = True) -> None:
         self._index = index
         self.demand = demand
         self._bound = index.bound_fn(demand)
         self._edges = demand.rate_edges
         self._heaps: list[list[_Entry]] = [[] for _ in range(len(self._edges) + 1)]
-        root = self._bound(0) if len(index) else None
-        if root is not None:
-            self._push((root[0], "", -1, 0, root[1], 0.0, 0.0))
+        if not root:
+            return
+        root_bound = self._bound(0) if len(index) else None
+        if root_bound is not None:
+            self._push((root_bound[0], "", -1, index.placements, root_bound[1], 0.0, 0.0))
 
     def _push(self, entry: _Entry) -> None:
         heappush(self._heaps[bisect_right(self._edges, entry[4])], entry)
 
-    def best(self, job: JobFilter, budget: int | None = None) -> tuple[tuple[int, int] | None, int, bool]:
-        """The best provider for ``job`` (within its cap, labels and exclusions).
+    def __len__(self) -> int:
+        """Entries held (providers scored and nodes not expanded yet)."""
+        return sum(map(len, self._heaps))
+
+    def narrowed(self, demand: Demand) -> Frontier:
+        """A frontier for ``demand``, the same shape and fair share as this one's with narrower labels,
+        starting where this one is: its entries of providers and nodes ``demand`` allows."""
+        out = Frontier(self._index, demand, root=False)
+        sig, mask, allowed, allowed_mask = self._index.sig, self._index.mask, demand.allowed, demand.allowed_mask
+        for heap, source in zip(out._heaps, self._heaps, strict=True):
+            heap.extend(e for e in source if (allowed[sig[e[2]]] if e[2] >= 0 else mask[-1 - e[2]] & allowed_mask))
+            heapify(heap)
+        return out
+
+    def best(
+        self,
+        cap: int,
+        excluded: frozenset[int] = frozenset(),
+        disk: int = 0,
+        allowed: bytes | None = None,
+        allowed_mask: int = 0,
+        budget: int = -1,
+    ) -> tuple[tuple[int, int] | None, int, bool]:
+        """The best provider for a job of this frontier's demand with price cap ``cap``.
+
+        The job may not go to the provider indices in ``excluded``, needs
+        ``disk`` GB of scratch disk free (see :attr:`ProviderIndex.disk`) and,
+        when it shares the frontier with jobs of broader label needs, only
+        allows the label signatures flagged in ``allowed`` (``allowed_mask``
+        the same as bits; None: no narrowing).
 
         Returns ``((provider index, rate) or None, skips, complete)``.
-        Better-scored entries that ``job`` cannot use are set aside while it
+        Better-scored entries that the job cannot use are set aside while it
         searches and put back after, for the frontier's other jobs; ``skips``
         counts them. After ``budget`` skips the search stops incomplete.
         """
         index, d = self._index, self.demand
         version, fc, fg, fm, tc, tg, tm = index.version, index.fc, index.fg, index.fm, index.tc, index.tg, index.tm
-        ic, ig, im, sig, node_mask = index.ic, index.ig, index.im, index.sig, index.mask
+        ic, ig, im, sig, node_mask, free_disk = index.ic, index.ig, index.im, index.sig, index.mask, index.disk
         c, g, m, wl = d.cpus, d.gpus, d.mem_mb, index.weights.load
-        cap, excluded, allowed, allowed_mask = job.cap, job.excluded, job.allowed, job.allowed_mask
-        heaps = self._heaps
-        last = bisect_right(self._edges, cap)  # the buckets before it hold rates below cap only
+        # Buckets past the one holding cap have rates above it; those before it, rates below it.
+        buckets = self._heaps[: bisect_right(self._edges, cap) + 1]
         aside: list[tuple[list[_Entry], _Entry]] = []
-        skips = 0
         best: _Entry | None = None
-        for k in range(last + 1):
-            heap = heaps[k]
+        for heap in filter(None, buckets):
             while heap:
                 top = heap[0]
                 if best is not None and top >= best:
                     break  # keys are lower bounds: nothing in this bucket beats the best
                 key, address, ref, seen, rate, price, reliability = top
                 if ref < 0:
-                    if (rate > cap and k == last) or (allowed is not None and not node_mask[-1 - ref] & allowed_mask):
+                    if rate > cap or (allowed is not None and not node_mask[-1 - ref] & allowed_mask):
                         aside.append((heap, heappop(heap)))
-                        skips += 1
-                        if skips == budget:
+                        if len(aside) == budget:
                             self._restore(aside)
-                            return None, skips, False
+                            return None, budget, False
                     else:
                         heappop(heap)
-                        self._expand(-1 - ref, key)
+                        self._expand(-1 - ref, key, seen)
                 elif seen != version[ref]:  # capacity changed since scored: re-score (load only), for every job
                     c_free, g_free, m_free = fc[ref], fg[ref], fm[ref]
                     if c_free < c or g_free < g or m_free < m:
@@ -414,41 +429,49 @@ class Frontier:
                     heapreplace(
                         heap, (price + wl * load + reliability, address, ref, version[ref], rate, price, reliability)
                     )
-                elif (rate > cap and k == last) or ref in excluded or (allowed is not None and not allowed[sig[ref]]):
+                elif (
+                    rate > cap
+                    or ref in excluded
+                    or free_disk[ref] < disk
+                    or (allowed is not None and not allowed[sig[ref]])
+                ):
                     aside.append((heap, heappop(heap)))
-                    skips += 1
-                    if skips == budget:
+                    if len(aside) == budget:
                         self._restore(aside)
-                        return None, skips, False
+                        return None, budget, False
                 else:
                     best = top
                     break
         self._restore(aside)
-        return (None if best is None else (best[2], best[4])), skips, True
+        return (None if best is None else (best[2], best[4])), len(aside), True
 
     @staticmethod
     def _restore(aside: list[tuple[list[_Entry], _Entry]]) -> None:
         for heap, entry in aside:
             heappush(heap, entry)
 
-    def _expand(self, node: int, key: float) -> None:
-        """Replace a popped node by its children (or, for a leaf, its providers' exact scores)."""
+    def _expand(self, node: int, key: float, seen: int) -> None:
+        """Replace a popped node (pushed after ``seen`` placements) by its children (or, for a leaf, its
+        providers' exact scores)."""
         index = self._index
-        current = self._bound(node)
-        if current is None:
-            return
-        if current[0] > key + _RETRY:  # placements since it was pushed raised the bound: revisit it later
-            self._push((current[0], "", -1 - node, 0, current[1], 0.0, 0.0))
-            return
+        placements = index.placements
+        if seen != placements:
+            current = self._bound(node)
+            if current is None:
+                return
+            if current[0] > key + _RETRY:  # placements since it was pushed raised the bound: revisit it later
+                self._push((current[0], "", -1 - node, placements, current[1], 0.0, 0.0))
+                return
         left = index.left[node]
         if left == _NO_CHILD:
-            for entry in index.leaf_entries(self.demand, index.lo[node], index.hi[node]):
-                self._push(entry)
+            heaps, edges = self._heaps, self._edges
+            for entry in index.entries(self.demand, range(index.lo[node], index.hi[node])):
+                heappush(heaps[bisect_right(edges, entry[4])], entry)
             return
         for child in (left, index.right[node]):
             lb = self._bound(child)
             if lb is not None:
-                self._push((lb[0], "", -1 - child, 0, lb[1], 0.0, 0.0))
+                self._push((lb[0], "", -1 - child, placements, lb[1], 0.0, 0.0))
 
 
 # ---------------------------------------------------------------------- k-d layout
@@ -463,7 +486,7 @@ def _build_order(providers: Sequence[ProviderState], weights: Weights, leaf_size
     order, which makes the layout (and so the search) deterministic.
     """
     columns = _axes(providers, weights)
-    start = sorted(range(len(providers)), key=lambda k: providers[k].address)
+    start = sorted(range(len(providers)), key=[p.address for p in providers].__getitem__)
     out: list[int] = []
     stack = [start]
     while stack:
@@ -484,29 +507,27 @@ def _axes(providers: Sequence[ProviderState], w: Weights) -> list[list[float]]:
     Attributes: cpu, memory and gpu prices relative to the median, reliability,
     load (the tightest resource's used fraction) and GPU presence.
     """
-    cpu = _median_of(p.prices.per_cpu_minute for p in providers)
-    gpu = _median_of(p.prices.per_gpu_minute for p in providers if p.total.gpus > 0)
-    mem = _median_of(p.prices.per_gb_minute for p in providers)
-    columns: list[list[float]] = [[] for _ in range(6)]
-    for p in providers:
-        total, free, prices = p.total, p.free, p.prices
-        used = max(
-            (total.cpus - free.cpus) * inverse(total.cpus),
-            (total.mem_mb - free.mem_mb) * inverse(total.mem_mb),
-            (total.gpus - free.gpus) * inverse(total.gpus),
+    cpu = w.price * 0.8 / _median_of(p.prices.per_cpu_minute for p in providers)
+    gpu = w.price * 0.9 / _median_of(p.prices.per_gpu_minute for p in providers if p.total.gpus > 0)
+    mem = w.price * 0.2 / _median_of(p.prices.per_gb_minute for p in providers)
+    totals = [p.total for p in providers]
+    frees = [p.free for p in providers]
+    used = [
+        max(
+            (t.cpus - f.cpus) * inverse(t.cpus),
+            (t.mem_mb - f.mem_mb) * inverse(t.mem_mb),
+            (t.gpus - f.gpus) * inverse(t.gpus),
         )
-        has_gpus = total.gpus > 0
-        row = (
-            w.price * 0.8 * prices.per_cpu_minute / cpu,
-            w.price * 0.2 * prices.per_gb_minute / mem,
-            w.price * 0.9 * prices.per_gpu_minute / gpu if has_gpus else 0.0,
-            w.reliability * p.stats.reliability,
-            w.load * used,
-            4.0 * has_gpus,
-        )
-        for column, value in zip(columns, row, strict=True):
-            column.append(value)
-    return columns
+        for t, f in zip(totals, frees, strict=True)
+    ]
+    return [
+        [cpu * p.prices.per_cpu_minute for p in providers],
+        [mem * p.prices.per_gb_minute for p in providers],
+        [gpu * p.prices.per_gpu_minute if t.gpus > 0 else 0.0 for p, t in zip(providers, totals, strict=True)],
+        [w.reliability * p.stats.reliability for p in providers],
+        [w.load * u for u in used],
+        [4.0 if t.gpus > 0 else 0.0 for t in totals],
+    ]
 
 
 def _median_of(values: Iterable[int]) -> float:
@@ -514,11 +535,16 @@ def _median_of(values: Iterable[int]) -> float:
     return max(float(ordered[len(ordered) // 2]), 1.0) if ordered else 1.0
 
 
+#: Providers sampled per node to find the attribute along which a node's providers spread most.
+_SPREAD_SAMPLE = 48
+
+
 def _widest(part: list[int], columns: list[list[float]]) -> list[float]:
-    """The column along which the providers in ``part`` spread most."""
+    """The column along which the providers in ``part`` spread most (judged on an even sample of them)."""
+    sample = part[:: max(1, len(part) // _SPREAD_SAMPLE)]
     best, best_spread = columns[0], -1.0
     for column in columns:
-        values = list(map(column.__getitem__, part))
+        values = list(map(column.__getitem__, sample))
         spread = max(values) - min(values)
         if spread > best_spread:
             best, best_spread = column, spread

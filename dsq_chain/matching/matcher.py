@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from dsq_chain.matching.constraints import (
     ConstraintError,
@@ -37,13 +38,17 @@ from dsq_chain.matching.constraints import (
 )
 from dsq_chain.matching.explain import Explanation, ProviderVerdict
 from dsq_chain.matching.fairshare import FairShare
-from dsq_chain.matching.index import Demand, Frontier, JobFilter, ProviderIndex, rate_edges
+from dsq_chain.matching.index import DEFAULT_LEAF_SIZE, Demand, Frontier, ProviderIndex, rate_edges
 from dsq_chain.matching.model import Assignment, PendingJob, ProviderState
 from dsq_chain.matching.scoring import MarketReference, Weights, score, share_level
 from dsq_chain.types import LabelConstraint
 
 #: Fair-share half-life when none is given: a week.
 DEFAULT_HALF_LIFE_S = 7 * 24 * 3600.0
+#: A demand with label constraints gets a frontier of its own once it has skipped this many entries of its
+#: shape's shared frontier, plus one per _BUY_DIVISOR entries there (copying them costs about as much).
+_BUY_BASE = 512
+_BUY_DIVISOR = 2
 #: Frontiers are kept per demand: (cpus, gpus, memory, allowed label signatures, fair-share weight).
 _DemandKey = tuple[int, int, int, bytes, float]
 
@@ -90,7 +95,7 @@ class Matcher:
         fairshare: FairShare | None = None,
         *,
         provisional_minutes: float = 60.0,
-        leaf_size: int = 16,
+        leaf_size: int = DEFAULT_LEAF_SIZE,
     ) -> None:
         if not provisional_minutes >= 0:
             raise ValueError(f"provisional_minutes must be >= 0, got {provisional_minutes!r}")
@@ -227,6 +232,7 @@ class _Batch:
         self._labels: dict[tuple[tuple[LabelConstraint, ...], bool], _Labels] = {}
         self._all = self._labels_for((), False)
         self._frontiers: dict[_DemandKey, Frontier] = {}
+        self._demands: dict[_DemandKey, Demand] = {}
         # Per demand, the highest cap at which it found nothing for a job without exclusions:
         # capacity only shrinks during a batch, so jobs of that demand with a cap as low fail too.
         self._failed_cap: dict[_DemandKey, int] = {}
@@ -249,9 +255,12 @@ class _Batch:
             return None
         if not labels.count or not self._index.could_take(res.cpus, res.gpus, res.mem_mb, cap, labels.mask):
             return None
-        found = self._search(job, key, labels, fair, JobFilter(cap, excluded))
+        if job.allowed:
+            found = self._among(job, key, labels, fair, excluded)
+        else:
+            found = self._search(job, key, labels, fair, excluded)
         if found is None:
-            if not excluded:
+            if not excluded and not res.disk_gb and not job.allowed:
                 self._failed_cap[key] = max(cap, self._failed_cap.get(key, -1))
             return None
         i, rate = found
@@ -259,55 +268,72 @@ class _Batch:
         return Assignment(job.id, self._index.address[i], rate)
 
     def _search(
-        self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float, plain: JobFilter
+        self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float, excluded: frozenset[int]
     ) -> tuple[int, int] | None:
         """Search the frontier of ``job``'s shape, narrowed to its labels, or a frontier of its own.
 
         Jobs with label constraints start in the shape's shared frontier,
         skipping the entries of other providers; once a demand has skipped as
-        many entries as its labels allow providers, it gets a frontier of its
-        own (which costs about that many evaluations to walk): the classic
-        rent-or-buy rule, never more than twice the better choice.
+        many entries as it would cost to copy the shared frontier's entries it
+        can use (or as its labels allow providers), it gets a frontier of its
+        own, starting from that copy: the classic rent-or-buy rule, never more
+        than twice the better choice.
         """
-        if labels.everything:
-            return self._frontier(job, labels, fair).best(plain)[0]
+        cap, disk = job.max_rate, job.resources.disk_gb
+        if labels.everything or key in self._frontiers:
+            return self._frontier(job, key, labels, fair).best(cap, excluded, disk)[0]
+        res = job.resources
+        shared = self._frontier(job, (res.cpus, res.gpus, res.mem_mb, self._all.flags, fair), self._all, fair)
         skipped = self._skips.get(key, 0)
-        if skipped < labels.count:
-            shared = self._frontier(job, self._all, fair)
-            narrowed = JobFilter(plain.cap, plain.excluded, labels.flags, labels.mask)
-            found, skips, complete = shared.best(narrowed, labels.count - skipped)
+        budget = min(labels.count, _BUY_BASE + len(shared) // _BUY_DIVISOR) - skipped
+        if budget > 0:
+            found, skips, complete = shared.best(cap, excluded, disk, labels.flags, labels.mask, budget)
             self._skips[key] = skipped + skips
             if complete:
                 return found
-        return self._frontier(job, labels, fair).best(plain)[0]
+        frontier = self._frontiers[key] = shared.narrowed(self._demand(job, key, labels, fair))
+        return frontier.best(cap, excluded, disk)[0]
 
-    def _frontier(self, job: PendingJob, labels: _Labels, fair: float) -> Frontier:
-        res = job.resources
-        key = (res.cpus, res.gpus, res.mem_mb, labels.flags, fair)
+    def _among(
+        self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float, excluded: frozenset[int]
+    ) -> tuple[int, int] | None:
+        """The best of the few providers a directly placed job allows: scored one by one, no search."""
+        position = self._index.position
+        allowed = sorted({position[a] for a in allowed_addresses(job) if a in position} - excluded)
+        disk = self._index.disk
+        usable = [
+            e
+            for e in self._index.entries(self._demand(job, key, labels, fair), allowed)
+            if e[4] <= job.max_rate and disk[e[2]] >= job.resources.disk_gb
+        ]
+        if not usable:
+            return None
+        best = min(usable)
+        return best[2], best[4]
+
+    def _frontier(self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float) -> Frontier:
         frontier = self._frontiers.get(key)
         if frontier is None:
-            ref_rate = self._market.reference.rate_for(res)
-            demand = Demand(
-                res.cpus, res.gpus, res.mem_mb, labels.flags, labels.mask, 1.0 / ref_rate, fair, rate_edges(ref_rate)
-            )
-            frontier = self._frontiers[key] = Frontier(self._index, demand)
+            frontier = self._frontiers[key] = Frontier(self._index, self._demand(job, key, labels, fair))
         return frontier
 
+    def _demand(self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float) -> Demand:
+        demand = self._demands.get(key)
+        if demand is None:
+            res = job.resources
+            ref_rate = self._market.reference.rate_for(res)
+            demand = self._demands[key] = Demand(
+                res.cpus, res.gpus, res.mem_mb, labels.flags, labels.mask, 1.0 / ref_rate, fair, rate_edges(ref_rate)
+            )
+        return demand
+
     def _excluded(self, job: PendingJob) -> frozenset[int]:
-        """Index positions the job may not go to: refused or timed out, excluded or not allowed by its
-        placement, or without its scratch disk free (disk is not in the index: checked here, against
-        the free disk at the batch's start; the chain skips an entry that no longer fits)."""
-        if not job.excluded and not job.allowed and not job.resources.disk_gb:
+        """Index positions the job may not go to: refused or timed out, or excluded by its placement.
+        (Its allowed providers and scratch disk are checked in the search: see :meth:`Frontier.best`.)"""
+        if not job.excluded:
             return frozenset()
         position = self._index.position
-        out = {position[a] for a in excluded_addresses(job) if a in position}
-        allowed = allowed_addresses(job)
-        disk = job.resources.disk_gb
-        for p in self._market.active:
-            address = p.address.lower()
-            if address in position and ((allowed and address not in allowed) or p.free.disk_gb < disk):
-                out.add(position[address])
-        return frozenset(out)
+        return frozenset(position[a] for a in excluded_addresses(job) if a in position)
 
     def _labels_for(self, constraints: tuple[LabelConstraint, ...], gpus: bool) -> _Labels:
         """The verdict of ``constraints`` (providers counted among those with GPUs for a GPU job)."""
@@ -334,7 +360,7 @@ class _FairQueue:
 
     def __init__(self, jobs: list[PendingJob], fairshare: FairShare, now: float) -> None:
         self._queues: dict[str, list[PendingJob]] = {}
-        for job in sorted(jobs, key=lambda j: (j.submitted_at, j.id), reverse=True):
+        for job in sorted(jobs, key=attrgetter("submitted_at", "id"), reverse=True):
             self._queues.setdefault(job.owner, []).append(job)  # oldest last: pop() from the end
         self._usage = {owner: fairshare.usage(owner, now) for owner in self._queues}
         self._placed = dict.fromkeys(self._queues, 0)

@@ -43,7 +43,7 @@ def test_submit_run_settle_and_withdraw_with_ape_accounts(
     user = GridClient.connect(rpc, deployment, accounts[1])
     provider = ProviderClient.connect(rpc, deployment, accounts[2])
     admin.mint(user.address, Credits(100))
-    provider.register(Resources(4, 0, 8192), Prices(per_cpu_minute=1_000))
+    provider.register(Resources(4, 0, 8192), Prices.from_units(per_cpu_minute=1_000))
     admin.approve(provider.address)
 
     [job_id] = user.submit(WORKFLOW, credits=Credits(5), max_rate=Credits("0.01"))  # paid by permit

@@ -316,6 +316,11 @@ def test_jobs_in_arrays_have_events_and_owners_without_knowing_the_head(grid: Gr
     third = array[2]
     grid.scheduler.assign(third, grid.cpu.address)
     grid.cpu.claim(third)
+    seen: list[JobStatus] = []
+    done = grid.user.wait_for(third, [JobStatus.SCHEDULED], timeout=10, progress=lambda j: seen.append(j.status))
+    assert (done.id, done.head_id, seen) == (third, array[0], [JobStatus.SCHEDULED])
+    reader = GridClient.connect(grid.chain.rpc_url, grid.deployment)  # anyone's jobs, read-only
+    assert [j.id for j in reader.jobs_of(grid.user.address)] == [single, *array]
     names = [e.name for e in grid.user.events(third)]
     assert names == ["JobSubmitted", "JobAssigned", "JobStatusChanged"]
     submitted = grid.user.events(third)[0]

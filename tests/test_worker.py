@@ -27,6 +27,7 @@ from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import AnvilNode, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.services.journal import Journal, Phase
+from dsq_chain.services.metrics import WorkerMetrics
 from dsq_chain.services.scheduler import MetaScheduler
 from dsq_chain.services.worker import Action, ProviderWorker, time_limit_s
 from dsq_chain.types import CREDIT_UNIT, JobStatus, Prices, ProviderStatus, ReleaseReason, ReportAction, Resources
@@ -129,6 +130,18 @@ def test_failure_reports_exit_code(grid: Grid, rig: Rig) -> None:
     assert exec_status(rig, job_id)[1:] == (ExecState.FAILED, 3)
     assert rig.worker.logs(job_id)[1].read_text() == "about to fail\n"
     assert rig.reported(job_id, ReportAction.START) == 1 and rig.reported(job_id, ReportAction.FINISH) == 1
+
+
+def test_metrics_follow_the_journal_and_the_reports(grid: Grid, rig: Rig) -> None:
+    metrics = rig.worker.metrics = WorkerMetrics()
+    [job_id] = submit(grid.user, workflow("exit 3"), BIG)
+    assign(grid, job_id)
+    rig.until(job_id, JobStatus.FAILED)
+    rig.tick()
+    value = metrics.registry.get_sample_value
+    assert value("dsq_worker_jobs", {"status": "DONE"}) == 1 and value("dsq_worker_jobs", {"status": "NEW"}) == 0
+    assert value("dsq_worker_claim_latency_seconds_count") == 1
+    assert value("dsq_worker_report_latency_seconds_count") == 2  # START and FINISH
 
 
 def test_timeout_reports_out_of_credits(grid: Grid, rig: Rig) -> None:
@@ -365,7 +378,7 @@ def test_refuses_workflow_whose_bytes_do_not_match_the_hash(grid: Grid, rig: Rig
     [job_id] = submit(grid.user, workflow("echo real"), BIG)
     assign(grid, job_id)
     real = workflow("echo real").canonical()
-    rig.worker._workflows[job_id] = (workflow("echo substituted").canonical(), keccak(real))  # hash: the event's
+    rig.worker.workflows.raw[job_id] = (workflow("echo substituted").canonical(), keccak(real))  # hash: the event's
     rig.tick()
     assert [a.action for a in rig.actions] == [ReportAction.REFUSE]
     assert "workflow hash mismatch" in caplog.text

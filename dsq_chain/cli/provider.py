@@ -12,7 +12,7 @@ from dsq_chain.cli.common import emit, errors, fmt_credits, out, parse_credits, 
 from dsq_chain.cli.jobs import provider_rows
 from dsq_chain.errors import InputError
 from dsq_chain.executors import Executor, make_executor
-from dsq_chain.executors.hardware import MEASURED_LABELS, self_check, verify_offer
+from dsq_chain.executors.hardware import MEASURED_LABELS, offerable, self_check, verify_offer
 from dsq_chain.sdk.client import AdminClient, ProviderClient
 from dsq_chain.types import Prices, Resources
 from dsq_chain.workloads.labels import parse_labels
@@ -63,9 +63,7 @@ def register(
         detected = ex.capacity()
         hw = Resources(cpus if cpus is not None else detected.cpus, gpus if gpus is not None else detected.gpus,
                        mem_mb if mem_mb is not None else detected.mem_mb)
-        if not hw.fits_in(detected):
-            raise InputError(f"refusing to register {hw.cpus} cpus, {hw.gpus} gpus, {hw.mem_mb} MB: the {executor} "
-                             f"executor detects {detected.cpus} cpus, {detected.gpus} gpus, {detected.mem_mb} MB")
+        offerable(ex, hw)
         # labels the self-check measures must match it (simulated GPUs carry whatever model the demo gives them)
         measured = {k: v for k, v in labels.items()
                     if k in MEASURED_LABELS and not (fake_gpus and k.startswith("gpu."))}

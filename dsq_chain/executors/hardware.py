@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dsq_chain.errors import InputError
 from dsq_chain.executors.base import CommandError, Executor, ExecutorError, run_command
 from dsq_chain.executors.slurm import SlurmExecutor
 from dsq_chain.types import Resources
@@ -41,6 +42,7 @@ __all__ = [
     "detect_engine",
     "gpus",
     "gres_gpus",
+    "offerable",
     "parse_gpu_line",
     "run_benchmarks",
     "scontrol_nodes",
@@ -316,6 +318,19 @@ def standard_labels(report: HardwareReport, region: str | None = None) -> dict[s
     if region:
         labels["region"] = region
     return parse_labels(labels)
+
+
+def offerable(executor: Executor, hardware: Resources | None = None) -> Resources:
+    """The hardware to register: ``hardware`` (default: all the executor detects); raises InputError when it
+    is more than the executor detects."""
+    detected = executor.capacity()
+    hw = hardware or detected
+    if not hw.fits_in(detected):
+        raise InputError(
+            f"refusing to register {hw.cpus} cpus, {hw.gpus} gpus, {hw.mem_mb} MB: the {executor.name} "
+            f"executor detects {detected.cpus} cpus, {detected.gpus} gpus, {detected.mem_mb} MB"
+        )
+    return hw
 
 
 def verify_offer(hardware: Resources, labels: Mapping[str, str], report: HardwareReport) -> list[str]:

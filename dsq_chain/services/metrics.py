@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from dsq_chain.services.journal import Entry, Phase
+from dsq_chain.types import ReportAction
 
 
 class SchedulerMetrics:
@@ -36,6 +41,21 @@ class WorkerMetrics:
                                         registry=r)
         self.chain_errors = Counter("dsq_worker_chain_errors", "Chain errors by kind", ["kind"], registry=r)
         self.refused = Counter("dsq_worker_refused", "Jobs refused, by reason", ["reason"], registry=r)
+
+    def journal_counts(self, counts: dict[str, int]) -> None:
+        """Jobs by journal phase (``counts``: phase name -> jobs; a phase not in it has none)."""
+        for phase in Phase:
+            self.jobs.labels(status=phase.value).set(0)
+        for phase_name, n in counts.items():
+            self.jobs.labels(status=phase_name).set(n)
+
+    def reported(self, action: ReportAction, entry: Entry | None, elapsed: float) -> None:
+        """A report mined: a claim's latency runs from when the assignment was seen (``entry.seen_at``)."""
+        if action is ReportAction.CLAIM:
+            if entry:
+                self.claim_latency.observe(max(0.0, time.time() - entry.seen_at))
+        else:
+            self.report_latency.observe(elapsed)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

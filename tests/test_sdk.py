@@ -204,6 +204,10 @@ def test_job_records_carry_escrow_rate_bill_and_refund_as_credits(grid: Grid) ->
     assert (done.billed, done.refunded) == (Credits(units=settled.billed), Credits(units=settled.refunded))
     assert done.billed + done.refunded == Credits(10)
     assert grid.user.jobs([job_id])[0].billed == done.billed
+    for job in (running, done, *grid.user.jobs_of()):
+        amounts = (job.escrow, job.rate, job.max_rate, job.billed, job.refunded)
+        assert all(isinstance(a, Credits) for a in amounts if a is not None), amounts
+    assert (type(done.billed), type(done.refunded), type(running.billed)) == (Credits, Credits, Credits)
 
 
 def test_every_transaction_returns_a_typed_receipt(grid: Grid) -> None:

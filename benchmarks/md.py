@@ -17,6 +17,10 @@ path. The number of steps is calibrated by a short direct run so that each simul
 ``--sweep N`` submits ``examples/md/lammps-sweep.yaml`` as a job array of N small simulations (a few seconds each)
 and prints the total time from submission to the last settlement and the total cost in credits.
 
+Every run uploads its outputs to the workflow's output storage, here a moto S3 server on loopback (the examples'
+placeholder bucket and endpoint are replaced); the benchmark checks they arrived (the sweep reads its results
+from there). LAMMPS dumps the trajectory's first and last frames only (``DUMP_EVERY`` = the number of steps).
+
 The scheduler and worker run in threads of this process (scheduler polls every 0.1 s, worker every 0.2 s).
 Slurm comes from ``tests/slurm_cluster.py`` (installed with apt, started as root) and LAMMPS/GROMACS from
 ``tests/md_tools.py``.
@@ -47,8 +51,9 @@ from dsq_chain.services.scheduler import MetaScheduler
 from dsq_chain.services.worker import ProviderWorker
 from dsq_chain.types import CREDIT_UNIT, JobStatus
 from dsq_chain.workloads import workflow as wfm
-from tests.md_tools import ensure_md_installed, md_workflow, md_workflow_with, mpi_plugin
+from tests.md_tools import ensure_md_installed, fetch_outputs, md_workflow, md_workflow_with, mpi_plugin
 from tests.slurm_cluster import SlurmCluster
+from tests.storage_fixtures import start_moto
 
 POLL_S = 0.2
 FINAL = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.PANICKED, JobStatus.OUT_OF_CREDITS, JobStatus.CANCELED)
@@ -77,6 +82,12 @@ def steps_per_s(code: str, value: float) -> float:
     return value if code == "lammps" else value * 1e6 / 0.002 / 1e3 / 86400  # ns/day at 2 fs -> steps/s
 
 
+def dump(code: str, steps: int) -> dict[str, str]:
+    """LAMMPS: a trajectory of the first and last frames only (uploading every 50th frame of 32,000 atoms would
+    measure the storage, not the grid)."""
+    return {"DUMP_EVERY": str(steps)} if code == "lammps" else {}
+
+
 def with_ranks(wf: wfm.Workflow, ranks: int) -> wfm.Workflow:
     data = wf.to_data()
     data["resources"]["tasks"] = ranks
@@ -91,6 +102,9 @@ class Bench:
     def __init__(self, cluster: SlurmCluster, work: Path) -> None:
         self.cluster = cluster
         self.work = work
+        self.s3 = start_moto(work / "moto.log")
+        self.s3.client().create_bucket(Bucket="md-results")
+        self.output = self.s3.workflow_s3("md-results")
         self.node = start_anvil()
         chain = Chain(self.node.rpc_url)
         keys = dev_keys(4)
@@ -117,6 +131,12 @@ class Bench:
             t.join(timeout=20)
         self.worker.close()
         self.node.stop()
+        self.s3.stop()
+
+    def outputs(self, wf: wfm.Workflow, job_id: int) -> int:
+        """Bytes job ``job_id`` uploaded to the workflow's output storage (an error when nothing arrived)."""
+        files = fetch_outputs(wf, str(job_id), self.work / "outputs" / str(job_id), self.s3.client())
+        return sum(p.stat().st_size for p in files.values())
 
     def run_direct(self, wf: wfm.Workflow) -> tuple[float, float, str]:
         """(wall s, submit->start s, stdout) of ``wf`` submitted with sbatch."""
@@ -142,8 +162,8 @@ class Bench:
     def submit(self, wf: wfm.Workflow, count: int = 1) -> list[int]:
         return list(self.user.submit(wf, credits=Credits(50), max_rate=Credits(10), count=count))
 
-    def run_grid(self, wf: wfm.Workflow) -> tuple[float, float, str, int]:
-        """(wall s, submit->RUNNING s, stdout, billed units) of ``wf`` through the grid."""
+    def run_grid(self, wf: wfm.Workflow) -> tuple[float, float, str, int, int]:
+        """(wall s, submit->RUNNING s, stdout, billed units, job id) of ``wf`` through the grid."""
         t0 = time.monotonic()
         [job_id] = self.submit(wf)
         started = None
@@ -158,7 +178,7 @@ class Bench:
         out = self.worker.logs(job_id)[0].read_text()
         if status is not JobStatus.FINISHED:
             raise RuntimeError(f"job {job_id} ended {status.name}:\n{out[-2000:]}")
-        return wall, started or wall, out, self.billed([job_id])
+        return wall, started or wall, out, self.billed([job_id]), job_id
 
     def billed(self, ids: list[int]) -> int:
         logs = self.user.market.events.JobSettled().get_logs(from_block=self.dep.block)
@@ -175,16 +195,20 @@ def md(bench: Bench, codes: list[str], ranks: list[int], seconds: float, plugin:
     for code in codes:
         example, size, steps_var, _, unit = CODES[code]
         for n in ranks:
-            probe = with_ranks(md_workflow_with(example, {**size, steps_var: "200"}), n)
+            probe = with_ranks(md_workflow_with(example, {**size, steps_var: "200", **dump(code, 200)},
+                                                output=bench.output), n)
             _, _, out = bench.run_direct(probe)  # calibration
             steps = max(100, int(seconds * steps_per_s(code, figure(code, out))))
-            wf = with_ranks(md_workflow_with(example, {**size, steps_var: str(steps)}), n)
+            wf = with_ranks(md_workflow_with(example, {**size, steps_var: str(steps), **dump(code, steps)},
+                                             output=bench.output), n)
             d_wall, d_start, d_out = bench.run_direct(wf)
-            g_wall, g_start, g_out, bill = bench.run_grid(wf)
+            g_wall, g_start, g_out, bill, job_id = bench.run_grid(wf)
+            uploaded = bench.outputs(wf, job_id)
             ratio = g_wall / d_wall
             print(f"{code:8} {n:>5} {steps:>7} {d_wall:>9.1f} {g_wall:>8.1f} {ratio:>6.3f} "
                   f"{d_start:>6.1f}/{g_start:<6.1f} {figure(code, d_out):>10.1f} {unit[:3]} "
-                  f"{figure(code, g_out):>8.1f} {unit[:3]} {bill / CREDIT_UNIT:>9.4f}", flush=True)
+                  f"{figure(code, g_out):>8.1f} {unit[:3]} {bill / CREDIT_UNIT:>9.4f}  "
+                  f"(outputs in S3: {uploaded / 1e6:.1f} MB)", flush=True)
             d_rest, g_rest = d_wall - loop_s(code, d_out), g_wall - loop_s(code, g_out)
             print(f"  -> overhead ratio {ratio:.3f} (target <= 1.05 on a 60 s run), submit->start adds "
                   f"{g_start - d_start:+.1f} s through the grid; wall time outside the MD loop: direct {d_rest:.1f} s, "
@@ -193,8 +217,7 @@ def md(bench: Bench, codes: list[str], ranks: list[int], seconds: float, plugin:
 
 
 def sweep(bench: Bench, n: int) -> None:
-    outputs = bench.work / "sweep-out"
-    wf = md_workflow("lammps-sweep", SWEEP_POINTS=str(n), OUTPUT_DIR=str(outputs))
+    wf = md_workflow("lammps-sweep", SWEEP_POINTS=str(n), output=bench.output)
     t0 = time.monotonic()
     ids = bench.submit(wf, count=n)
     t_sub = time.monotonic() - t0
@@ -208,13 +231,15 @@ def sweep(bench: Bench, n: int) -> None:
         time.sleep(0.5)
     total = time.monotonic() - t0
     done = sum(1 for s in statuses.values() if s is JobStatus.FINISHED)
-    rows = sorted(float(p.read_text().split()[1]) for p in (outputs / "sweep").glob("*.txt"))
+    results = fetch_outputs(wf, "", bench.work / "sweep-out", bench.s3.client())  # every job's own object
+    rows = sorted(float(p.read_text().split()[1]) for p in results.values())
     bill = bench.billed(ids)
     logs = [p for i in ids for p in (bench.work / "grid" / "jobs").glob(f"{i}-*/work/log.lammps")]
     runs = [float(m.group(1)) for p in logs for m in [re.search(r"Loop time of ([0-9.]+)", p.read_text())] if m]
     counts = statistics.multimode([s.name for s in statuses.values()])
     print(f"sweep: {n} LAMMPS simulations as one job array (submitted in {t_sub:.1f} s): {done} FINISHED, "
-          f"{len(rows)} result files (T {rows[0] if rows else '-'} .. {rows[-1] if rows else '-'})")
+          f"{len(rows)} result files in the output storage (T {rows[0] if rows else '-'} .. "
+          f"{rows[-1] if rows else '-'})")
     for job_id, status in sorted(statuses.items()):
         if status is not JobStatus.FINISHED:
             try:

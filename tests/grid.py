@@ -111,7 +111,7 @@ class Grid:
             self.chain.increase_time(job.escrow * 60 // job.rate + 60)  # past what the escrow buys
             prov.report_out_of_credits(job_id)
         elif status is JobStatus.CANCELED:
-            submit_kw.get("user", self.user).cancel(job_id)  # type: ignore[union-attr]
+            submit_kw.get("user", self.user).cancel(job_id)  # type: ignore[attr-defined]
         elif status is JobStatus.PANICKED:
             prov.panic(job_id)
         return job_id

@@ -6,7 +6,9 @@
 * :func:`mpi_plugin` says which ``srun --mpi`` plugin starts Open MPI ranks on a cluster: ``pmix_v4`` when a
   one-rank probe works; None when it does not (a slurmd started before ``libpmix-dev`` was installed cannot
   load PMIx until restarted; Debian's Open MPI cannot start under ``--mpi=pmi2``).
-* :func:`md_workflow` loads one of ``examples/md/`` with its ``env`` overridden (outputs folder, sizes).
+* :func:`md_workflow` loads one of ``examples/md/`` with its ``env`` overridden (sizes, steps) and its output
+  storage pointed at a real S3 server (the examples name a placeholder bucket and endpoint for users to replace);
+  :func:`fetch_outputs` downloads what a job uploaded there, as the job's owner does.
 
 Measured here (2 shared cores): ``apt-get install`` of the four packages ≈ 60 s once; the LJ melt of
 4,000 atoms, 250 steps, 2 ranks ≈ 2-10 s; the 3 nm water box (2,652 atoms), 100 steps, 2 ranks ≈ 3-6 s.
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from dsq_chain.executors import storage
 from dsq_chain.workloads import workflow as wfm
 from tests.apt import AptUnavailable, ensure_packages
 from tests.slurm_cluster import SlurmCluster, find_binary
@@ -61,15 +65,30 @@ def mpi_plugin(cluster: SlurmCluster) -> str | None:
     return "pmix_v4" if probe.returncode == 0 else None
 
 
-def md_workflow(name: str, *, labels: tuple[str, ...] = (), **env: str) -> wfm.Workflow:
-    """``examples/md/<name>.yaml`` with these ``env`` values and label constraints (validated like a user's file)."""
-    return md_workflow_with(name, env, labels)
+def md_workflow(name: str, *, labels: tuple[str, ...] = (), output: Mapping[str, str] | None = None,
+                **env: str) -> wfm.Workflow:
+    """``examples/md/<name>.yaml`` with these ``env`` values, label constraints and ``output.s3`` fields (e.g.
+    ``S3Server.workflow_s3(bucket)``: bucket, endpoint, credentials), validated like a user's file."""
+    return md_workflow_with(name, env, labels, output)
 
 
-def md_workflow_with(name: str, env: dict[str, str], labels: tuple[str, ...] = ()) -> wfm.Workflow:
+def md_workflow_with(name: str, env: Mapping[str, str], labels: tuple[str, ...] = (),
+                     output: Mapping[str, str] | None = None) -> wfm.Workflow:
     """:func:`md_workflow` with the environment as one mapping."""
     doc: dict[str, Any] = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
     doc.setdefault("env", {}).update(env)
     if labels:
         doc["labels"] = [*doc.get("labels", []), *labels]
+    if output is not None:
+        doc["output"]["s3"].update(output)
     return wfm.loads(json.dumps(doc), source=str(EXAMPLES / f"{name}.yaml"))
+
+
+def fetch_outputs(wf: wfm.Workflow, sub: str, dest: Path, client: Any = None) -> dict[str, Path]:
+    """What jobs of ``wf`` uploaded under ``<output path>/<sub>``, downloaded into ``dest`` as the owner does (the
+    storage tool; ``client``: a boto3 S3 client with the owner's key, else one from the ``AWS_*`` variables);
+    relative file name -> path."""
+    assert wf.output is not None and wf.output.is_s3, f"{wf.name}: no S3 output storage"
+    dest.mkdir(parents=True, exist_ok=True)
+    files = storage.fetch_s3(f"{wf.output.url.rstrip('/')}/{sub}".rstrip("/") + "/", dest, client)
+    return {p.relative_to(dest).as_posix(): p for p in files}

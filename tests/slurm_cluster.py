@@ -19,9 +19,25 @@ The fixture
 * at teardown cancels every job of that cluster, stops both daemons by PID and
   removes the folder.
 
-Under pytest-xdist every worker process would start its own cluster: mark Slurm
-tests ``@pytest.mark.xdist_group("slurm")`` (``make test`` uses ``--dist loadgroup``)
-so that they share one.
+Clusters side by side. Every pytest-xdist worker (and every test session or benchmark on the
+machine) that uses Slurm starts its own cluster, and MPI jobs of two clusters must not meet. What
+separates them:
+
+* job ids: each cluster claims a block of ``JOB_ID_BLOCK`` ids (``FirstJobId``/``MaxJobId``) by
+  locking a slot file under ``/tmp/dsq-slurm-ids`` for its lifetime. Same ids would give ranks of
+  two jobs the same PMIx namespace (``slurm.pmix.<job>.<step>``), hence the same Open MPI job id
+  and the same shared-memory segment names: ranks of the other job attach to them and crash;
+* temporary folders: ``TmpFS``, the PMIx client folders (``mpi.conf``'s ``PMIxCliTmpDirBase``;
+  the PMIx server's are in ``SlurmdSpoolDir``) and, through a ``TaskProlog``, every task's
+  ``TMPDIR``, Open MPI's session folder (``OMPI_MCA_orte_tmpdir_base``), PMIx's
+  (``PMIX_SYSTEM_TMPDIR``, ``PMIX_MCA_*``) and Open MPI's shared-memory files
+  (``OMPI_MCA_btl_vader_backing_directory``) in the cluster's own ``/dev/shm/dsq-slurm-*``;
+* ports, state, spool, pid and log files (each cluster's own folder).
+
+``tests/test_mpi.py::test_two_clusters_run_mpi_side_by_side`` runs MPI jobs on two clusters at
+once. Tests that share a cluster still mark themselves ``@pytest.mark.xdist_group(NAME)``
+(``make test`` uses ``--dist loadgroup``): one group per cluster, so a group's tests share its
+start-up; different groups may run in parallel.
 
 Measured here (2 CPUs): ``apt-get update && apt-get install slurm-wlm`` ≈ 14 s,
 cluster up ≈ 1 s.
@@ -30,6 +46,7 @@ cluster up ≈ 1 s.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -41,6 +58,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -90,6 +108,46 @@ def ensure_slurm_installed(timeout_s: float = 900) -> None:
         raise SlurmUnavailable(f"Slurm cannot be set up: {exc}") from None
 
 
+#: Job ids of one cluster: ``FirstJobId = slot * JOB_ID_BLOCK``, ``MaxJobId`` the end of its block.
+JOB_ID_BLOCK = 100_000
+#: Slurm's largest MaxJobId is 67,043,328: slots 1 .. 600 stay below it.
+JOB_ID_SLOTS = 600
+SLOTS_DIR = Path("/tmp/dsq-slurm-ids")
+
+
+def claim_job_id_block() -> tuple[int, IO[bytes]]:
+    """(slot, open lock file) of a block of job ids no other running test cluster on this machine uses.
+
+    The slot is held by an exclusive ``flock`` on ``SLOTS_DIR/slot-<n>.lock`` until the file is closed
+    (or its process dies): close it when the cluster stops. The search starts at a slot derived from the
+    PID so that clusters started at the same moment rarely try the same slot first.
+    """
+    SLOTS_DIR.mkdir(mode=0o1777, exist_ok=True)
+    start = os.getpid() % JOB_ID_SLOTS
+    for i in range(JOB_ID_SLOTS):
+        slot = 1 + (start + i) % JOB_ID_SLOTS
+        f = open(SLOTS_DIR / f"slot-{slot}.lock", "ab")  # noqa: SIM115  (held open for the cluster's lifetime)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        return slot, f
+    raise RuntimeError(f"all {JOB_ID_SLOTS} job id blocks under {SLOTS_DIR} are held by running test clusters")
+
+
+def task_prolog(d: Path, shm: Path) -> str:
+    """A ``TaskProlog``: its ``export`` lines set every task's temporary folders inside this cluster's own."""
+    exports = {
+        "TMPDIR": f"{d}/tmp",
+        "OMPI_MCA_orte_tmpdir_base": f"{d}/tmp",
+        "OMPI_MCA_btl_vader_backing_directory": str(shm),
+        "PMIX_SYSTEM_TMPDIR": f"{d}/tmp",
+        "PMIX_MCA_ptl_base_system_tmpdir": f"{d}/tmp",
+    }
+    return "#!/bin/sh\n" + "".join(f"echo 'export {k}={v}'\n" for k, v in exports.items())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,7 +175,11 @@ class SlurmCluster:
     mem_mb: int
     ctld_port: int
     slurmd_port: int
+    first_job_id: int = 1
+    shm: Path | None = None
+    """This cluster's folder in ``/dev/shm`` (Open MPI's shared-memory files)."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    id_lock: IO[bytes] | None = None
 
     @property
     def jobcomp(self) -> Path:
@@ -154,21 +216,45 @@ class SlurmCluster:
         slurmctld, slurmd = find_binary("slurmctld"), find_binary("slurmd")
         assert slurmctld and slurmd
         node, node_line, cpus, mem = node_config(slurmd)
+        slot, id_lock = claim_job_id_block()
         d = Path(tempfile.mkdtemp(prefix="dsq-slurm-", dir="/tmp"))  # short: slurmstepd sockets live in spool/
-        for sub in ("state", "spool", "log", "tmp"):
-            (d / sub).mkdir()
-        # PMIx keeps per-step folders named after job and step ids (/tmp/spmix_appdir_<uid>_<job>.<step>);
-        # every test cluster counts jobs from 1, so clusters sharing /tmp would collide: give each its own.
+        shm = Path("/dev/shm") / d.name if Path("/dev/shm").is_dir() else d / "shm"
+        cluster = cls(d, d / "slurm.conf", node, cpus, mem, free_port(), free_port(), slot * JOB_ID_BLOCK, shm,
+                      id_lock=id_lock)
+        try:
+            cluster._write_files(node_line, oversubscribe)
+            env = cluster.env()
+            for name, cmd in (("slurmctld", [slurmctld, "-D", "-i"]), ("slurmd", [slurmd, "-D", "-N", node])):
+                with open(d / "log" / f"{name}.out", "wb") as out:
+                    cluster.procs[name] = subprocess.Popen(
+                        cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )  # fmt: skip
+            cluster._wait_idle(timeout_s)
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    def _write_files(self, node_line: str, oversubscribe: int) -> None:
+        """This cluster's folders, ``slurm.conf``, ``mpi.conf`` and task prolog."""
+        d, shm = self.dir, self.shm
+        assert shm is not None
+        for folder in (d / "state", d / "spool", d / "log", d / "tmp", shm):
+            folder.mkdir()
+        for folder in (d / "tmp", shm):
+            folder.chmod(0o1777)  # tasks of any user write there
+        # PMIx keeps per-step folders named after job and step ids (spmix_appdir_<uid>_<job>.<step>): here, not /tmp.
         (d / "mpi.conf").write_text(f"PMIxCliTmpDirBase={d}/tmp\n")
-        cluster = cls(d, d / "slurm.conf", node, cpus, mem, free_port(), free_port())
-        user = _username()
-        cluster.conf.write_text(
+        (d / "task_prolog.sh").write_text(task_prolog(d, shm))
+        (d / "task_prolog.sh").chmod(0o755)
+        self.conf.write_text(
             f"""# dsq-chain test cluster (tests/slurm_cluster.py)
 ClusterName=dsqtest
-SlurmctldHost={node}(127.0.0.1)
-SlurmctldPort={cluster.ctld_port}
-SlurmdPort={cluster.slurmd_port}
-SlurmUser={user}
+SlurmctldHost={self.node}(127.0.0.1)
+SlurmctldPort={self.ctld_port}
+SlurmdPort={self.slurmd_port}
+SlurmUser={_username()}
 SlurmdUser=root
 AuthType=auth/none
 CredType=cred/none
@@ -190,6 +276,9 @@ JobCompLoc={d}/jobcomp.txt
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 MpiDefault=none
+FirstJobId={self.first_job_id}
+MaxJobId={self.first_job_id + JOB_ID_BLOCK - 1}
+TaskProlog={d}/task_prolog.sh
 ReturnToService=2
 MinJobAge=3600
 KillWait=2
@@ -200,19 +289,6 @@ SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 PartitionName=dsq Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:{oversubscribe}
 """
         )
-        env = cluster.env()
-        try:
-            for name, cmd in (("slurmctld", [slurmctld, "-D", "-i"]), ("slurmd", [slurmd, "-D", "-N", node])):
-                with open(d / "log" / f"{name}.out", "wb") as out:
-                    cluster.procs[name] = subprocess.Popen(
-                        cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )  # fmt: skip
-            cluster._wait_idle(timeout_s)
-        except BaseException:
-            cluster.stop()
-            raise
-        return cluster
 
     def _wait_idle(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -251,6 +327,11 @@ PartitionName=dsq Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=
                 proc.kill()
                 proc.wait(timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.shm is not None:
+            shutil.rmtree(self.shm, ignore_errors=True)
+        if self.id_lock is not None:
+            self.id_lock.close()  # the job id block is free again
+            self.id_lock = None
 
 
 def _username() -> str:

@@ -48,6 +48,13 @@ class S3Server:
     def stop(self) -> None:
         stop_process(self.proc)
 
+    def workflow_s3(self, bucket: str) -> dict[str, str]:
+        """A workflow's ``s3`` fields (all but ``path``) that name ``bucket`` on this server with the test key."""
+        return {
+            "region": S3_ENV["AWS_DEFAULT_REGION"], "bucketUrl": f"s3://{bucket}", "endpointUrl": self.endpoint,
+            "accessKeyId": S3_ENV["AWS_ACCESS_KEY_ID"], "secretAccessKey": S3_ENV["AWS_SECRET_ACCESS_KEY"],
+        }  # fmt: skip
+
     def client(self) -> Any:
         import boto3
 

@@ -129,6 +129,14 @@ def test_running_is_extended_and_ended_when_chain_time_used_the_escrow() -> None
     assert reports(plan) == [(ReportAction.OUT_OF_CREDITS, 0)] and plan.enter is None
 
 
+def test_an_execution_stopped_for_out_of_credits_whose_report_vanished_is_reported_out_of_credits_again() -> None:
+    cancelled = ExecStatus(ExecState.CANCELLED, None, True)
+    f = facts(JobStatus.RUNNING, cancelled, phase=Phase.RUNNING)
+    assert reports(decide(f)) == [(ReportAction.PANIC, 0)]  # cancelled by someone else: a provider fault
+    plan = decide(dataclasses.replace(f, stopped_out_of_credits=True))  # by this worker, for the escrow
+    assert reports(plan) == [(ReportAction.OUT_OF_CREDITS, 0)] and "reorg" in plan.reports[0].reason
+
+
 @pytest.mark.parametrize(("ex", "expected"), [
     (DONE_OK, (ReportAction.FINISH, 0)),
     (DONE_BAD, (ReportAction.FINISH, 3)),

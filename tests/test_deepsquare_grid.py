@@ -29,7 +29,7 @@ from tests.apt import AptUnavailable, ensure_packages
 from tests.grid import Grid
 from tests.oci_fixtures import Registry, busybox_image, container_tools, oci_registry  # noqa: F401  (fixtures)
 from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (the fixture)
-from tests.storage_fixtures import S3_ENV, S3Server, s3_server  # noqa: F401  (the fixture)
+from tests.storage_fixtures import S3Server, s3_server  # noqa: F401  (the fixture)
 from tests.worker_scenarios import Rig, cancel_all, new_rig, settlement, submit
 
 CPU_KEY = 5
@@ -59,16 +59,7 @@ def full_workflow(registry: Registry, s3: S3Server, bucket: str) -> dict[str, An
         "labels": ["zone == eu"],  # the grid's cpu provider, the one with a worker here
         "enableLogging": True,
         "env": [{"key": "WHO", "value": "grid"}],
-        "output": {
-            "s3": {
-                "region": "us-east-1",
-                "bucketUrl": f"s3://{bucket}",
-                "path": "/results",
-                "accessKeyId": S3_ENV["AWS_ACCESS_KEY_ID"],
-                "secretAccessKey": S3_ENV["AWS_SECRET_ACCESS_KEY"],
-                "endpointUrl": s3.endpoint,
-            }
-        },
+        "output": {"s3": {**s3.workflow_s3(bucket), "path": "/results"}},
         "steps": [
             {
                 "name": "background",

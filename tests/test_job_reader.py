@@ -15,7 +15,6 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 
 from dsq_chain import artifacts
-from dsq_chain.errors import TransactionFailed
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import job_from_view
 from dsq_chain.sdk.job_reader import JobReader
@@ -79,5 +78,5 @@ def test_reads_what_the_client_reads(grid: Grid) -> None:
     got = reader.read([running, pending])
     for job in grid.user.jobs([running, pending]):
         assert _as_job(got[job.id]) == _as_job(job)
-    with pytest.raises(TransactionFailed, match=r"getJob\(999999\)"):
-        reader.read([999_999])
+    # A job the contract does not have (its submission vanished in a reorg) is left out, not an error for all.
+    assert set(reader.read([running, 999_999])) == {running}

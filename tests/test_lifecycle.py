@@ -103,3 +103,43 @@ def test_after_a_reorg_a_job_may_go_back_once() -> None:
     journal.transition(3, Phase.RUNNING)
     with pytest.raises(JournalError):
         journal.transition(3, Phase.CLAIMED)  # only once per reorg
+
+
+def test_a_job_whose_final_report_vanished_is_active_again_and_may_go_back_once() -> None:
+    journal = Journal(sqlite3.connect(":memory:"))
+    journal.add(4)
+    journal.transition(4, Phase.RUNNING, exec_id="4-ab")
+    journal.transition(4, Phase.DONE, landed_block=12, landed_hash="0xaa")
+    assert journal.landed_after(11) == [(4, 12, "0xaa")] and journal.landed_after(12) == []
+    journal.revive(4, Phase.RUNNING)  # block 12 is gone: the chain has the job as it was before
+    assert [e.job_id for e in journal.active()] == [4] and journal.landed_after(0) == []
+    journal.transition(4, Phase.CLAIMED)  # the start vanished too: back once
+    journal.transition(4, Phase.RUNNING)
+    with pytest.raises(JournalError):
+        journal.transition(4, Phase.CLAIMED)
+
+
+def test_a_reused_id_starts_again_and_remembers_the_old_execution_as_stale() -> None:
+    journal = Journal(sqlite3.connect(":memory:"))
+    journal.add(5)
+    journal.transition(5, Phase.RUNNING, exec_id="5-old")
+    journal.update(5, submission="0x01")
+    journal.renew(5)  # a reorg gave id 5 to another submission
+    entry = journal.get(5)
+    assert entry is not None and (entry.phase, entry.exec_id, entry.stale_exec, entry.submission) == (
+        Phase.NEW, None, "5-old", None)
+    journal.transition(5, Phase.DONE)
+    assert journal.add(5)  # assigned again after a release: the row starts again, still not adopting 5-old
+    entry = journal.get(5)
+    assert entry is not None and entry.stale_exec == "5-old"
+
+
+def test_a_journal_written_before_the_reorg_columns_opens_with_them_empty() -> None:
+    db = sqlite3.connect(":memory:")
+    db.executescript("""CREATE TABLE worker_jobs (job_id INTEGER PRIMARY KEY, phase TEXT NOT NULL, exec_id TEXT,
+        time_limit_s INTEGER NOT NULL DEFAULT 0, chain_status TEXT, exit_code INTEGER, reason TEXT NOT NULL
+        DEFAULT '', failures INTEGER NOT NULL DEFAULT 0, seen_at REAL NOT NULL, updated_at REAL NOT NULL);
+        INSERT INTO worker_jobs(job_id, phase, exec_id, seen_at, updated_at) VALUES (9, 'RUNNING', '9-x', 1, 1);""")
+    entry = Journal(db).get(9)
+    assert entry is not None and (entry.phase, entry.exec_id, entry.submission, entry.stale_exec) == (
+        Phase.RUNNING, "9-x", None, None)

@@ -649,3 +649,103 @@ def test_an_engine_briefly_down_or_empty_holds_the_job_instead_of_refusing_it(
     assert "does not answer" in caplog.text and "no usable capacity" in caplog.text
     rig.until(job_id, JobStatus.FINISHED)
     assert ReportAction.REFUSE not in {a.action for a in rig.actions}
+
+
+def test_reorg_that_gives_a_dropped_jobs_id_to_another_submission_runs_the_new_one(
+        grid: Grid, rig: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A reorg drops a submission whose job runs here, and the surviving chain gives its id to another submission
+    (other workflow, other resources), assigned here: the worker forgets what it cached for the dropped one (the
+    workflow bytes, the checks), stops its process, and runs the new job (issue 18)."""
+    caplog.set_level(logging.INFO, logger="dsq.worker")
+    runs = tmp_path / "runs.txt"
+    snap = grid.chain.snapshot()
+    [old] = submit(grid.user, workflow(f'echo "old $DSQ_JOB_ID" >> {runs}; sleep 60'), BIG)
+    assign(grid, old)
+    rig.until(old, JobStatus.RUNNING)
+    [old_exec] = rig.executor.find(old)
+    wait(runs.exists, 10, "the old job's script running")
+    grid.chain.revert(snap)  # the submission is gone: job `old` does not exist on the surviving chain
+    grid.reset_nonces()
+    for _ in range(3):  # the worker goes on meanwhile (the node refuses getJob for an id that does not exist)
+        rig.tick()
+    [new] = submit(grid.user, workflow(f'echo "new $DSQ_JOB_ID" >> {runs}', cpus=2), BIG)
+    assert new == old
+    assign(grid, new)
+    rig.until(new, JobStatus.FINISHED, timeout=30)
+    assert rig.executor.status(old_exec).state is ExecState.CANCELLED
+    assert runs.read_text() == f"old {old}\nnew {new}\n"
+    assert settlement(grid.user, new)["exitCode"] == 0
+    assert rig.reported(new, ReportAction.REFUSE) == 0
+    start_block(grid.user, new)
+    [new_exec] = [e for e in rig.executor.find(new) if e != old_exec]
+    assert rig.executor.status(new_exec).state is ExecState.COMPLETED
+    entry = rig.worker.journal.get(new)
+    assert entry is not None and (entry.phase, entry.exec_id) == (Phase.DONE, new_exec)
+    assert "submission" in caplog.text
+
+
+@pytest.mark.parametrize("vanishes", ["claim and start", "finish"])
+def test_a_report_whose_block_vanished_before_the_follower_saw_it_is_sent_again(
+        grid: Grid, rig: Rig, tmp_path: Path, vanishes: str) -> None:
+    """The worker's transaction is mined in a block that a reorg removes before the worker's follower reached it
+    (here: the follower waits for one confirmation). The follower sees no reorg (its checkpoint is older and
+    intact), so the worker must notice on its own that the receipt's block is gone and report again, with the
+    end time it first saw: else a job whose FINISH vanished stays RUNNING on chain while the journal says DONE."""
+    rig.worker.follower.confirmations = 1
+    runs = tmp_path / "runs.txt"
+    wf = workflow(f'echo "$DSQ_JOB_ID" >> {runs}; sleep 1')
+    [job] = submit(grid.user, wf, BIG)
+    assign(grid, job)
+    grid.chain.mine()  # the assignment confirmed: the follower delivers it
+    snap = grid.chain.snapshot() if vanishes == "claim and start" else None
+    rig.until(job, JobStatus.RUNNING)
+    if snap is None:
+        [exec_id] = rig.executor.find(job)
+        wait(lambda: rig.executor.status(exec_id).final, 10, "ended")
+        snap = grid.chain.snapshot()
+        rig.until(job, JobStatus.FINISHED)
+        assert phase_of(rig.worker, job) is Phase.DONE
+    cp = rig.worker.follower.checkpoint
+    assert cp is not None and cp.block < grid.chain.block_number()  # the report's block not yet followed
+    grid.chain.revert(snap)
+    grid.reset_nonces()
+    gone_to = grid.user.job(job).status
+    assert gone_to is (JobStatus.META_SCHEDULED if vanishes == "claim and start" else JobStatus.RUNNING)
+    rig.until(job, JobStatus.FINISHED, timeout=30)
+    assert rig.worker.follower.reorgs == 0  # the worker's own check, not the follower's
+    assert runs.read_text() == f"{job}\n"  # run once
+    start_block(grid.user, job)
+    s = settlement(grid.user, job)
+    assert s["exitCode"] == 0
+    assert s["billed"] == expected_bill(grid.user, job, CPU_PRICES.rate_for(wf.resources), BIG)
+    assert phase_of(rig.worker, job) is Phase.DONE
+
+
+def test_an_out_of_credits_report_whose_block_vanished_is_sent_again_not_turned_into_a_panic(
+        grid: Grid, rig: Rig) -> None:
+    """The worker stops a job whose escrow chain time used up (the engine's limit is late) and reports
+    OUT_OF_CREDITS; that report's block vanishes before the follower reached it. The execution it cancelled
+    itself is then no provider fault: OUT_OF_CREDITS is sent again (the provider is paid the escrow), not PANIC."""
+    rig.worker.follower.confirmations = 1
+    wf = workflow("sleep 60")
+    rate = CPU_PRICES.rate_for(wf.resources)
+    credits = credits_for(2, rate)
+    [job] = submit(grid.user, wf, credits)
+    assign(grid, job)
+    grid.chain.mine()
+    rig.until(job, JobStatus.RUNNING)
+    [exec_id] = rig.executor.find(job)
+    rig.executor.extend(exec_id, 600)  # the engine would let it run 10 minutes
+    time.sleep(5.0)  # chain time uses the escrow up (2 s) and the grace (2 s)
+    snap = grid.chain.snapshot()
+    rig.tick()
+    assert grid.user.job(job).status is JobStatus.OUT_OF_CREDITS
+    assert rig.executor.status(exec_id).state is ExecState.CANCELLED  # stopped by the worker
+    grid.chain.revert(snap)
+    grid.reset_nonces()
+    assert grid.user.job(job).status is JobStatus.RUNNING
+    rig.until(job, JobStatus.OUT_OF_CREDITS, timeout=20)
+    # (sent until chain time agrees again: Anvil's clock restarts from the snapshot's after a revert)
+    assert rig.reported(job, ReportAction.PANIC) == 0 and rig.reported(job, ReportAction.OUT_OF_CREDITS) >= 2
+    assert settlement(grid.user, job)["billed"] == credits
+    assert phase_of(rig.worker, job) is Phase.DONE

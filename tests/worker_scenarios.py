@@ -221,7 +221,7 @@ class CrashingWorker(ProviderWorker):
             _die()
         return super()._send(actions)
 
-    def sent(self, actions: list[Action], t0: float) -> None:
+    def sent(self, actions: list[Action], t0: float, block: tuple[int, str] | None = None) -> None:
         # The transaction is mined; the journal does not know yet.
         kinds = {a.action for a in actions}
         if (self.crash_at == "claimed" and ReportAction.CLAIM in kinds) or (
@@ -229,7 +229,7 @@ class CrashingWorker(ProviderWorker):
             self.crash_at == "after_final" and kinds & _FINAL
         ):
             _die()
-        super().sent(actions, t0)
+        super().sent(actions, t0, block)
 
 
 _FINAL = {ReportAction.FINISH, ReportAction.OUT_OF_CREDITS, ReportAction.PANIC}

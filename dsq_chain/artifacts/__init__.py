@@ -36,6 +36,18 @@ def bytecode(contract: str) -> str:
     return result
 
 
+def runtime_bytecode(contract: str) -> str:
+    """The runtime (deployed) code of ``contract`` as 0x-hex, with zeros where immutables go."""
+    result: str = load()["contracts"][contract]["deployedBytecode"]
+    return result
+
+
+def immutable_ranges(contract: str) -> list[tuple[int, int]]:
+    """(start, length) of the bytes of ``contract``'s runtime code its constructor fills with immutable
+    values (addresses, chain-dependent hashes): they differ from deployment to deployment."""
+    return [(int(a), int(b)) for a, b in load()["contracts"][contract]["immutableRanges"]]
+
+
 def constant(name: str) -> int:
     """A public numeric constant of the contracts (``MAX_WORKFLOW_BYTES``, ``MAX_ARRAY_JOBS``, ...)."""
     for values in load().get("constants", {}).values():

@@ -37,7 +37,9 @@ SETTINGS: dict[str, Any] = {
     "evmVersion": "cancun",
     "metadata": {"bytecodeHash": "none"},
     "remappings": ["@openzeppelin/=node_modules/@openzeppelin/"],
-    "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "userdoc", "devdoc"], "": ["ast"]}},
+    "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object",
+                                     "evm.deployedBytecode.immutableReferences", "userdoc", "devdoc"],
+                               "": ["ast"]}},
 }
 #: Enums whose member order the Python side mirrors in :mod:`dsq_chain.types`.
 ENUMS = ("JobStatus", "ProviderStatus", "ReleaseReason", "ReportAction", "LabelOp")
@@ -110,6 +112,8 @@ def compile_contracts(root: Path | None = None) -> dict[str, Any]:
                     "source": path,
                     "abi": c["abi"],
                     "bytecode": "0x" + c["evm"]["bytecode"]["object"],
+                    "deployedBytecode": "0x" + c["evm"]["deployedBytecode"]["object"],
+                    "immutableRanges": _immutable_ranges(c["evm"]["deployedBytecode"]),
                     "userdoc": c.get("userdoc", {}),
                     "devdoc": c.get("devdoc", {}),
                 }
@@ -127,6 +131,13 @@ def compile_contracts(root: Path | None = None) -> dict[str, Any]:
         "constants": _constants(output),
         "contracts": contracts,
     }
+
+
+def _immutable_ranges(deployed: dict[str, Any]) -> list[list[int]]:
+    """[start, length] of every byte range of the runtime code the constructor fills with an immutable
+    value (zero in the compiler's output), sorted: what a code check must not compare."""
+    refs = deployed.get("immutableReferences") or {}
+    return sorted([r["start"], r["length"]] for ranges in refs.values() for r in ranges)
 
 
 def _abi_key(item: dict[str, Any]) -> tuple[str, str]:

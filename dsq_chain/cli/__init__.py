@@ -12,6 +12,7 @@ from typer.exceptions import TyperException
 from dsq_chain.cli import onboard as _onboard  # noqa: F401  (registers provider init/check/doctor)
 from dsq_chain.cli.akash import akash_app
 from dsq_chain.cli.common import Settings
+from dsq_chain.cli.deploy import register as register_deploy
 from dsq_chain.cli.jobs import register as register_job_commands
 from dsq_chain.cli.provider import admin_app, provider_app
 from dsq_chain.cli.services import devnet_app, register_logs, scheduler_app, worker_app
@@ -52,6 +53,7 @@ def build(check: Annotated[bool, typer.Option("--check", help="fail if the artif
 
 
 register_job_commands(app)
+register_deploy(app)
 register_logs(app)
 register_dashboard(app)
 register_simulate(app)

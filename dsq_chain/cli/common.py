@@ -9,7 +9,7 @@ RPC URL             ``--rpc-url``              ``DSQ_RPC_URL``           ``rpc_u
 deployment file     ``--deployment``           ``DSQ_DEPLOYMENT``        ``deployment``
 private key         (never a flag)             ``DSQ_PRIVATE_KEY``       (never in a file)
 keystore file       ``--keystore``             ``DSQ_KEYSTORE``          ``keystore``
-keystore password   (prompted)                 ``DSQ_KEYSTORE_PASSWORD`` (never in a file)
+keystore password   (prompted)                 ``DSQ_KEYSTORE_PASSWORD`` (never in the config)
 ==================  =========================  ========================  ===========================
 
 The config file is ``--config``, ``$DSQ_CONFIG`` or ``./.dsq/config.json``. The deployment file
@@ -65,6 +65,8 @@ class Settings:
     keystore: Path | None = None
     config: Path | None = None
     json: bool = False
+    #: A file whose first line is the keystore's password (``dsq deploy --password-file``).
+    password_file: Path | None = None
 
     def config_file(self) -> dict[str, Any]:
         path = self.config or (Path(os.environ["DSQ_CONFIG"]) if os.environ.get("DSQ_CONFIG") else None)
@@ -114,7 +116,7 @@ class Settings:
         if keystore is None and not key and self.config_file().get("keystore"):  # the environment beats the file
             keystore = Path(self.config_file()["keystore"])
         if keystore is not None:
-            return _decrypt(keystore)
+            return _decrypt(keystore, self.password_file)
         if not key:
             raise InputError("no key: set DSQ_PRIVATE_KEY or pass --keystore FILE (an encrypted eth-account keystore)")
         try:
@@ -128,9 +130,16 @@ class Settings:
         return chain.wallet(Account.create().key)
 
 
-def _decrypt(path: Path) -> str:
+def _decrypt(path: Path, password_file: Path | None = None) -> str:
     data = read_keystore(path)
-    password = os.environ.get("DSQ_KEYSTORE_PASSWORD")
+    if password_file is not None:
+        try:
+            lines = password_file.read_text().splitlines()
+        except OSError as e:
+            raise InputError(f"password file {password_file} cannot be read: {e.strerror or e}") from None
+        password: str | None = lines[0] if lines else ""
+    else:
+        password = os.environ.get("DSQ_KEYSTORE_PASSWORD")
     if password is None:
         if not sys.stdin.isatty():
             raise InputError("keystore password needed: set DSQ_KEYSTORE_PASSWORD (no terminal to prompt on)")

@@ -181,6 +181,8 @@ class ExecStatus:
     """True once the work actually began running (False for a job cancelled while pending)."""
     reason: str = ""
     """Human-readable detail (engine state, reason, signal)."""
+    ended_at: float | None = None
+    """Unix time the engine saw the job end (the local supervisor's exit time); None when not ended or not known."""
 
     @property
     def final(self) -> bool:

@@ -293,11 +293,13 @@ class LocalExecutor(Executor):
         except ValueError:
             state = ExecState.UNKNOWN
         code = doc.get("exit_code")
+        ended = doc.get("ended_at")
         return ExecStatus(
             state=state,
             exit_code=int(code) if isinstance(code, int) else None,
             started=bool(doc.get("started", False)),
             reason=str(doc.get("reason", "")),
+            ended_at=float(ended) if isinstance(ended, (int, float)) else None,
         )
 
     @staticmethod

@@ -266,7 +266,7 @@ class Wallet:
             tx = params | {"to": call.to, "data": call.data, "value": 0}
         return HexBytes(self.signer.sign_transaction(tx))
 
-    def _fees(self) -> dict[str, int]:
+    def fees(self) -> dict[str, int]:
         """EIP-1559 fees: the node's suggested tip, and room for the base fee to double.
 
         Not a legacy ``gasPrice`` of 2 x ``eth_gasPrice``: the overpayment became the block's tip,
@@ -279,9 +279,9 @@ class Wallet:
         tip = int(self.chain.call_rpc("eth_maxPriorityFeePerGas", []), 16)
         return {"maxFeePerGas": 2 * int(block["baseFeePerGas"], 16) + tip, "maxPriorityFeePerGas": tip}
 
-    def _bumped(self, fees: dict[str, int]) -> dict[str, int]:
+    def bumped_fees(self, fees: dict[str, int]) -> dict[str, int]:
         """Fees for a replacement: at least FEE_BUMP times the last ones, and what the chain asks now."""
-        now = self._fees()
+        now = self.fees()
         if "gasPrice" in fees:
             return {"gasPrice": max(math.ceil(fees["gasPrice"] * FEE_BUMP), now.get("gasPrice", 0))}
         tip = max(math.ceil(fees["maxPriorityFeePerGas"] * FEE_BUMP), now.get("maxPriorityFeePerGas", 0))
@@ -305,7 +305,7 @@ class Wallet:
         if self.read_only:
             raise InputError(f"{items[0].label}: this client is read-only: connect with a key, a keystore or a "
                              "signer to send transactions")
-        fees = self._fees()
+        fees = self.fees()
         # Estimate before taking nonces, so a revert found at estimation costs no nonce.
         items = [c if c.gas is not None else replace(c, gas=self.estimate(c)) for c in items]
         first = self._take_nonces(len(items))
@@ -363,7 +363,7 @@ class Wallet:
                 # be mined. The caller reads the nonce again and sends anew; a fee bump would not help.
                 raise TransactionFailed(f"nonce gap: the chain has {mined} transactions of ours, these start at "
                                         f"nonce {first} (an earlier one was dropped, e.g. by a reorg)")
-            fees = self._bumped(fees)
+            fees = self.bumped_fees(fees)
             for i in range(len(items)):
                 if i in found:
                     continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -75,6 +76,36 @@ class Deployment:
         return token, market
 
 
+#: The contracts of one deployment, in the order they are deployed (each may need the earlier ones' addresses).
+CONTRACTS = ("CreditToken", "ProviderRegistry", "JobMarket")
+
+
+def check_parameters(claim_timeout: int, admin_delay: int) -> None:
+    """Raises InputError unless both fit the contracts' 64-bit seconds."""
+    if not 0 <= admin_delay < 2**64 or not 0 <= claim_timeout < 2**64:
+        raise InputError(f"claim timeout and admin delay are 0..2**64-1 seconds, got {claim_timeout}, {admin_delay}")
+
+
+def constructor_args(
+    contract: str, addresses: Mapping[str, str], *, admin: str, claim_timeout: int, admin_delay: int
+) -> tuple[object, ...]:
+    """The constructor arguments of ``contract`` (one of :data:`CONTRACTS`), given the addresses of the
+    contracts deployed before it."""
+    if contract == "CreditToken":
+        return (admin,)
+    if contract == "ProviderRegistry":
+        return ()
+    if contract == "JobMarket":
+        return (addresses["CreditToken"], admin, claim_timeout, admin_delay, addresses["ProviderRegistry"])
+    raise InputError(f"{contract} is not one of the deployment's contracts {CONTRACTS}")
+
+
+def assemble(addresses: Mapping[str, str], *, chain_id: int, block: int, admin: str, rpc_url: str) -> Deployment:
+    """The :class:`Deployment` of the contracts at ``addresses`` (by name); ``block`` is the first one's."""
+    return Deployment(chain_id=chain_id, token=addresses["CreditToken"], market=addresses["JobMarket"], block=block,
+                      admin=admin, rpc_url=rpc_url, registry=addresses["ProviderRegistry"])
+
+
 def _deploy(wallet: Wallet, name: str, *args: object) -> tuple[str, int]:
     w3 = wallet.chain.w3
     factory = w3.eth.contract(abi=artifacts.abi(name), bytecode=artifacts.bytecode(name))  # type: ignore[call-overload]
@@ -90,16 +121,19 @@ def deploy(
 ) -> Deployment:
     """Deploys CreditToken, ProviderRegistry and JobMarket with ``wallet`` as admin (and minter).
 
-    ``admin_delay`` seconds separate scheduling a delayed admin action from running it (0: at once)."""
-    if not 0 <= admin_delay < 2**64 or not 0 <= claim_timeout < 2**64:
-        raise InputError(f"claim timeout and admin delay are 0..2**64-1 seconds, got {claim_timeout}, {admin_delay}")
-    token, block = _deploy(wallet, "CreditToken", wallet.address)
-    registry, _ = _deploy(wallet, "ProviderRegistry")
-    market, _ = _deploy(wallet, "JobMarket", token, wallet.address, claim_timeout, admin_delay, registry)
-    return Deployment(
-        chain_id=wallet.chain.chain_id, token=token, market=market, block=block,
-        admin=wallet.address, rpc_url=wallet.chain.rpc_url, registry=registry,
-    )
+    ``admin_delay`` seconds separate scheduling a delayed admin action from running it (0: at once).
+    On a real network, :class:`dsq_chain.sdk.network_deploy.NetworkDeployer` (``dsq deploy``) prices the
+    deployment first, waits for confirmations, checks the code and resumes after a failure."""
+    check_parameters(claim_timeout, admin_delay)
+    addresses: dict[str, str] = {}
+    blocks: list[int] = []
+    for name in CONTRACTS:
+        args = constructor_args(name, addresses, admin=wallet.address, claim_timeout=claim_timeout,
+                                admin_delay=admin_delay)
+        addresses[name], block = _deploy(wallet, name, *args)
+        blocks.append(block)
+    return assemble(addresses, chain_id=wallet.chain.chain_id, block=blocks[0], admin=wallet.address,
+                    rpc_url=wallet.chain.rpc_url)
 
 
 def code_sizes(chain: Chain, deployment: Deployment) -> dict[str, int]:

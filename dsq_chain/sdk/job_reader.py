@@ -18,7 +18,7 @@ from eth_abi.abi import decode as abi_decode
 from eth_utils.abi import collapse_if_tuple, function_abi_to_4byte_selector
 
 from dsq_chain import artifacts
-from dsq_chain.errors import TransactionFailed
+from dsq_chain.errors import TransactionFailed, decode_revert
 from dsq_chain.sdk.chain import Chain, node_errors
 from dsq_chain.sdk.client import job_from_view
 from dsq_chain.types import Job
@@ -43,7 +43,8 @@ class JobReader:
             self._words = None
 
     def read(self, job_ids: Iterable[int]) -> dict[int, Job]:
-        """The jobs by id; raises :class:`ChainUnavailable` / :class:`TransactionFailed`."""
+        """The jobs by id (one the contract does not have, e.g. its submission vanished in a reorg, is left
+        out); raises :class:`ChainUnavailable` / :class:`TransactionFailed`."""
         ids = list(job_ids)
         out: dict[int, Job] = {}
         for start in range(0, len(ids), self.CHUNK):
@@ -55,6 +56,8 @@ class JobReader:
             if not isinstance(responses, list):
                 raise TransactionFailed(f"batch of getJob calls refused: {responses.get('error')}")
             for job_id, resp in zip(chunk, responses, strict=True):
+                if _not_found(resp):
+                    continue
                 if "error" in resp or resp.get("result") is None:
                     raise TransactionFailed(f"getJob({job_id}): {resp.get('error')}")
                 out[job_id] = job_from_view(self.view(bytes.fromhex(str(resp["result"])[2:])))
@@ -66,6 +69,15 @@ class JobReader:
             return tuple(_word(t, data[32 * k:32 * k + 32]) for k, t in enumerate(self._words))
         (view,) = abi_decode(self.output_types, data)
         return tuple(view)
+
+
+def _not_found(resp: dict[str, Any]) -> bool:
+    """Whether a getJob answer is the contract's JobNotFound revert."""
+    error = resp.get("error")
+    data = error.get("data") if isinstance(error, dict) else None
+    if isinstance(data, dict):
+        data = data.get("data")
+    return isinstance(data, str) and data.startswith("0x") and type(decode_revert(data)).__name__ == "JobNotFound"
 
 
 def _static_word(t: str) -> bool:

@@ -2,7 +2,8 @@
 
 The chain bills from block timestamps, so the worker asks the node (the pending block's timestamp: the
 one a report would land in). During an outage it counts on from the last chain time it read, so a
-FINISH reported late still bills only up to when the job was first seen ended.
+FINISH reported late still bills only up to when the job ended: the time it was first seen ended, less
+how long ago the engine says it ended (so a worker restarted after the outage bills no more either).
 
 Time limits: the executor enforces the limit the escrow buys (computed when the job is submitted,
 raised after a top-up). The chain bills from the block of the start report, so chain time may not
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+from dsq_chain.executors import ExecStatus
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.services.job_checks import TickCache
 from dsq_chain.services.reports import CHAIN_DOWN
@@ -51,14 +53,17 @@ class ChainClock:
             return False
         return job.rate * max(0, int(now - ENFORCE_GRACE_S) - job.since) // 60 >= job.escrow
 
-    def end_time(self, job_id: int) -> int:
-        """Chain time the job was first seen ended: now while the chain answers; during an outage, the
-        last chain time read plus the time since (0 if none was read: the report's block time)."""
+    def end_time(self, job_id: int, ex: ExecStatus | None = None, *, reachable: bool = True) -> int:
+        """Chain time the job ended, worked out when first seen ended: chain time now (asked only while the
+        node is ``reachable``; else the last chain time read plus the time since), less how long ago the
+        engine saw it end when ``ex`` says; 0 if no chain time was ever read (the report's block time)."""
         if job_id not in self.ended_at:
-            now = self.now()
+            now = self.now() if reachable else None
             clock = self.last
             if now is None and clock is not None:
                 now = clock[0] + int(time.monotonic() - clock[1])
+            if now and ex is not None and ex.ended_at is not None:
+                now = int(now - max(0.0, time.time() - ex.ended_at))
             self.ended_at[job_id] = now or 0
         return self.ended_at[job_id]
 

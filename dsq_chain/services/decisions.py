@@ -27,7 +27,8 @@ META_SCHEDULED     validate, then CLAIM, or REFUSE with a lasting problem; a pas
 SCHEDULED          journal CLAIMED; look the execution up once; none → run it; else :func:`start`
 RUNNING            journal RUNNING; none after a look-up → PANIC (lost); running → extend after
                    a top-up, OUT_OF_CREDITS once chain time used the escrow up; ended →
-                   :func:`outcome`
+                   :func:`outcome` (OUT_OF_CREDITS again if the worker stopped it for that and a
+                   reorg removed the report)
 =================  ==========================================================================
 """
 
@@ -90,6 +91,9 @@ class Facts:
     escrow_used_up: bool = False
     #: Seconds since OUT_OF_CREDITS was first tried for the job; None if never.
     ooc_waited_s: float | None = None
+    #: The worker stopped the execution itself after reporting OUT_OF_CREDITS, and a reorg then removed that
+    #: report's block (the execution's end is then the worker's doing, not a fault).
+    stopped_out_of_credits: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +160,9 @@ def decide(f: Facts) -> Plan:
             return Plan(enter=enter, extend=True, reports=(
                 Action(job.id, ReportAction.OUT_OF_CREDITS, reason="escrow used up (chain time)"),))
         return Plan(enter=enter, extend=True)
+    if f.stopped_out_of_credits:
+        return Plan(enter=enter, reports=(
+            Action(job.id, ReportAction.OUT_OF_CREDITS, reason="escrow used up (sent again: a reorg removed it)"),))
     act, code, ooc = outcome(job.id, ex, f.ooc_waited_s)
     return Plan(reports=(act,), enter=enter, exit_code=code, ooc_started=ooc)
 

@@ -137,8 +137,8 @@ class Executions:
     def adopt(self, entry: Entry) -> ExecStatus | None:
         """Asks the executor for the job by its chain id (submitted by a process that died before journaling
         it?); journals the execution found and returns its state."""
-        found = self.executor.find(entry.job_id)
-        if not found:
+        found = [e for e in self.executor.find(entry.job_id) if e != entry.stale_exec]
+        if not found:  # (an execution of an earlier assignment of the id is never adopted)
             return None
         exec_id = found[-1]
         self.journal.transition(entry.job_id, Phase.SUBMITTED if entry.phase in (Phase.NEW, Phase.CLAIMED)

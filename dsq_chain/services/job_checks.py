@@ -46,6 +46,22 @@ class Workflows:
         self.from_block = from_block
         self.raw: dict[int, tuple[bytes, bytes]] = {}  # head id -> (workflow, hash from the event)
         self.parsed: dict[int, Workflow | str] = {}
+        #: head id -> transaction hash of the submission (which one the id stands for, should a reorg reuse it).
+        self.submissions: dict[int, str] = {}
+
+    def forget(self) -> None:
+        """A reorg: a job id may now stand for another submission, so nothing cached is trusted any more."""
+        self.raw.clear()
+        self.parsed.clear()
+        self.submissions.clear()
+
+    def submission(self, job: Job) -> str | None:
+        """Transaction hash of the submission of the job's array (None if the node has no event for it)."""
+        try:
+            self._bytes(job)
+        except LookupError:
+            return None
+        return self.submissions.get(job.head_id or job.id)
 
     def checked(self, job: Job) -> Workflow | str:
         """The job's workflow, checked against the on-chain hash and parsed (once per job array), or the problem."""
@@ -80,6 +96,7 @@ class Workflows:
                 raise LookupError(f"no JobSubmitted event for job {head}")
             args = logs[0]["args"]
             raw = self.raw[head] = (bytes(args["workflow"]), bytes(args["workflowHash"]))
+            self.submissions[head] = logs[0]["transactionHash"].to_0x_hex()
         return raw
 
 

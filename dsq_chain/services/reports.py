@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
+from hexbytes import HexBytes
 from web3.types import TxReceipt
 
 from dsq_chain.errors import ContractError, TransactionFailed
@@ -39,8 +40,8 @@ CHAIN_DOWN: tuple[type[BaseException], ...] = (*NODE_DOWN, TransactionFailed)
 class ReportListener(Protocol):
     """What the sender tells about the rows it was given."""
 
-    def sent(self, actions: list[Action], t0: float) -> None:
-        """``actions`` were mined (``t0``: when sending began)."""
+    def sent(self, actions: list[Action], t0: float, block: tuple[int, str] | None = None) -> None:
+        """``actions`` were mined (``t0``: when sending began), in ``block`` (number, hash)."""
 
     def failed(self, actions: list[Action], error: ContractError) -> None:
         """One job's ``actions`` revert alone, with ``error``."""
@@ -125,7 +126,8 @@ class ReportSender:
         for job_id, error in skipped.items():
             self.listener.failed([a for a in actions if a.job_id == job_id], error)
         done = [a for a in actions if a.job_id not in skipped]
-        self.listener.sent(done, t0)
+        raw = receipt.raw if isinstance(receipt, Receipt) else receipt
+        self.listener.sent(done, t0, (int(raw["blockNumber"]), HexBytes(raw["blockHash"]).to_0x_hex()))
         return done
 
 

@@ -19,7 +19,8 @@ time decides when it is used up (:mod:`~dsq_chain.services.chain_clock`).
 Reorgs: the follower tells the worker (``on_reorg``), which re-reads its nonce; the rest follows from
 reconciling with the surviving chain. A job found PENDING again while it runs here (its assignment was
 on the dropped fork) is held for :data:`REORG_HOLD_S`: adopted if assigned here again, cancelled if
-assigned elsewhere.
+assigned elsewhere. A report whose block vanished before the follower reached it, and a job id a reorg
+gave to another submission, are :mod:`~dsq_chain.services.worker_reorgs`' to find.
 
 Faults: an execution the executor lost, or that ended without starting, or that an operator cancelled,
 is reported PANICKED (a provider-side fault: the owner is refunded). An error with one job is logged
@@ -61,6 +62,7 @@ from dsq_chain.services.job_checks import TickCache, Workflows, problem
 from dsq_chain.services.journal import Entry, Journal, Phase
 from dsq_chain.services.metrics import WorkerMetrics
 from dsq_chain.services.reports import CHAIN_DOWN, ReportSender
+from dsq_chain.services.worker_reorgs import ReorgGuard
 from dsq_chain.types import Job, JobStatus, Prices, ReportAction, Resources
 
 log = logging.getLogger("dsq.worker")
@@ -113,6 +115,7 @@ class ProviderWorker:
         #: Jobs released by a reorg while their execution runs: job id -> when first seen so.
         self._orphaned: dict[int, float] = {}
         self.chain_up = True
+        self.reorgs = ReorgGuard(self)
 
     # -- registration --------------------------------------------------------------------------
     def register(self, prices: Prices, labels: dict[str, str] | None = None,
@@ -135,6 +138,7 @@ class ProviderWorker:
                     block)
         self.wallet.reset_nonce()
         self.journal.rewound()
+        self.reorgs.rewind(block)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -164,6 +168,7 @@ class ProviderWorker:
         more: list[Action] = []
         if entries:
             jobs = self._read(entries)
+            entries = self.reorgs.check_submissions(entries, jobs)
             actions = self._reconcile_all(entries, jobs)
             if actions and self.chain_up:
                 more = self._start_claimed(self._send(actions), jobs)
@@ -174,6 +179,7 @@ class ProviderWorker:
         """New assignments into the journal; notes whether the node answers."""
         try:
             self.follower.poll()
+            self.reorgs.check_reports()
             self.chain_up = True
         except CHAIN_DOWN as e:
             if self.chain_up:
@@ -232,10 +238,13 @@ class ProviderWorker:
         """Gathers the facts about one job, asks :func:`decide`, carries the plan out; returns its reports.
         Jobs to hand to the executor go to ``to_run``."""
         facts = self._facts(entry, job)
+        if facts.execution is not None and facts.execution.state.is_final:  # the FINISH bills up to its end
+            self.clock.end_time(entry.job_id, facts.execution, reachable=self.chain_up)
         plan = decide(facts)
         while plan.need is not None and job is not None:
             if plan.need == "validate":
                 why, passing = problem(job, self.workflows, self.executor, self._tick)
+                self.reorgs.note_submission(entry, job)
                 facts = dataclasses.replace(facts, problem=why, passing=passing, validated=True)
             else:  # look the execution up: submitted by a process that died before journaling it?
                 found = self.executions.adopt(entry)
@@ -259,6 +268,7 @@ class ProviderWorker:
             held_s=None if held is None else now - held,
             escrow_used_up=running and job is not None and self.clock.escrow_used_up(job),
             ooc_waited_s=None if ooc is None else now - ooc,
+            stopped_out_of_credits=entry.chain_status == JobStatus.OUT_OF_CREDITS.name,  # a revived row only
         )
 
     def _carry_out(self, entry: Entry, job: Job | None, facts: Facts, plan: Plan,
@@ -296,6 +306,8 @@ class ProviderWorker:
     def _start(self, job: Job, status: ExecStatus) -> list[Action]:
         """The reports of a SCHEDULED job the executor has (see :func:`decisions.start`)."""
         ooc = self._ooc_since.get(job.id)
+        if status.state.is_final:
+            self.clock.end_time(job.id, status)
         plan = start_reports(job, status, None if ooc is None else time.monotonic() - ooc)
         self._note_outcome(job.id, plan)
         return list(plan.reports)
@@ -335,19 +347,20 @@ class ProviderWorker:
         self.wallet.reset_nonce()
         self._count_error(e)
 
-    def sent(self, actions: list[Action], t0: float) -> None:
-        """Reports mined: the journal follows (and an execution that must end is stopped)."""
+    def sent(self, actions: list[Action], t0: float, block: tuple[int, str] | None = None) -> None:
+        """Reports mined (in ``block``: number, hash): the journal follows (and an execution that must end is
+        stopped). The end time a FINISH carried is kept until the follower has passed its block."""
         elapsed = time.monotonic() - t0
+        where = {} if block is None else {"landed_block": block[0], "landed_hash": block[1]}
         for a in actions:
             phase, chain_status = journal_after(a)
             if phase is Phase.DONE and a.action in (ReportAction.OUT_OF_CREDITS, ReportAction.PANIC):
                 self.executions.stop(a.job_id)
             if phase is Phase.DONE:
-                self.journal.transition(a.job_id, phase, chain_status=chain_status, reason=a.reason)
+                self.journal.transition(a.job_id, phase, chain_status=chain_status, reason=a.reason, **where)
                 self._ooc_since.pop(a.job_id, None)
-                self.clock.forget(a.job_id)
             else:
-                self.journal.transition(a.job_id, phase, chain_status=chain_status)
+                self.journal.transition(a.job_id, phase, chain_status=chain_status, **where)
             if self.metrics:
                 self.metrics.reported(a.action, self.journal.get(a.job_id), elapsed)
             log.info("job %d: reported %s%s", a.job_id, a.action.name,

@@ -61,7 +61,7 @@ def run_on_grid(translated: list[tuple[Path, Translation]], workdir: Path) -> in
         admin = AdminClient(chain.wallet(keys[0]), dep)
         admin.grant_scheduler(chain.wallet(keys[1]).address)
         provider = ProviderClient(chain.wallet(keys[2]), dep)
-        provider.register(Resources(2, 0, 4096, disk_gb=1000), Prices(1_000, 10_000, 10), {})
+        provider.register(Resources(2, 0, 4096, disk_gb=1000), Prices.from_units(1_000, 10_000, 10), {})
         admin.approve(provider.address)
         user = GridClient(chain.wallet(keys[0]), dep)
         admin.mint(user.address, Credits(10_000))

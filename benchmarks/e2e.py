@@ -54,7 +54,7 @@ steps:
   - name: main
     run: {command: "true"}
 """
-PRICES = Prices(per_cpu_minute=1_000, per_gpu_minute=0, per_gb_minute=10)
+PRICES = Prices.from_units(per_cpu_minute=1_000, per_gpu_minute=0, per_gb_minute=10)
 
 
 class BlockClock:

@@ -59,7 +59,7 @@ def main() -> int:
         user, prov = GridClient(user_w, dep), ProviderClient(prov_w, dep)
         admin.grant_scheduler(sched.address)
         admin.mint(user.address, Credits(1_000_000))
-        prov.register(Resources(4096, 0, 4096 * 1024), Prices(1_000, 0, 100), {"zone": "eu"})
+        prov.register(Resources(4096, 0, 4096 * 1024), Prices.from_units(1_000, 0, 100), {"zone": "eu"})
         admin.approve(prov.address)
         m = user.market.functions
 

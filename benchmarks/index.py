@@ -67,7 +67,7 @@ def fill(chain: Chain, keys: list[str], jobs: int, lifecycle: int,
     admin.grant_scheduler(sched.address)
     provs = [ProviderClient(chain.wallet(k), dep) for k in keys[2:4]]
     for p in provs:
-        p.register(Resources(jobs, 0, 64 * jobs), Prices(1_000, 0, 10), {"zone": "bench"})
+        p.register(Resources(jobs, 0, 64 * jobs), Prices.from_units(1_000, 0, 10), {"zone": "bench"})
         admin.approve(p.address)
     owners = [GridClient(chain.wallet(k), dep) for k in keys[4:8]]
     wf = wfm.loads(WORKFLOW)

@@ -37,11 +37,12 @@ def make_providers(n: int, rng: random.Random) -> dict[str, ProviderState]:
             labels |= {"gpu.model": model, "gpu.mem": str(gpu_mem)}
             cpus = rng.choice((32, 64, 128))
             total = Resources(cpus, rng.choice((1, 2, 4, 8)), cpus * rng.choice((4, 8)) * 1024)
-            prices = Prices(rng.randint(600, 2_000), int(gpu_price * rng.uniform(0.7, 1.5)), rng.randint(50, 200))
+            prices = Prices.from_units(rng.randint(600, 2_000), int(gpu_price * rng.uniform(0.7, 1.5)),
+                                       rng.randint(50, 200))
         else:
             cpus = rng.choice((16, 32, 64, 128, 256))
             total = Resources(cpus, 0, cpus * rng.choice((2, 4, 8)) * 1024)
-            prices = Prices(rng.randint(500, 2_000), 0, rng.randint(50, 200))
+            prices = Prices.from_units(rng.randint(500, 2_000), 0, rng.randint(50, 200))
         busy = rng.uniform(0.0, 0.7)
         used = Resources(int(total.cpus * busy), int(total.gpus * busy), int(total.mem_mb * busy))
         stats = ProviderStats(

@@ -107,7 +107,7 @@ def setup(chain: Chain) -> Setup:
         u.wallet.transact(u.token.functions.approve(dep.market, 2**255))  # plain submits, no permit each time
     for k in keys[5 : 5 + PROVIDERS]:
         p = ProviderClient(chain.wallet(k), dep)
-        p.register(PROVIDER_HW, Prices(1_000, 0, 100), {"zone": "eu"})
+        p.register(PROVIDER_HW, Prices.from_units(1_000, 0, 100), {"zone": "eu"})
         admin.approve(p.address)
     return Setup(chain, dep, keys[1], users)
 

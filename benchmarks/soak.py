@@ -73,7 +73,7 @@ from dsq_chain.workloads import workflow as wfm
 DSQ = shutil.which("dsq", path=str(Path(sys.executable).parent)) or "dsq"
 WORKFLOW = wfm.loads("name: soak\nresources: {tasks: 1, cpusPerTask: 1, memPerCpu: 64}\n"
                      "steps: [{name: main, run: {command: 'sleep 1'}}]\n")
-PRICES = Prices(per_cpu_minute=1_000, per_gpu_minute=0, per_gb_minute=10)
+PRICES = Prices.from_units(per_cpu_minute=1_000, per_gpu_minute=0, per_gb_minute=10)
 FAULTS = ("kill worker", "kill scheduler", "cut rpc", "restart node", "hostile events", "revert blocks")
 
 
@@ -214,7 +214,7 @@ def soak(seconds: float, every: float, n_workers: int, seed: int, tmp: Path, kin
         for u in (user, spammer):
             admin.mint(u.address, Credits(10**6))
         hostile = ProviderClient(chain.wallet(keys[9]), dep)
-        hostile.register(Resources(2**16 - 1, 255, 2**32 - 1), Prices(1, 0, 0))  # never approved
+        hostile.register(Resources(2**16 - 1, 255, 2**32 - 1), Prices.from_units(1, 0, 0))  # never approved
         for i in range(n_workers):
             p = ProviderClient(chain.wallet(keys[3 + i]), dep)
             p.register(Resources(4, 0, 4 * 1024), PRICES)

@@ -70,9 +70,9 @@ class DemoJob:
 
 
 PROVIDERS = [
-    ProviderSpec("eu", 3, Resources(2, 0, 4096), Prices(1 * CREDIT_UNIT, 0, CREDIT_UNIT // 10), {"zone": "eu"}),
-    ProviderSpec("us", 4, Resources(2, 0, 4096), Prices(2 * CREDIT_UNIT, 0, CREDIT_UNIT // 10), {"zone": "us"}),
-    ProviderSpec("gpu", 5, Resources(2, 1, 8192), Prices(4 * CREDIT_UNIT, 10 * CREDIT_UNIT, CREDIT_UNIT // 10),
+    ProviderSpec("eu", 3, Resources(2, 0, 4096), Prices(Credits(1), Credits(0), Credits("0.1")), {"zone": "eu"}),
+    ProviderSpec("us", 4, Resources(2, 0, 4096), Prices(Credits(2), Credits(0), Credits("0.1")), {"zone": "us"}),
+    ProviderSpec("gpu", 5, Resources(2, 1, 8192), Prices(Credits(4), Credits(10), Credits("0.1")),
                  {"zone": "eu-west", "gpu.model": "A100", "cuda.version": "12"}, fake_gpus=1),
 ]
 JOBS = [

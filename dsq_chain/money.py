@@ -81,7 +81,7 @@ class Credits(int):
                 f"{what}={value!r}: a plain int is ambiguous; pass Credits({value!r}) for {value} credit(s) "
                 f"or Credits(units={value!r}) for {value} base unit(s)"
             )
-        return cls(value)
+        return cls(units=_units_of(value, what))
 
     # -- views ---------------------------------------------------------------------------------
     @property

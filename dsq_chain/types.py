@@ -154,18 +154,46 @@ class Resources:
                          self.disk_gb - other.disk_gb, self.persistent_gb)
 
 
+_FREE = Credits(0)
+
+
 @dataclass(frozen=True, slots=True)
 class Prices:
-    """A provider's prices in credit units (6 decimals) per minute."""
+    """A provider's prices per minute, as :class:`~dsq_chain.money.Credits`: per cpu core, per GPU and per
+    GB of memory (the contract's ``Prices``, which holds their base units).
 
-    per_cpu_minute: int
-    per_gpu_minute: int = 0
-    per_gb_minute: int = 0
+    Give each price as Credits, text or a Decimal (``Prices(Credits("0.001"))``, ``Prices("0.001", "0.05")``);
+    a plain int other than 0 is refused as ambiguous, as for every amount: base units are given by name,
+    ``Prices.from_units(1_000, 50_000, 100)``. Floats are refused."""
 
-    def rate_for(self, res: Resources) -> int:
-        """Credit units per minute that a job with ``res`` costs (same formula as on chain)."""
-        cpu_and_gpu = res.cpus * self.per_cpu_minute + res.gpus * self.per_gpu_minute
-        return cpu_and_gpu + (res.mem_mb * self.per_gb_minute) // 1024
+    per_cpu_minute: Credits
+    per_gpu_minute: Credits = _FREE
+    per_gb_minute: Credits = _FREE
+
+    def __post_init__(self) -> None:
+        for name in ("per_cpu_minute", "per_gpu_minute", "per_gb_minute"):
+            value = getattr(self, name)
+            if type(value) is not Credits:
+                object.__setattr__(self, name, _FREE if value == 0 and type(value) is int
+                                   else Credits.of(value, f"Prices.{name}"))
+
+    @classmethod
+    def from_units(cls, per_cpu_minute: int, per_gpu_minute: int = 0, per_gb_minute: int = 0) -> Prices:
+        """Prices given in base units (millionths of a credit) per minute, as the chain holds them."""
+        return cls(Credits(units=per_cpu_minute), Credits(units=per_gpu_minute), Credits(units=per_gb_minute))
+
+    @property
+    def units(self) -> tuple[int, int, int]:
+        """(cpu, gpu, GB) prices in base units per minute: the contract's ``Prices`` tuple."""
+        return (int(self.per_cpu_minute), int(self.per_gpu_minute), int(self.per_gb_minute))
+
+    def rate_for(self, res: Resources) -> Credits:
+        """What a job with ``res`` costs per minute (the contract's formula, rounded down to a base unit)."""
+        cpu, gpu, gb = self.units  # plain ints: Credits arithmetic is slower
+        return Credits(units=res.cpus * cpu + res.gpus * gpu + (res.mem_mb * gb) // 1024)
+
+    def __str__(self) -> str:
+        return f"{self.per_cpu_minute}/cpu-min, {self.per_gpu_minute}/gpu-min, {self.per_gb_minute}/GB-min"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,8 @@ def workflow_for(res: Resources, labels: tuple[LabelConstraint, ...] = ()) -> wf
 SMALL = Resources(cpus=2, gpus=0, mem_mb=1024)
 #: Canonical bytes of a workflow asking for SMALL (what the contract-level tests submit).
 WORKFLOW = workflow_for(SMALL).canonical()
-CPU_PRICES = Prices(per_cpu_minute=1_000, per_gpu_minute=0, per_gb_minute=100)
-GPU_PRICES = Prices(per_cpu_minute=2_000, per_gpu_minute=50_000, per_gb_minute=100)
+CPU_PRICES = Prices.from_units(per_cpu_minute=1_000, per_gpu_minute=0, per_gb_minute=100)
+GPU_PRICES = Prices.from_units(per_cpu_minute=2_000, per_gpu_minute=50_000, per_gb_minute=100)
 #: Rate of SMALL on the cpu provider: 2*1000 + 1024*100/1024 = 2100 units/min.
 SMALL_RATE = CPU_PRICES.rate_for(SMALL)
 CREDITS = Credits(10)

@@ -70,4 +70,4 @@ def test_ape_compile_and_ape_test_on_a_fresh_clone(tmp_path: Path) -> None:
     proc = _ape(clone, home, "test", "examples/ape", "-q", timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    assert "2 passed" in out
+    assert "3 passed" in out

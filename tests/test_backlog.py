@@ -13,7 +13,7 @@ from dsq_chain.matching import FairShare, Matcher, PendingJob, ProviderState, fi
 from dsq_chain.matching.backlog import Backlog
 from dsq_chain.types import LabelConstraint, LabelOp, Prices, Resources
 
-PRICES = Prices(1_000, 10_000, 100)
+PRICES = Prices.from_units(1_000, 10_000, 100)
 FULL = Resources(8, 0, 16_384)
 
 
@@ -42,7 +42,7 @@ def test_a_parked_job_is_not_examined_again_until_a_provider_change_lets_it_fit(
     assert backlog.touch(provider(free=Resources(8, 0, 16_384))) == 1  # the big one fits now; the cheap one never
     assert [j.id for j in backlog.take()] == [1]
     assert backlog.is_parked(2) and not backlog.is_parked(1)
-    assert backlog.touch(provider(prices=Prices(0, 0, 0))) == 1  # a free provider fits the cap of 1
+    assert backlog.touch(provider(prices=Prices.from_units(0, 0, 0))) == 1  # a free provider fits the cap of 1
     assert [j.id for j in backlog.take()] == [2]
 
 
@@ -118,7 +118,7 @@ def test_touch_wakes_exactly_the_parked_jobs_that_fit_the_provider(
         backlog.add(jobs[-1])
     backlog.settle(backlog.take(), (), [j.id for j in jobs])
     (c, g, m), where, per_cpu, active = change
-    p = ProviderState("0xp", Resources(9, 2, 20_000), Resources(c, g, m), Prices(per_cpu, 5_000, 50),
+    p = ProviderState("0xp", Resources(9, 2, 20_000), Resources(c, g, m), Prices.from_units(per_cpu, 5_000, 50),
                       {"zone": where} if where else {}, active)
     woken = backlog.touch(p)
     expected = sorted(j.id for j in jobs if first_failure(j, p) is None)

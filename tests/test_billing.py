@@ -231,8 +231,8 @@ def test_internal_balance_is_spent_first_on_the_next_submit(grid: Grid) -> None:
 # ---------------------------------------------------------------------------------- rate snapshot
 def test_price_update_after_assignment_does_not_change_the_bill(grid: Grid) -> None:
     job_id = grid.job_in(S.META_SCHEDULED)
-    grid.cpu.update_prices(Prices(CPU_PRICES.per_cpu_minute * 10, 0, CPU_PRICES.per_gb_minute * 10))
-    new_rate = Prices(CPU_PRICES.per_cpu_minute * 10, 0, CPU_PRICES.per_gb_minute * 10).rate_for(SMALL)
+    grid.cpu.update_prices(Prices.from_units(CPU_PRICES.per_cpu_minute * 10, 0, CPU_PRICES.per_gb_minute * 10))
+    new_rate = Prices.from_units(CPU_PRICES.per_cpu_minute * 10, 0, CPU_PRICES.per_gb_minute * 10).rate_for(SMALL)
     assert grid.user.market.functions.quote(grid.cpu.address, 2, 0, 1024).call() == new_rate
     grid.cpu.claim(job_id)
     receipt = _tx(grid.cpu, grid.cpu.market.functions.start(job_id))

@@ -87,7 +87,7 @@ def test_rules_match_the_contract(pristine: tuple[Grid, Chain], per_cpu: int, pe
     snap = chain.snapshot()
     grid.reset_nonces()
     try:
-        _one_job(grid, chain, Prices(per_cpu, 0, per_gb), escrow, ending, elapsed, top_ups, late)
+        _one_job(grid, chain, Prices.from_units(per_cpu, 0, per_gb), escrow, ending, elapsed, top_ups, late)
     finally:
         chain.revert(snap)
         grid.reset_nonces()

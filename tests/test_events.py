@@ -51,6 +51,7 @@ def _events() -> list[dict[str, Any]]:
 
 
 def _struct_fields(cls: Any) -> list[str]:
+    cls = getattr(cls, "__self__", cls)  # a classmethod constructor (Prices.from_units)
     if dataclasses.is_dataclass(cls):
         return [f.name for f in dataclasses.fields(cls)]
     return list(cls._fields)  # a NamedTuple
@@ -180,7 +181,7 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 def test_hostile_labels_from_an_unapproved_provider_do_not_stop_a_running_scheduler(grid: Grid) -> None:
     stranger = ProviderClient(grid.chain.wallet(EXTRA_KEYS[5]), grid.deployment)
-    stranger.register(Resources(2**16 - 1, 255, 2**32 - 1), Prices(1, 0, 0), {})  # unapproved, huge, cheap
+    stranger.register(Resources(2**16 - 1, 255, 2**32 - 1), Prices.from_units(1, 0, 0), {})  # unapproved, huge, cheap
     approved = grid.spare
     sched = MetaScheduler(grid.scheduler.wallet, grid.deployment, poll_interval=0.05)
     stop = threading.Event()

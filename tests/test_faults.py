@@ -37,7 +37,7 @@ from tests.worker_scenarios import billed_end
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults")]
 
 S = JobStatus
-PRICES = Prices(per_cpu_minute=60_000, per_gpu_minute=0, per_gb_minute=0)  # 1 cpu: 1000 units per second
+PRICES = Prices.from_units(per_cpu_minute=60_000, per_gpu_minute=0, per_gb_minute=0)  # 1 cpu: 1000 units per second
 ESCROW = 10 * CREDIT_UNIT  # ~10,000 s of one cpu: no job here runs out
 T0 = time.monotonic()
 

@@ -205,7 +205,7 @@ def test_decoder_agrees_with_web3_on_every_event_kind(grid: Grid) -> None:
     grid.chain.increase_time(120)
     grid.gpu.finish(jid, -7)
     grid.gpu.withdraw()
-    grid.gpu.update_prices(Prices(3_000, 40_000, 100))
+    grid.gpu.update_prices(Prices.from_units(3_000, 40_000, 100))
     grid.spare.update_hardware(Resources(6, 0, 8_192))
     grid.spare.set_labels({"zone": "us", "disk": "4000"})
     grid.spare.pause()

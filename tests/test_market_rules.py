@@ -297,7 +297,7 @@ def _states(grid: Grid) -> list[Any]:
 
 def test_scratch_disk_is_reserved_like_memory(grid: Grid, keys: list[str]) -> None:
     disky = ProviderClient(grid.chain.wallet(keys[12]), grid.deployment)
-    disky.register(Resources(8, 0, 16_384, disk_gb=100), Prices(1_000), persistent_gb=2_000)
+    disky.register(Resources(8, 0, 16_384, disk_gb=100), Prices.from_units(1_000), persistent_gb=2_000)
     grid.admin.approve(disky.address)
     info = disky.info()
     assert (info.total.disk_gb, info.free.disk_gb, info.persistent_gb) == (100, 100, 2_000)

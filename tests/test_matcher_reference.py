@@ -80,7 +80,7 @@ def markets(draw: st.DrawFn) -> tuple[dict[str, ProviderState], list[PendingJob]
         free = Resources(int(total.cpus * (1 - used)), int(total.gpus * (1 - used)), int(total.mem_mb * (1 - used)),
                          total.disk_gb)  # fmt: skip
         labels = {k: draw(st.sampled_from(v)) for k, v in LABELS.items() if draw(st.booleans())}
-        prices = Prices(draw(st.sampled_from(cpu_prices)), draw(st.sampled_from((0, 300, 500))),
+        prices = Prices.from_units(draw(st.sampled_from(cpu_prices)), draw(st.sampled_from((0, 300, 500))),
                         draw(st.sampled_from((0, 10))))  # fmt: skip
         stats = ProviderStats(*(draw(st.sampled_from((0, 1, 5))) for _ in range(5)))
         providers.append(

@@ -29,7 +29,7 @@ from dsq_chain.workloads.labels import check, parse_constraint
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_000_000.0
-PRICES = Prices(1_000, 0, 100)
+PRICES = Prices.from_units(1_000, 0, 100)
 
 
 def addr(n: int) -> str:
@@ -118,12 +118,12 @@ def test_label_constraints_select_providers_and_explain_with_labels_reason() -> 
 
 
 def test_price_cap_is_a_hard_constraint_and_the_rate_is_the_on_chain_one() -> None:
-    cheap, dear = Prices(200, 0, 100), Prices(300, 0, 100)
+    cheap, dear = Prices.from_units(200, 0, 100), Prices.from_units(300, 0, 100)
     providers = grid(provider(1, prices=dear), provider(2, prices=cheap, free=Resources(2, 0, 1_024)))
     need = job(1, cpus=4, mem_mb=2_048, cap=1_100)
     assert dear.rate_for(need.resources) == 1_400  # 4 * 300 + 2 GB * 100
     explanation = Matcher().explain(need, providers, NOW)
-    assert explanation.verdict(addr(1)).rejection.reason == "price: rate 1400 > cap 1100 units/min"  # type: ignore[union-attr]
+    assert explanation.verdict(addr(1)).rejection.reason == "price: rate 0.0014 > cap 0.0011 credits/min"  # type: ignore[union-attr]
     assert placed(Matcher(), [need], providers) == {}
     roomy = grid(provider(1, prices=dear), provider(2, prices=cheap))
     [assignment] = Matcher().match([need], roomy, NOW)
@@ -131,7 +131,7 @@ def test_price_cap_is_a_hard_constraint_and_the_rate_is_the_on_chain_one() -> No
 
 
 def test_never_places_a_job_where_it_was_refused_or_timed_out() -> None:
-    providers = grid(provider(1, prices=Prices(100)), provider(2, prices=Prices(900)))
+    providers = grid(provider(1, prices=Prices.from_units(100)), provider(2, prices=Prices.from_units(900)))
     assert placed(Matcher(), [job(1)], providers) == {1: addr(1)}
     refused = job(1, excluded={addr(1).upper().replace("0X", "0x")})  # addresses compare case-insensitively
     assert placed(Matcher(), [refused], providers) == {1: addr(2)}
@@ -143,13 +143,14 @@ def test_never_places_a_job_where_it_was_refused_or_timed_out() -> None:
 
 
 def test_paused_or_unapproved_providers_get_nothing() -> None:
-    providers = grid(provider(1, active=False, prices=Prices(1)), provider(2, prices=Prices(5_000)))
+    providers = grid(provider(1, active=False, prices=Prices.from_units(1)),
+                     provider(2, prices=Prices.from_units(5_000)))
     assert placed(Matcher(), [job(1), job(2)], providers) == {1: addr(2), 2: addr(2)}
     assert Matcher().explain(job(1), providers, NOW).verdict(addr(1)).rejection.reason == INACTIVE  # type: ignore[union-attr]
 
 
 def test_reasons_follow_the_documented_order() -> None:
-    poor = provider(1, active=False, free=Resources(0, 0, 0), prices=Prices(10**9))
+    poor = provider(1, active=False, free=Resources(0, 0, 0), prices=Prices.from_units(10**9))
     need = job(1, cpus=4, gpus=1, mem_mb=8_192, cap=1, labels=("zone == eu",), excluded={addr(1)})
     steps = [
         INACTIVE,
@@ -158,7 +159,7 @@ def test_reasons_follow_the_documented_order() -> None:
         "gpus: needs 1, has 0 free",
         "memory: needs 8192 MB, has 0 MB free",
         "label zone == eu: provider has no zone",
-        f"price: rate {Prices(10**9).rate_for(need.resources)} > cap 1 units/min",
+        f"price: rate {Prices.from_units(10**9).rate_for(need.resources)} > cap 0.000001 credits/min",
     ]
     fixes: list[Callable[[], object]] = [
         lambda: setattr(poor, "active", True),
@@ -167,7 +168,7 @@ def test_reasons_follow_the_documented_order() -> None:
         lambda: setattr(poor, "free", Resources(4, 1, 0)),
         lambda: setattr(poor, "free", Resources(4, 1, 8_192)),
         lambda: poor.labels.update(zone="eu"),
-        lambda: setattr(poor, "prices", Prices(0)),
+        lambda: setattr(poor, "prices", Prices.from_units(0)),
     ]
     poor.total = Resources(16, 2, 65_536)
     for expected, fix in zip(steps, fixes, strict=True):
@@ -203,8 +204,8 @@ def test_limit_caps_the_batch() -> None:
 
 
 def test_prefers_cheap_then_idle_then_reliable_providers() -> None:
-    cheap = provider(1, prices=Prices(500))
-    dear = provider(2, prices=Prices(1_500))
+    cheap = provider(1, prices=Prices.from_units(500))
+    dear = provider(2, prices=Prices.from_units(1_500))
     assert placed(Matcher(), [job(1)], grid(cheap, dear)) == {1: addr(1)}
     busy = provider(1, free=Resources(2, 0, 65_536))
     idle = provider(2)
@@ -222,7 +223,8 @@ def test_load_spreads_a_batch_over_equal_providers() -> None:
 
 def test_ties_break_by_address_and_results_are_deterministic() -> None:
     rng = random.Random(7)
-    providers = [provider(n, cpus=rng.choice((8, 16)), prices=Prices(rng.choice((100, 200)))) for n in range(40)]
+    providers = [provider(n, cpus=rng.choice((8, 16)), prices=Prices.from_units(rng.choice((100, 200))))
+                 for n in range(40)]
     jobs = [job(i, cpus=rng.choice((1, 2, 4)), owner=f"0x{i % 3}", submitted_at=i // 5) for i in range(120)]
     first = Matcher().match(jobs, grid(*providers), NOW)
     for _ in range(3):
@@ -305,7 +307,7 @@ def test_bad_jobs_and_providers_are_skipped_with_reasons() -> None:
     fine = job(4)
     providers = grid(
         provider(1, labels={"gpu.mem": "16"}),
-        ProviderState(addr(2), Resources(4), Resources(8), Prices(1)),  # free > total
+        ProviderState(addr(2), Resources(4), Resources(8), Prices.from_units(1)),  # free > total
     )
     matcher = Matcher()
     assignments = matcher.match([broken, negative, duplicate, job(3), fine], providers, NOW)
@@ -330,7 +332,7 @@ def test_explanation_renders_every_provider_and_a_grouped_summary() -> None:
     explanation = Matcher().explain(job(7, gpus=2, cap=10**9), providers, NOW)
     text = str(explanation)
     lines = text.splitlines()
-    assert lines[0].startswith("job 7 of 0xowner: 1 cpus, 2 gpus, 1024 MB; cap 1000000000 units/min")
+    assert lines[0].startswith("job 7 of 0xowner: 1 cpus, 2 gpus, 1024 MB; cap 1000 credits/min")
     assert lines[1] == "placeable on 1 of 1,202 providers"
     assert lines[2].startswith(f"  {addr(1)}: #1 rate ")
     assert f"  {addr(2)}: gpus: needs 2, has 1 free" in lines
@@ -350,7 +352,7 @@ def test_explain_rank_one_is_what_match_picks() -> None:
                 cpus=rng.choice((8, 32)),
                 gpus=rng.choice((0, 0, 2)),
                 free=None,
-                prices=Prices(rng.randint(100, 900), rng.randint(1_000, 9_000), rng.randint(1, 50)),
+                prices=Prices.from_units(rng.randint(100, 900), rng.randint(1_000, 9_000), rng.randint(1, 50)),
                 stats=ProviderStats(finished=rng.randint(0, 50), refused=rng.randint(0, 5)),
             )
             for n in range(60)
@@ -376,7 +378,7 @@ def markets(draw: st.DrawFn) -> tuple[dict[str, ProviderState], list[PendingJob]
         total = Resources(draw(st.integers(0, 16)), draw(st.integers(0, 4)), draw(st.integers(0, 8)) * 1_024)
         free = Resources(*(draw(st.integers(0, t)) for t in (total.cpus, total.gpus, total.mem_mb)))
         labels = {k: draw(st.sampled_from(v)) for k, v in LABEL_VALUES.items() if draw(st.booleans())}
-        prices = Prices(draw(st.integers(0, 50)), draw(st.integers(0, 500)), draw(st.integers(0, 20)))
+        prices = Prices.from_units(draw(st.integers(0, 50)), draw(st.integers(0, 500)), draw(st.integers(0, 20)))
         stats = ProviderStats(*(draw(st.integers(0, 5)) for _ in range(5)))
         providers.append(ProviderState(addr(n), total, free, prices, labels, draw(st.booleans()), stats))
     constraint = st.sampled_from(

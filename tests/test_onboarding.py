@@ -28,6 +28,7 @@ from dsq_chain.executors.hardware import (
     standard_labels,
     verify_offer,
 )
+from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import AnvilNode
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import ProviderClient
@@ -165,7 +166,8 @@ def test_proposed_prices_are_the_median_of_approved_providers(grid: Grid) -> Non
 def test_registration_is_idempotent_and_sends_only_what_differs(grid: Grid, anvil: AnvilNode,
                                                                 keys: list[str]) -> None:
     client = ProviderClient(Chain(anvil.rpc_url).wallet(keys[NEW_KEY]), grid.deployment)
-    offer = Offer(Resources(2, 0, 4096), Prices(1000, 0, 10), {"region": "eu-test", "storage.persistent.gb": "50",
+    offer = Offer(Resources(2, 0, 4096), Prices.from_units(1000, 0, 10), {"region": "eu-test",
+                                                                         "storage.persistent.gb": "50",
                                                                 "bench.cpu.sha256.mbps": "500"})
     assert sync_registration(client, offer) == ["register"]
     block = grid.chain.block_number()
@@ -177,11 +179,12 @@ def test_registration_is_idempotent_and_sends_only_what_differs(grid: Grid, anvi
                                                  "storage.persistent.gb": "52"})
     assert sync_registration(client, noisy) == []
     assert grid.chain.block_number() == block
-    assert sync_registration(client, Offer(offer.hardware, Prices(2000, 0, 10), offer.labels)) == ["prices"]
-    changed = Offer(Resources(1, 0, 4096), Prices(2000, 0, 10), {"region": "eu-north", "bench.cpu.sha256.mbps": "500"})
+    assert sync_registration(client, Offer(offer.hardware, Prices.from_units(2000, 0, 10), offer.labels)) == ["prices"]
+    changed = Offer(Resources(1, 0, 4096), Prices.from_units(2000, 0, 10),
+                    {"region": "eu-north", "bench.cpu.sha256.mbps": "500"})
     assert sync_registration(client, changed) == ["hardware", "labels"]
     info = client.info()
-    assert info.total == Resources(1, 0, 4096) and info.prices == Prices(2000, 0, 10)
+    assert info.total == Resources(1, 0, 4096) and info.prices == Prices.from_units(2000, 0, 10)
     assert chain_labels(client) == changed.labels  # storage.persistent.gb was removed
     grid.admin.ban(client.address)
     with pytest.raises(InputError, match="banned"):
@@ -189,7 +192,8 @@ def test_registration_is_idempotent_and_sends_only_what_differs(grid: Grid, anvi
 
 
 def test_keep_close_measurements_never_keeps_more_disk_than_measured() -> None:
-    offer = Offer(Resources(1, 0, 1), Prices(1), {"storage.persistent.gb": "40", "bench.mem.copy.mbps": "100"})
+    offer = Offer(Resources(1, 0, 1), Prices.from_units(1),
+                  {"storage.persistent.gb": "40", "bench.mem.copy.mbps": "100"})
     kept = keep_close_measurements(offer, {"storage.persistent.gb": "50", "bench.mem.copy.mbps": "1000"})
     assert kept.labels == offer.labels  # 50 GB on chain > 40 measured; a 10x benchmark change is real
 
@@ -325,5 +329,6 @@ def test_init_interactively(grid: Grid, tmp_path: Path, keys: list[str]) -> None
     assert config["provider"]["executor"] == "local" and config["provider"]["region"] == "eu-int"
     assert config["provider"]["prices"]["cpu"] == 2000
     info = ProviderClient(grid.chain.wallet(keys[NEW_KEY]), grid.deployment).info()
-    assert info.prices == Prices(2000, CPU_PRICES.per_gpu_minute, CPU_PRICES.per_gb_minute)  # the rest proposed
+    # the rest proposed
+    assert info.prices == Prices(Credits("0.002"), CPU_PRICES.per_gpu_minute, CPU_PRICES.per_gb_minute)
     assert "6. on chain: registered; status PENDING" in seen

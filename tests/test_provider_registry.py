@@ -22,7 +22,7 @@ from tests.grid import CPU_PRICES, SMALL, SMALL_RATE, Grid
 
 S = JobStatus
 HW = Resources(4, 1, 8_192)
-PRICES = Prices(500, 20_000, 50)
+PRICES = Prices.from_units(500, 20_000, 50)
 ZERO_WORD = bytes(32)
 
 
@@ -87,7 +87,7 @@ def test_duplicate_registration(grid: Grid, who: str) -> None:
 
 
 def test_zero_cpu_price(grid: Grid, newcomer: ProviderClient) -> None:
-    free = Prices(0, 10, 10)
+    free = Prices.from_units(0, 10, 10)
     with unchanged(grid, newcomer.address, grid.cpu.address):
         with pytest.raises(errors.InputError):
             newcomer.register(HW, free)
@@ -149,7 +149,7 @@ def test_gpus_in_use_cannot_be_shrunk_away(grid: Grid) -> None:
 # ---------------------------------------------------------------------------------- prices
 def test_update_prices_applies_to_new_assignments(grid: Grid) -> None:
     held = grid.job_in(S.META_SCHEDULED)
-    new = Prices(3_000, 0, 200)
+    new = Prices.from_units(3_000, 0, 200)
     grid.cpu.update_prices(new)
     assert grid.cpu.info().prices == new
     assert grid.user.market.functions.quote(grid.cpu.address, 2, 0, 1_024).call() == new.rate_for(SMALL)

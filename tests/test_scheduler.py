@@ -105,10 +105,10 @@ class Extra:
 def extra(grid: Grid) -> Extra:
     wallets = [grid.chain.wallet(k) for k in EXTRA_KEYS[:3]]
     rtx, paused, banned = (ProviderClient(w, grid.deployment) for w in wallets)
-    rtx.register(Resources(8, 4, 32_768), Prices(500, 10_000, 50), {"gpu.model": "RTX3090", "gpu.mem": "24"})
+    rtx.register(Resources(8, 4, 32_768), Prices.from_units(500, 10_000, 50), {"gpu.model": "RTX3090", "gpu.mem": "24"})
     big_a100 = Resources(64, 8, 262_144)
-    paused.register(big_a100, Prices(100, 1_000, 10), {"gpu.model": "A100", "zone": "eu"})
-    banned.register(big_a100, Prices(100, 1_000, 10), {"gpu.model": "A100", "zone": "eu"})
+    paused.register(big_a100, Prices.from_units(100, 1_000, 10), {"gpu.model": "A100", "zone": "eu"})
+    banned.register(big_a100, Prices.from_units(100, 1_000, 10), {"gpu.model": "A100", "zone": "eu"})
     for p in (rtx, paused, banned):
         grid.admin.approve(p.address)
     paused.pause()
@@ -158,7 +158,7 @@ def test_jobs_are_placed_by_the_rules_and_the_rest_explained(grid: Grid, extra: 
     }
     rate = CPU_PRICES.rate_for(EU.resources)
     why = reasons(sched.explain(capped))
-    assert why[grid.cpu.address] == f"price: rate {rate} > cap {rate - 1} units/min"
+    assert why[grid.cpu.address] == f"price: rate {rate} > cap {rate - 1} credits/min"
     assert why[grid.spare.address] == "label zone == eu: provider has no zone"
     assert why[extra.paused.address] == INACTIVE
     assert str(sched.explain(capped)).count("placeable on 0 of 7 providers") == 1

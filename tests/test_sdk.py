@@ -21,7 +21,7 @@ from dsq_chain.cli.common import parse_credits
 from dsq_chain.sdk.events import JobAssigned, JobSettled, JobSubmitted, Withdrawn
 from dsq_chain.sdk.receipts import LogEvent, Receipt, Submission
 from dsq_chain.services.scheduler import explain
-from dsq_chain.types import Resources
+from dsq_chain.types import Prices, Resources
 from dsq_chain.workloads import workflow as wfmod
 from dsq_chain.workloads.labels import parse_constraint
 from tests.grid import SMALL, SMALL_RATE, WORKFLOW, Grid, workflow_for
@@ -73,6 +73,35 @@ def test_amounts_in_the_api_refuse_plain_ints_and_floats(grid: Grid) -> None:
 
 
 # ---------------------------------------------------------------------------------- public face
+def test_prices_are_credits_in_arguments_records_events_and_the_cli(grid: Grid) -> None:
+    from dsq_chain.cli.jobs import provider_rows
+    from dsq_chain.sdk.events import ProviderPricesUpdated
+
+    prices = Prices(Credits("0.002"), "0.05", Decimal("0.0001"))
+    assert prices.units == (2_000, 50_000, 100) and prices == Prices.from_units(2_000, 50_000, 100)
+    rate = prices.rate_for(Resources(2, 1, 1024))
+    assert rate == Credits("0.0541") and isinstance(rate, Credits)
+    assert Prices(Credits(1), 0, 0).per_gpu_minute == Credits(0)  # zero is zero in any unit
+    with pytest.raises(errors.InputError, match=r"Prices\.per_cpu_minute=1000: a plain int is ambiguous"):
+        Prices(1_000)  # type: ignore[arg-type]
+    with pytest.raises(errors.InputError, match=r"Prices\.per_gb_minute=0\.1: floats are not exact"):
+        Prices(Credits(1), Credits(0), 0.1)  # type: ignore[arg-type]
+    with pytest.raises(errors.InputError, match="prices must be a Prices record"):
+        grid.cpu.update_prices((1_000, 0, 0))  # type: ignore[arg-type]
+    with pytest.raises(errors.InputError, match=r"prices\.per_gpu_minute must be 0\.\.1099511\.627775 credits"):
+        grid.cpu.update_prices(Prices(Credits(1), Credits(10**7), Credits(0)))
+
+    event = grid.cpu.update_prices(prices).event("ProviderPricesUpdated")  # the contract encoding: base units
+    assert isinstance(event, ProviderPricesUpdated) and event.prices == prices
+    record = grid.user.provider(grid.cpu.address)
+    assert record.prices == prices
+    for p in (event.prices, record.prices):
+        assert all(isinstance(getattr(p, f), Credits) for f in ("per_cpu_minute", "per_gpu_minute", "per_gb_minute"))
+    assert grid.user.market.functions.getProvider(grid.cpu.address).call()[6] == (2_000, 50_000, 100)  # on chain
+
+    assert provider_rows([record])[0][-3:] == ["0.002", "0.05", "0.0001"]  # `dsq provider list`: credits/min
+
+
 def test_the_public_names_import_from_the_package() -> None:
     for name in ("GridClient", "ProviderClient", "AdminClient", "Credits", "Workflow", "JobStatus", "errors",
                  "AsyncGridClient", "Receipt", "signers"):
@@ -118,7 +147,7 @@ def test_infeasible_jobs_are_refused_with_explains_verdicts_unless_forced(grid: 
     assert (grid.chain.block_number(), grid.user.token_balance()) == before  # nothing sent, nothing locked
     reasons = info.value.reasons
     assert set(reasons) == {grid.cpu.address, grid.gpu.address, grid.spare.address}  # every approved provider
-    assert reasons[grid.cpu.address] == f"price: rate {SMALL_RATE} > cap {SMALL_RATE - 1} units/min"
+    assert reasons[grid.cpu.address] == f"price: rate {SMALL_RATE} > cap {SMALL_RATE - 1} credits/min"
     # forced, it waits; the scheduler's explain gives the same verdict per provider
     [job_id] = grid.user.submit(WORKFLOW, credits=Credits(1), max_rate=low_cap, force=True)
     why = explain(grid.scheduler.wallet, grid.deployment, job_id)
@@ -175,6 +204,10 @@ def test_job_records_carry_escrow_rate_bill_and_refund_as_credits(grid: Grid) ->
     assert (done.billed, done.refunded) == (Credits(units=settled.billed), Credits(units=settled.refunded))
     assert done.billed + done.refunded == Credits(10)
     assert grid.user.jobs([job_id])[0].billed == done.billed
+    for job in (running, done, *grid.user.jobs_of()):
+        amounts = (job.escrow, job.rate, job.max_rate, job.billed, job.refunded)
+        assert all(isinstance(a, Credits) for a in amounts if a is not None), amounts
+    assert (type(done.billed), type(done.refunded), type(running.billed)) == (Credits, Credits, Credits)
 
 
 def test_every_transaction_returns_a_typed_receipt(grid: Grid) -> None:
@@ -287,6 +320,11 @@ def test_jobs_in_arrays_have_events_and_owners_without_knowing_the_head(grid: Gr
     third = array[2]
     grid.scheduler.assign(third, grid.cpu.address)
     grid.cpu.claim(third)
+    seen: list[JobStatus] = []
+    done = grid.user.wait_for(third, [JobStatus.SCHEDULED], timeout=10, progress=lambda j: seen.append(j.status))
+    assert (done.id, done.head_id, seen) == (third, array[0], [JobStatus.SCHEDULED])
+    reader = GridClient.connect(grid.chain.rpc_url, grid.deployment)  # anyone's jobs, read-only
+    assert [j.id for j in reader.jobs_of(grid.user.address)] == [single, *array]
     names = [e.name for e in grid.user.events(third)]
     assert names == ["JobSubmitted", "JobAssigned", "JobStatusChanged"]
     submitted = grid.user.events(third)[0]

@@ -416,7 +416,7 @@ def test_registers_detected_hardware_and_refuses_more(grid: Grid, anvil: AnvilNo
     worker = ProviderWorker(Chain(anvil.rpc_url).wallet(keys[11]), grid.deployment, ex, tmp_path / "w")
     try:
         cap = ex.capacity()
-        prices = Prices(1_000, 0, 10)
+        prices = Prices.from_units(1_000, 0, 10)
         for too_much in (Resources(cap.cpus + 1, 0, cap.mem_mb), Resources(cap.cpus, cap.gpus + 1, cap.mem_mb),
                          Resources(cap.cpus, 0, cap.mem_mb + 1)):
             with pytest.raises(InputError, match="refusing to register"):
@@ -433,7 +433,8 @@ def test_registers_less_than_detected(grid: Grid, anvil: AnvilNode, keys: list[s
     ex = new_local(tmp_path / "exec")
     worker = ProviderWorker(Chain(anvil.rpc_url).wallet(keys[12]), grid.deployment, ex, tmp_path / "w")
     try:
-        assert worker.register(Prices(1_000), {"zone": "eu"}, hardware=Resources(1, 0, 512)) == Resources(1, 0, 512)
+        registered = worker.register(Prices.from_units(1_000), {"zone": "eu"}, hardware=Resources(1, 0, 512))
+        assert registered == Resources(1, 0, 512)
         assert grid.user.provider(worker.address).total == Resources(1, 0, 512)
     finally:
         worker.close()

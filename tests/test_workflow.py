@@ -867,7 +867,7 @@ def test_max_runtime_seconds() -> None:
 
 def test_cost_preview() -> None:
     wf = loads(json.dumps(_doc(resources={"tasks": 2, "cpusPerTask": 2, "memPerCpu": 1024, "gpus": 1})))
-    prices = Prices(per_cpu_minute=100_000, per_gpu_minute=1_000_000, per_gb_minute=50_000)
+    prices = Prices.from_units(per_cpu_minute=100_000, per_gpu_minute=1_000_000, per_gb_minute=50_000)
     preview = cost_preview(wf, 25 * CREDIT_UNIT, prices)
     assert preview.rate_per_minute == 4 * 100_000 + 1_000_000 + 4 * 50_000 == prices.rate_for(wf.resources)
     assert preview.max_runtime_seconds == 25 * CREDIT_UNIT * 60 // 1_600_000 == 937
@@ -875,4 +875,4 @@ def test_cost_preview() -> None:
     assert str(preview) == "4 cpus, 1 gpu, 4096 MB at 1.6 credits/min: 25 credits buy 15 min 37 s"
     assert str(CostPreview(1, 3725, 62)) == "0.000001 credits/min: 0.000062 credits buy 1 h 2 min 5 s"
     with pytest.raises(ValueError):
-        cost_preview(wf, CREDIT_UNIT, Prices(per_cpu_minute=0))
+        cost_preview(wf, CREDIT_UNIT, Prices.from_units(per_cpu_minute=0))

@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         executor.submit_many = submit_then_die  # type: ignore[method-assign]
     if args.register:
         cpu, gpu, gb = (int(x) for x in args.register.split(","))
-        worker.register(Prices(cpu, gpu, gb))
+        worker.register(Prices.from_units(cpu, gpu, gb))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logging.getLogger("dsq.runner").info("worker %s up (crash at %s)", worker.address, args.crash_at)

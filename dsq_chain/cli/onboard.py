@@ -14,6 +14,7 @@ from dsq_chain.cli.common import EXIT_INPUT, Settings, emit, errors, fmt_credits
 from dsq_chain.cli.provider import build_executor, provider_app
 from dsq_chain.errors import InputError
 from dsq_chain.executors.hardware import HardwareReport, detect_engine, self_check
+from dsq_chain.money import Credits
 from dsq_chain.sdk.client import ProviderClient
 from dsq_chain.services.doctor import diagnose
 from dsq_chain.services.onboarding import (
@@ -219,7 +220,7 @@ def _password(password_file: Path | None, interactive: bool, *, confirm: bool, w
 
 
 def _prices(proposed: Prices, cpu: str | None, gpu: str | None, gb: str | None, interactive: bool) -> Prices:
-    def pick(given: str | None, default: int, flag: str, allow_zero: bool) -> int:
+    def pick(given: str | None, default: Credits, flag: str, allow_zero: bool) -> Credits:
         if given is None and interactive:
             given = typer.prompt(f"   {flag.removeprefix('--')} (credits per minute)", default=fmt_credits(default))
         return default if given is None else parse_credits(given, flag, allow_zero=allow_zero)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dsq_chain.matching.model import PendingJob, ProviderState
+from dsq_chain.money import Credits
 from dsq_chain.types import LabelConstraint, Prices, Resources
 from dsq_chain.workloads import labels as label_rules
 
@@ -60,7 +61,8 @@ def capacity_failure(need: Resources, free: Resources) -> Rejection | None:
 def price_failure(rate: int, cap: int) -> Rejection | None:
     """A rejection when the provider's ``rate`` for the job exceeds the job's ``cap``."""
     if rate > cap:
-        return Rejection("price", f"price: rate {rate} > cap {cap} units/min", cap, rate)
+        reason = f"price: rate {Credits(units=rate)} > cap {Credits(units=cap)} credits/min"
+        return Rejection("price", reason, cap, rate)
     return None
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from dsq_chain.matching.constraints import Rejection
 from dsq_chain.matching.model import PendingJob
 from dsq_chain.matching.scoring import ScoreBreakdown
+from dsq_chain.money import Credits
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +28,8 @@ class ProviderVerdict:
     def __str__(self) -> str:
         if self.rejection is not None:
             return f"{self.address}: {self.rejection.reason}"
-        return f"{self.address}: #{self.rank} rate {self.rate} units/min, {self.score}"
+        rate = "-" if self.rate is None else Credits(units=self.rate)
+        return f"{self.address}: #{self.rank} rate {rate} credits/min, {self.score}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,7 @@ class Explanation:
         labels = ", ".join(str(c) for c in job.labels) or "none"
         lines = [
             f"job {job.id} of {job.owner}: {res.cpus} cpus, {res.gpus} gpus, {res.mem_mb} MB; "
-            f"cap {job.max_rate} units/min; labels: {labels}; excluded providers: {len(job.excluded)}"
+            f"cap {Credits(units=job.max_rate)} credits/min; labels: {labels}; excluded providers: {len(job.excluded)}"
         ]
         if self.error is not None:
             lines.append(f"not matchable: {self.error}")

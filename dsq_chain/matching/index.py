@@ -143,9 +143,10 @@ class ProviderIndex:
         self.ic = [inverse(t) for t in self.tc]
         self.ig = [inverse(t) for t in self.tg]
         self.im = [inverse(t) for t in self.tm]
-        self.pc = [p.prices.per_cpu_minute for p in ps]
-        self.pg = [p.prices.per_gpu_minute for p in ps]
-        self.pm = [p.prices.per_gb_minute for p in ps]
+        units = [p.prices.units for p in ps]  # plain ints: Credits arithmetic is slower
+        self.pc = [u[0] for u in units]
+        self.pg = [u[1] for u in units]
+        self.pm = [u[2] for u in units]
         self.rel = [p.stats.reliability for p in ps]
         # The score's reliability term without the fair-share part, exactly as scoring.score computes it.
         self.unrel = [weights.reliability * (1.0 - r) for r in self.rel]

@@ -183,7 +183,7 @@ class Matcher:
             if rejection is not None:
                 rejected.append(ProviderVerdict(str(p.address), rejection))
                 continue
-            rate = p.prices.rate_for(job.resources)
+            rate = int(p.prices.rate_for(job.resources))  # plain int: the score is float arithmetic
             breakdown = score(self.weights, job.resources, rate, ref_rate, p, share)
             passing.append(ProviderVerdict(p.address, score=breakdown, rate=rate))
         passing.sort(key=lambda v: (v.score.total if v.score else 0.0, v.address))

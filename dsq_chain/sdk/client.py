@@ -370,7 +370,8 @@ def permit_typed_data(
 
 
 class ProviderClient(_Client):
-    """A provider's side: registration and job reports. Prices are in base units per minute."""
+    """A provider's side: registration and job reports. Prices are :class:`~dsq_chain.types.Prices` of
+    :class:`~dsq_chain.money.Credits` per minute."""
 
     def register(self, hardware: Resources, prices: Prices, labels: Mapping[str, str] | None = None, *,
                  persistent_gb: int = 0) -> Receipt:
@@ -386,7 +387,7 @@ class ProviderClient(_Client):
         _check_prices(prices)
         return self._send(
             self.market.functions.registerProvider(
-                _hardware(hardware, persistent_gb), _prices(prices), list(parsed),
+                _hardware(hardware, persistent_gb), prices.units, list(parsed),
                 [encode_value(v) for v in parsed.values()]
             )
         )
@@ -401,7 +402,7 @@ class ProviderClient(_Client):
         """New prices for future assignments. Raises InputError, the contract's ``ProviderNotRegistered``,
         ``ZeroCpuPrice``."""
         _check_prices(prices)
-        return self._send(self.market.functions.updatePrices(_prices(prices)))
+        return self._send(self.market.functions.updatePrices(prices.units))
 
     def set_labels(self, labels: Mapping[str, str], remove: Iterable[str] = ()) -> Receipt:
         """Sets (or, for ``remove``, deletes) label values. Raises LabelExpressionError, the contract's
@@ -591,7 +592,7 @@ def provider_from_view(v: Sequence[Any]) -> Provider:
         paused=bool(paused),
         total=Resources(*map(int, total)),
         free=Resources(*map(int, free)),
-        prices=Prices(*map(int, prices)),
+        prices=Prices.from_units(*map(int, prices)),
         persistent_gb=int(total[4]),
     )
 
@@ -744,21 +745,20 @@ def _check_hardware(hw: Resources) -> None:
 
 
 def _check_prices(p: Prices) -> None:
+    if not isinstance(p, Prices):
+        raise InputError(f"prices must be a Prices record (Prices(Credits('0.001'), ...)), got {type(p).__name__}")
     if p.per_cpu_minute <= 0:
-        raise InputError("the price per cpu-minute must be positive")
-    values = (p.per_cpu_minute, p.per_gpu_minute, p.per_gb_minute)
-    if min(values) < 0 or max(values) > UINT40_MAX:
-        raise InputError(f"prices must be 0..{UINT40_MAX} credit units per minute, got {p}")
+        raise InputError(f"the price per cpu-minute must be positive, got {p.per_cpu_minute}")
+    for name, value in zip(("per_cpu_minute", "per_gpu_minute", "per_gb_minute"), p.units, strict=True):
+        if not 0 <= value <= UINT40_MAX:
+            raise InputError(f"prices.{name} must be 0..{Credits(units=UINT40_MAX)} credits per minute, "
+                             f"got {Credits(units=value)}")
 
 
 def _hardware(hw: Resources, persistent_gb: int = 0) -> tuple[int, int, int, int, int]:
     if not 0 <= persistent_gb < 2**32:
         raise InputError(f"persistent storage must be 0..2**32-1 GB, got {persistent_gb}")
     return (hw.cpus, hw.gpus, hw.mem_mb, hw.disk_gb, persistent_gb)
-
-
-def _prices(p: Prices) -> tuple[int, int, int]:
-    return (p.per_cpu_minute, p.per_gpu_minute, p.per_gb_minute)
 
 
 #: The label key reserved for a job's placement: ``@provider == ADDR`` allows, ``@provider != ADDR`` excludes.

@@ -280,7 +280,7 @@ EVENT_TYPES: dict[str, type[ChainEvent]] = {
 #: What each Solidity struct decodes into (its components become the fields, in snake case).
 STRUCT_TYPES: dict[str, Callable[..., Any]] = {
     "Hardware": Resources,
-    "Prices": Prices,
+    "Prices": Prices.from_units,  # the chain's base units
     "JobRequest": JobRequest,
     "LabelConstraint": ChainLabel,
 }

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsq_chain.lifecycle import EVENT_STATUS
+from dsq_chain.money import Credits
 from dsq_chain.sdk.client import _Client
 from dsq_chain.sdk.events import (
     ChainEvent,
@@ -74,9 +75,9 @@ def job_history(client: _Client, job_id: int) -> JobHistory:
 def _describe(ev: ChainEvent) -> tuple[JobStatus | None, str]:
     match ev:
         case JobSubmitted():
-            return EVENT_STATUS[ev.name], f"by {ev.owner}, escrow {ev.request.credits} units"
+            return EVENT_STATUS[ev.name], f"by {ev.owner}, escrow {Credits(units=ev.request.credits)} credits"
         case JobAssigned():
-            return EVENT_STATUS[ev.name], f"to {ev.provider} at {ev.rate} units/min"
+            return EVENT_STATUS[ev.name], f"to {ev.provider} at {Credits(units=ev.rate)} credits/min"
         case JobStatusChanged():
             return ev.status, f"by {ev.provider}"
         case JobReleased():

@@ -27,8 +27,9 @@ from eth_account import Account
 
 from dsq_chain.errors import InputError
 from dsq_chain.executors.hardware import MEASURED_LABELS, HardwareReport, standard_labels, verify_offer
+from dsq_chain.money import Credits
 from dsq_chain.sdk.client import ProviderClient
-from dsq_chain.types import CREDIT_UNIT, Prices, Provider, ProviderStatus, Resources
+from dsq_chain.types import Prices, Provider, ProviderStatus, Resources
 from dsq_chain.workloads.labels import LabelExpressionError, decode_value, encode_key, parse_labels
 
 __all__ = [
@@ -51,9 +52,9 @@ __all__ = [
     "write_service_files",
 ]
 
-#: Prices proposed when no approved provider is on chain yet (credit units per minute).
-DEFAULT_PRICES = Prices(per_cpu_minute=CREDIT_UNIT // 1000, per_gpu_minute=CREDIT_UNIT // 20,
-                        per_gb_minute=CREDIT_UNIT // 10_000)
+#: Prices proposed when no approved provider is on chain yet (credits per minute).
+DEFAULT_PRICES = Prices(per_cpu_minute=Credits("0.001"), per_gpu_minute=Credits("0.05"),
+                        per_gb_minute=Credits("0.0001"))
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def propose_prices(providers: Sequence[Provider]) -> Prices:
     approved = [p.prices for p in providers if p.status is ProviderStatus.APPROVED]
     if not approved:
         return DEFAULT_PRICES
-    return Prices(
+    return Prices.from_units(
         max(1, int(statistics.median(p.per_cpu_minute for p in approved))),
         int(statistics.median(p.per_gpu_minute for p in approved)),
         int(statistics.median(p.per_gb_minute for p in approved)),

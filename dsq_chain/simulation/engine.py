@@ -313,7 +313,7 @@ class Simulation:
         return self._median
 
     def _compute_median(self) -> float:
-        prices = sorted(p.state.prices.per_cpu_minute for p in self.providers.values() if p.state.active)
+        prices = sorted(p.state.prices.units[0] for p in self.providers.values() if p.state.active)
         return float(prices[len(prices) // 2]) if prices else 0.0
 
     def _cancel(self, job: SimJob) -> None:

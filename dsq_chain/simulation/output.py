@@ -49,7 +49,7 @@ class RunWriter(Recorder):
     def sample(self, sim: Simulation) -> None:
         c = sim.counters
         active = [p for p in sim.providers.values() if p.state.active]
-        prices = sorted(p.state.prices.per_cpu_minute for p in active)
+        prices = sorted(p.state.prices.units[0] for p in active)
         running = sum(1 for j in sim.jobs.values() if j.status.holds_capacity)
         self.series.append({
             "time": sim.now, "utilisation": sim.utilisation(), "queue": len(sim.pending), "running": running,
@@ -64,7 +64,7 @@ class RunWriter(Recorder):
             "joins": c.joins, "leaves": c.leaves,
         })
         tracked = list(sim.providers.values())[:TRACKED_PRICES]
-        self.prices.append([sim.now, *(p.state.prices.per_cpu_minute for p in tracked)])
+        self.prices.append([sim.now, *(p.state.prices.units[0] for p in tracked)])
 
     def finish(self, sim: Simulation, wall_s: float) -> dict[str, Any]:
         """Writes every file but jobs.csv's rows (already there) and returns the summary."""
@@ -80,7 +80,7 @@ class RunWriter(Recorder):
             for p in sim.providers.values():
                 st = p.state.stats
                 w2.writerow([p.state.address, p.population["name"], p.state.total.cpus, p.state.total.gpus,
-                             p.state.prices.per_cpu_minute, p.jobs, p.revenue / CREDIT_UNIT, p.joined,
+                             p.state.prices.units[0], p.jobs, p.revenue / CREDIT_UNIT, p.joined,
                              "" if p.left is None else p.left, st.finished, st.failed, st.refused, st.timed_out,
                              st.panicked])
         with (self.out / "users.csv").open("w", newline="") as f:

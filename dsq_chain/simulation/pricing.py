@@ -22,7 +22,7 @@ def base_prices(pricing: dict[str, Any]) -> Prices:
     gb = pricing.get("per_gb_minute", 0)
     if pricing["strategy"] == "fixed" and "per_gpu_minute" not in pricing and "per_gb_minute" not in pricing:
         gpu = gb = 0
-    return Prices(int(pricing["per_cpu_minute"]), int(gpu), int(gb))
+    return Prices.from_units(int(pricing["per_cpu_minute"]), int(gpu), int(gb))
 
 
 def initial_factor(pricing: dict[str, Any], rng: random.Random) -> float:
@@ -38,7 +38,7 @@ def scaled(base: Prices, factor: float) -> Prices:
     def one(p: int) -> int:
         return max(1, round(p * factor)) if p > 0 else 0
 
-    return Prices(one(base.per_cpu_minute), one(base.per_gpu_minute), one(base.per_gb_minute))
+    return Prices.from_units(*map(one, base.units))
 
 
 def adjusted_factor(pricing: dict[str, Any], factor: float, utilisation: float) -> float:

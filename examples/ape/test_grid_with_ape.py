@@ -43,7 +43,7 @@ def test_submit_run_settle_and_withdraw_with_ape_accounts(
     user = GridClient.connect(rpc, deployment, accounts[1])
     provider = ProviderClient.connect(rpc, deployment, accounts[2])
     admin.mint(user.address, Credits(100))
-    provider.register(Resources(4, 0, 8192), Prices(per_cpu_minute=1_000))
+    provider.register(Resources(4, 0, 8192), Prices.from_units(per_cpu_minute=1_000))
     admin.approve(provider.address)
 
     [job_id] = user.submit(WORKFLOW, credits=Credits(5), max_rate=Credits("0.01"))  # paid by permit
@@ -75,3 +75,24 @@ def test_a_revert_raises_the_contracts_error_not_a_receipt(rpc: str, accounts: A
     assert stranger.chain.block_number() == block + 1
     mined = stranger.chain.w3.eth.get_block(block + 1, full_transactions=True)["transactions"][0]
     assert stranger.chain.w3.eth.get_transaction_receipt(mined["hash"])["status"] == 0
+
+
+def test_a_transaction_estimated_fine_but_reverted_when_mined_raises(
+    rpc: str, accounts: Any, deployment: Deployment
+) -> None:
+    admin = AdminClient.connect(rpc, deployment, accounts[0])
+    user = GridClient.connect(rpc, deployment, accounts[4])
+    admin.mint(user.address, Credits(3))
+    [job_id] = user.submit(WORKFLOW, credits=Credits(1), max_rate=Credits("0.01"), force=True)
+    user.cancel(job_id)  # the escrow comes back to the internal balance
+    assert user.balance() == Credits(1)
+    withdraw = user.market.functions.withdraw()
+    block = user.chain.block_number()
+    # Both are estimated while the balance is 1 credit and signed by ape; the second reverts once mined.
+    with pytest.raises(errors.NothingToWithdraw):
+        user.wallet.transact_many([withdraw, withdraw])
+    statuses = [user.chain.w3.eth.get_transaction_receipt(tx["hash"])["status"]
+                for n in range(block + 1, user.chain.block_number() + 1)
+                for tx in user.chain.w3.eth.get_block(n, full_transactions=True)["transactions"]]
+    assert statuses == [1, 0]
+    assert user.balance() == Credits(0) and user.token_balance() == Credits(3)

@@ -272,4 +272,5 @@ def _hardware(hw: Resources) -> dict[str, int]:
 
 
 def _prices(p: Prices) -> dict[str, int]:
-    return {"per_cpu_minute": p.per_cpu_minute, "per_gpu_minute": p.per_gpu_minute, "per_gb_minute": p.per_gb_minute}
+    cpu, gpu, gb = p.units
+    return {"per_cpu_minute": cpu, "per_gpu_minute": gpu, "per_gb_minute": gb}

@@ -278,7 +278,7 @@ def provider_state(r: RowMapping) -> ProviderState:
     total = Resources(r["cpus"], r["gpus"], r["mem_mb"])
     used = Resources(r["used_cpus"], r["used_gpus"], r["used_mem_mb"])
     stats = ProviderStats(r["finished"], r["failed"], r["refused"], r["timed_out"], r["panicked"])
-    return ProviderState(r["address"], total, total - used, Prices(r["per_cpu_minute"], r["per_gpu_minute"],
+    return ProviderState(r["address"], total, total - used, Prices.from_units(r["per_cpu_minute"], r["per_gpu_minute"],
                          r["per_gb_minute"]), json.loads(r["labels"]),
                          ProviderStatus(r["status"]) is ProviderStatus.APPROVED and not r["paused"], stats)
 

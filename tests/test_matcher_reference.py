@@ -52,8 +52,8 @@ def reference_match(
             now_free = replace(free[p.address], disk_gb=p.free.disk_gb)
             if first_failure(job, replace(p, free=now_free)) is not None:
                 continue
-            rate = p.prices.rate_for(job.resources)
-            total = score(matcher.weights, job.resources, rate, ref.rate_for(job.resources), replace(p, free=now_free),
+            rate = int(p.prices.rate_for(job.resources))  # base units, as the matcher computes
+            total = score(matcher.weights, job.resources, rate, float(ref.rate_for(job.resources)), replace(p, free=now_free),
                           share).total  # fmt: skip
             if best is None or (total, p.address) < best[:2]:
                 best = (total, p.address, rate)

@@ -133,7 +133,7 @@ def score(
     """Score ``provider`` for a job needing ``need`` at ``rate`` whose owner has ``share`` of recent usage."""
     rel = provider.stats.reliability
     share = share_level(share)
-    price = rate * (1.0 / ref_rate)
+    price = int(rate) * (1.0 / ref_rate)  # int(): a Credits rate is its base units here
     load = load_after(need, provider.total, provider.free)
     static = weights.reliability * (1.0 - rel) + (weights.fairshare * share) * rel
     total = weights.price * price + weights.load * load + static

@@ -53,8 +53,8 @@ def reference_match(
             if first_failure(job, replace(p, free=now_free)) is not None:
                 continue
             rate = int(p.prices.rate_for(job.resources))  # base units, as the matcher computes
-            total = score(matcher.weights, job.resources, rate, float(ref.rate_for(job.resources)), replace(p, free=now_free),
-                          share).total  # fmt: skip
+            ref_rate = float(ref.rate_for(job.resources))
+            total = score(matcher.weights, job.resources, rate, ref_rate, replace(p, free=now_free), share).total
             if best is None or (total, p.address) < best[:2]:
                 best = (total, p.address, rate)
         if best is not None:

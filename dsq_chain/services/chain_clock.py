@@ -36,6 +36,15 @@ class ChainClock:
         #: Chain time a finished job was first seen ended: billed up to it even if the report lands later.
         self.ended_at: dict[int, int] = {}
         self.last: tuple[int, float] | None = None  # last chain time read, and time.monotonic() then
+        self._this_look: float | None = None  # wall time the current tick began
+        self._previous_look: float | None = None  # wall time the previous tick began (None: first tick)
+
+    def begin_tick(self) -> None:
+        """Called as each tick begins: a job that ended after the previous tick began is seen at the first
+        chance, so it is billed to the chain time of that tick (no wall-clock arithmetic, exact where the
+        chain's clock does not follow the wall's); one that ended before went unseen (worker down, node
+        unreachable, a restart), so its end is worked back from how long ago the engine saw it end."""
+        self._previous_look, self._this_look = self._this_look, time.time()
 
     def now(self) -> int | None:
         """Timestamp of the block being built (the one a report would land in); None while the node is down."""
@@ -56,14 +65,17 @@ class ChainClock:
     def end_time(self, job_id: int, ex: ExecStatus | None = None, *, reachable: bool = True) -> int:
         """Chain time the job ended, worked out when first seen ended: chain time now (asked only while the
         node is ``reachable``; else the last chain time read plus the time since), less how long ago the
-        engine saw it end when ``ex`` says; 0 if no chain time was ever read (the report's block time)."""
+        engine saw it end when ``ex`` says so and the end went unseen for a tick (see :meth:`begin_tick`);
+        0 if no chain time was ever read (the report's block time)."""
         if job_id not in self.ended_at:
             if reachable:
                 self.tick.get("now", self.now)  # read once a tick (not once a job), counted on from there
             clock = self.last
             now = None if clock is None else clock[0] + int(time.monotonic() - clock[1])
-            if now and ex is not None and ex.ended_at is not None:
-                now = int(now - max(0.0, time.time() - ex.ended_at))
+            if now and ex is not None and ex.ended_at is not None and (
+                self._previous_look is None or ex.ended_at < self._previous_look
+            ):
+                now -= round(max(0.0, time.time() - ex.ended_at))
             self.ended_at[job_id] = now or 0
         return self.ended_at[job_id]
 

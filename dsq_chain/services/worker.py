@@ -174,6 +174,7 @@ class ProviderWorker:
     def tick(self) -> list[Action]:
         """Follows events, reconciles every active job, sends this tick's reports; returns them."""
         self._tick.clear()
+        self.clock.begin_tick()
         self._follow()
         entries = self.journal.active()
         actions: list[Action] = []

@@ -149,6 +149,11 @@ def _plain_count(value: object) -> bool:
     return type(value) is int and value >= 0  # type: ignore[operator]
 
 
+def _plain_price(value: object) -> bool:
+    """A fast sufficient test that a price is a valid count (exactly Credits or int, not negative)."""
+    return (type(value) is Credits or type(value) is int) and value >= 0  # type: ignore[operator]
+
+
 def _plain_resources(res: object) -> bool:
     """A fast sufficient test that :func:`resources_problem` finds nothing."""
     return (type(res) is Resources and _plain_count(res.cpus) and _plain_count(res.gpus)
@@ -198,9 +203,9 @@ def provider_problem(provider: ProviderState) -> str | None:
         and _plain_resources(free)
         and free.fits_in(total)
         and type(prices) is Prices
-        and _plain_count(prices.per_cpu_minute)
-        and _plain_count(prices.per_gpu_minute)
-        and _plain_count(prices.per_gb_minute)
+        and _plain_price(prices.per_cpu_minute)
+        and _plain_price(prices.per_gpu_minute)
+        and _plain_price(prices.per_gb_minute)
         and type(provider.labels) is dict
         and all(type(k) is str and type(v) is str for k, v in provider.labels.items())
     ):

@@ -447,3 +447,36 @@ def test_benchmark_quick_run() -> None:
         timeout=240,
     ).stdout
     assert "jobs/s" in out and "same as recorded" in out and "DIFFERENT" not in out
+
+
+def test_index_node_bounds_stay_lower_bounds_between_refreshes_and_exact_after_one() -> None:
+    """Placements leave the node bounds stale until a refresh: stale, each is at most the exact one (still a
+    lower bound); after the refresh every node holds exactly the minima of its providers' current rows."""
+    from dsq_chain.matching.index import ProviderIndex
+    from dsq_chain.matching.scoring import MarketReference
+
+    rng = random.Random(7)
+    states = [
+        provider(n, cpus=rng.choice((8, 16, 64)), gpus=rng.choice((0, 0, 2)), mem_mb=rng.choice((16_384, 65_536)),
+                 prices=Prices.from_units(rng.randint(500, 2_000), rng.randint(0, 50_000), rng.randint(50, 200)),
+                 stats=ProviderStats(finished=rng.randint(0, 50), refused=rng.randint(0, 5)))
+        for n in range(1, 201)
+    ]  # fmt: skip
+    index = ProviderIndex(states, [0] * len(states), Weights(), MarketReference.of(states), leaf_size=4)
+
+    def exact(node: int) -> tuple[float, ...]:
+        return tuple(map(min, *(index._derive(i) for i in range(index.lo[node], index.hi[node]))))
+
+    refreshes = 0
+    for _ in range(600):
+        i = rng.randrange(len(index))
+        if index.fc[i] >= 1 and index.fm[i] >= 1_024:
+            index.place(i, 1, 0, 1_024)
+        exacts = [exact(node) for node in range(len(index.lo))]
+        assert all(s <= e for node, ex in enumerate(exacts) for s, e in zip(index.dynamic[node], ex, strict=True))
+        if index.refreshes > refreshes:  # place() just refreshed: no placement pending
+            refreshes = index.refreshes
+            assert all(index.dynamic[node] == ex for node, ex in enumerate(exacts))
+    assert refreshes >= 2
+    index.refresh()
+    assert all(index.dynamic[node] == exact(node) for node in range(len(index.lo)))

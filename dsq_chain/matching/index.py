@@ -27,7 +27,8 @@ broader one's entries it can use (:meth:`Frontier.narrowed`): scores do not
 depend on labels, so the copy is as far along as the original.
 
 The index owns private copies of the free capacities: :meth:`ProviderIndex.place`
-decrements them and refreshes the bounds on the path to the root.
+decrements them; the node bounds follow in a batched refresh now and then (a stale
+bound is still a lower bound: see :meth:`ProviderIndex.place`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush, heapreplace
-from operator import eq
 from typing import TypeVar, cast
 
 from dsq_chain.matching.model import ProviderState
@@ -49,6 +49,8 @@ _NO_CHILD = -1
 _RETRY = 1e-3
 #: Providers per tree leaf: a leaf is scored in one pass, so its size trades bound checks for scorings.
 DEFAULT_LEAF_SIZE = 32
+#: Placements between two refreshes of the node bounds, at least (see :meth:`ProviderIndex.place`).
+REFRESH_EVERY = 64
 #: Number of rate buckets of a frontier (besides the one below the first edge).
 _RATE_BUCKETS = 37
 #: Stands for "no such provider" in the GPU joint minimum (finite, so that 0 * it is 0).
@@ -58,7 +60,7 @@ _FAR = 1e12
 #: ``ref >= 0`` is a provider index, scored at ``version``: ``key`` is its
 #: score, the sum of the price term, the load term and the reliability terms.
 #: ``ref < 0`` is node ``-1 - ref``: ``key`` and ``rate`` are lower bounds (computed after ``version``
-#: placements) and the address is empty, so that it pops before providers with an equal key.
+#: refreshes of the node bounds) and the address is empty, so that it pops before providers with an equal key.
 _Entry = tuple[float, str, int, int, int, float, float]
 _Bound = Callable[[int], "tuple[float, int] | None"]
 #: Dynamic node bounds, all minima: of the negated free cpus, gpus, memory (the most free); of the used
@@ -130,8 +132,10 @@ class ProviderIndex:
         self.position = {p.address.lower(): i for i, p in enumerate(ps)}
         self.sig = [signatures[k] for k in order]
         self.version = [0] * len(ps)
-        #: Placements so far: a node entry pushed at the current count still has its exact bound.
-        self.placements = 0
+        #: Bound refreshes so far: a node entry pushed at the current count still has its exact bound.
+        self.refreshes = 0
+        self._dirty: list[int] = []  # providers placed on since the last refresh
+        self._refresh_every = max(REFRESH_EVERY, len(providers))
         self.fc = [p.free.cpus for p in ps]
         self.fg = [p.free.gpus for p in ps]
         self.fm = [p.free.mem_mb for p in ps]
@@ -213,7 +217,7 @@ class ProviderIndex:
                 self.leaf_of[i] = node
             self.mask[node] = mask
             self.static[node] = _minima(self._static_rows[lo:hi])
-            self.dynamic[node] = self._leaf_range(lo, hi)
+            self.dynamic[node] = _minima(self.row[lo:hi])
         else:
             mid = (lo + hi) // 2
             left = self.left[node] = self._make_node(lo, mid, node)
@@ -225,32 +229,50 @@ class ProviderIndex:
 
     # ------------------------------------------------------------------ bounds maintenance
 
-    def _leaf_range(self, lo: int, hi: int) -> _Dynamic:
-        return _minima(self.row[lo:hi])
-
     def place(self, i: int, cpus: int, gpus: int, mem_mb: int) -> None:
-        """Take ``cpus``/``gpus``/``mem_mb`` from provider ``i``'s free capacity and refresh the bounds."""
+        """Take ``cpus``/``gpus``/``mem_mb`` from provider ``i``'s free capacity.
+
+        The node bounds are refreshed lazily, once per as many placements as there are providers (at least
+        :data:`REFRESH_EVERY`): capacity only shrinks, so every dynamic bound (most free, least used, joint
+        minima) only grows and a stale one is still a valid lower bound, just a looser one. Refreshing on
+        every placement cost more than the searches lose to the looser bounds (measured)."""
         self.version[i] += 1
-        self.placements += 1
-        node = self.leaf_of[i]
-        before = self.row[i]
         self.fc[i] -= cpus
         self.fg[i] -= gpus
         self.fm[i] -= mem_mb
-        self.row[i] = self._derive(i)
-        # The node bounds change only if provider i held one of its leaf's extremes.
-        if any(map(eq, before, self.dynamic[node])):
-            self.dynamic[node] = self._leaf_range(self.lo[node], self.hi[node])
-            self._refresh_ancestors(self.parent[node])
+        self._dirty.append(i)
+        if len(self._dirty) >= self._refresh_every:
+            self.refresh()
 
-    def _refresh_ancestors(self, node: int) -> None:
-        dynamic, left, right, parent = self.dynamic, self.left, self.right, self.parent
-        while node != _NO_CHILD:
+    def refresh(self) -> None:
+        """Bring the node bounds up to date with the placements since the last refresh."""
+        dirty, self._dirty = self._dirty, []
+        dynamic, row, lo, hi, leaf_of, parent = self.dynamic, self.row, self.lo, self.hi, self.leaf_of, self.parent
+        changed: set[int] = set()
+        for i in set(dirty):
+            row[i] = self._derive(i)
+            changed.add(leaf_of[i])
+        pending: set[int] = set()
+        for node in changed:
+            new = _minima(row[lo[node] : hi[node]])
+            if new != dynamic[node]:
+                dynamic[node] = new
+                if parent[node] != _NO_CHILD:
+                    pending.add(parent[node])
+        left, right = self.left, self.right
+        # Parents are numbered before their children: the highest pending node has no pending descendant.
+        heap = [-node for node in pending]
+        heapify(heap)
+        while heap:
+            node = -heappop(heap)
             new = cast(_Dynamic, tuple(map(min, dynamic[left[node]], dynamic[right[node]])))
-            if new == dynamic[node]:
-                return  # the ancestors' bounds cannot change either
-            dynamic[node] = new
-            node = parent[node]
+            if new != dynamic[node]:
+                dynamic[node] = new
+                up = parent[node]
+                if up != _NO_CHILD and up not in pending:
+                    pending.add(up)
+                    heappush(heap, -up)
+        self.refreshes += 1
 
     def could_take(self, cpus: int, gpus: int, mem_mb: int, cap: int, allowed_mask: int) -> bool:
         """False when no provider can take the demand, by the root's bounds alone (free capacity, lowest
@@ -353,7 +375,7 @@ class Frontier:
             return
         root_bound = self._bound(0) if len(index) else None
         if root_bound is not None:
-            self._push((root_bound[0], "", -1, index.placements, root_bound[1], 0.0, 0.0))
+            self._push((root_bound[0], "", -1, index.refreshes, root_bound[1], 0.0, 0.0))
 
     def _push(self, entry: _Entry) -> None:
         heappush(self._heaps[bisect_right(self._edges, entry[4])], entry)
@@ -452,16 +474,16 @@ class Frontier:
             heappush(heap, entry)
 
     def _expand(self, node: int, key: float, seen: int) -> None:
-        """Replace a popped node (pushed after ``seen`` placements) by its children (or, for a leaf, its
+        """Replace a popped node (pushed after ``seen`` bound refreshes) by its children (or, for a leaf, its
         providers' exact scores)."""
         index = self._index
-        placements = index.placements
-        if seen != placements:
+        refreshes = index.refreshes
+        if seen != refreshes:
             current = self._bound(node)
             if current is None:
                 return
             if current[0] > key + _RETRY:  # placements since it was pushed raised the bound: revisit it later
-                self._push((current[0], "", -1 - node, placements, current[1], 0.0, 0.0))
+                self._push((current[0], "", -1 - node, refreshes, current[1], 0.0, 0.0))
                 return
         left = index.left[node]
         if left == _NO_CHILD:
@@ -472,7 +494,7 @@ class Frontier:
         for child in (left, index.right[node]):
             lb = self._bound(child)
             if lb is not None:
-                self._push((lb[0], "", -1 - child, placements, lb[1], 0.0, 0.0))
+                self._push((lb[0], "", -1 - child, refreshes, lb[1], 0.0, 0.0))
 
 
 # ---------------------------------------------------------------------- k-d layout

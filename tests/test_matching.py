@@ -7,7 +7,7 @@ import random
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -480,3 +480,26 @@ def test_index_node_bounds_stay_lower_bounds_between_refreshes_and_exact_after_o
     assert refreshes >= 2
     index.refresh()
     assert all(index.dynamic[node] == exact(node) for node in range(len(index.lo)))
+
+
+def test_match_pauses_the_garbage_collector_only_while_it_runs() -> None:
+    import gc
+
+    providers = grid(provider(1), provider(2))
+    jobs = [PendingJob(1, "0xa", Resources(1, 0, 1_024), 10**9)]
+    seen: list[bool] = []
+
+    class Spy(Matcher):
+        def _valid_jobs(self, jobs: Iterable[PendingJob]) -> list[PendingJob]:
+            seen.append(gc.isenabled())
+            return super()._valid_jobs(jobs)
+
+    assert gc.isenabled()
+    assert len(Spy().match(jobs, providers, NOW)) == 1
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        Spy().match(jobs, providers, NOW)
+        assert not gc.isenabled()  # a caller's choice is left as it was
+    finally:
+        gc.enable()

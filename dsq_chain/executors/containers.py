@@ -615,6 +615,19 @@ def _mount_overlay(rootfs: Path, scratch: Path) -> None:
     check(libc.mount(b"overlay", str(scratch / "merged").encode(), b"overlay", 0, opts), "mount overlay")
 
 
+def _start_bwrap(args: list[str], env: dict[str, str], child_setup: Callable[[], None]) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(args, env=env, preexec_fn=child_setup)
+    except subprocess.SubprocessError as exc:
+        raise ContainerError(
+            "run-failed",
+            f"could not mount the container's overlay root ({exc}; without root this needs Linux >= 5.11 "
+            "with unprivileged user namespaces)",
+        ) from None
+    except OSError as exc:
+        raise ContainerError("run-failed", f"could not start bwrap: {exc}") from None
+
+
 def _forward_signal(proc: subprocess.Popen[bytes], sig: int) -> None:
     """Deliver ``sig`` to the command: bwrap's child (bwrap itself would just die and SIGKILL it)."""
     try:
@@ -686,19 +699,21 @@ def run(
         )
         if read_only and not _in_image(rootfs, wd) and not _under(wd, [m.target for m in all_mounts] + ["/tmp"]):
             raise ContainerError("bad-mount", f"work directory {wd!r} is not in the read-only image nor under a mount")
-        # merged/ is only a mount point inside the child's namespace: prepare it there.
-        try:
-            proc = subprocess.Popen(args, env=inside, preexec_fn=lambda: _mount_overlay(rootfs, scratch_parent))
-        except subprocess.SubprocessError as exc:
-            raise ContainerError(
-                "run-failed",
-                f"could not mount the container's overlay root ({exc}; without root this needs Linux >= 5.11 "
-                "with unprivileged user namespaces)",
-            ) from None
-        except OSError as exc:
-            raise ContainerError("run-failed", f"could not start bwrap: {exc}") from None
+        # merged/ is only a mount point inside the child's namespace: prepare it there. The signals to forward
+        # are blocked until the forwarding is in place (the child unblocks them for itself): one that arrives
+        # as the command starts waits for the handler instead of killing this process with its default action.
         handlers = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-        forward = {s: signal.signal(s, lambda sig, _f: _forward_signal(proc, sig)) for s in handlers}
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, handlers)
+
+        def child_setup() -> None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            _mount_overlay(rootfs, scratch_parent)
+
+        try:
+            proc = _start_bwrap(args, inside, child_setup)
+            forward = {s: signal.signal(s, lambda sig, _f: _forward_signal(proc, sig)) for s in handlers}
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # pending ones now reach the handler
         try:
             code = proc.wait()
             return 128 - code if code < 0 else code  # killed by a signal: as a shell reports it

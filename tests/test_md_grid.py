@@ -7,8 +7,10 @@ LAMMPS also by ``mpirun`` inside one step, and a small temperature sweep runs as
 lasts a few seconds. Jobs require ``zone == eu`` so that the scheduler places them on the grid's ``cpu``
 provider, the one whose worker runs here.
 
-These tests have their own Slurm cluster (``xdist_group("md")``): test clusters side by side do not collide
-(``tests/slurm_cluster.py``), so under pytest-xdist they run beside the other Slurm tests.
+These tests have their own Slurm cluster; test clusters side by side do not collide (``tests/slurm_cluster.py``).
+They still run in the ``slurm`` xdist group, one after another with the other Slurm tests: two MPI ranks take
+both cores of a 2-core CI machine, and the Slurm timing tests run beside them timed out (``scontrol`` past its
+5 s limit after slurmctld came back, ``dsq provider init`` detecting the engine).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (the 
 from tests.storage_fixtures import S3Server
 from tests.worker_scenarios import Rig, cancel_all, job_ids_under, new_rig, settlement
 
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("md")]
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 CPU_KEY = 5
 ESCROW = 20 * CREDIT_UNIT

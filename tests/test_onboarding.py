@@ -196,6 +196,9 @@ def test_keep_close_measurements_never_keeps_more_disk_than_measured() -> None:
                   {"storage.persistent.gb": "40", "bench.mem.copy.mbps": "100"})
     kept = keep_close_measurements(offer, {"storage.persistent.gb": "50", "bench.mem.copy.mbps": "1000"})
     assert kept.labels == offer.labels  # 50 GB on chain > 40 measured; a 10x benchmark change is real
+    # One GB less is the figure's resolution (41.01 GB, then 40.99 GB, while other work writes): nothing to send.
+    assert keep_close_measurements(offer, {"storage.persistent.gb": "41"}).labels["storage.persistent.gb"] == "41"
+    assert keep_close_measurements(offer, {"storage.persistent.gb": "42"}).labels["storage.persistent.gb"] == "40"
 
 
 def test_init_refuses_more_than_measured_and_sends_nothing(grid: Grid, tmp_path: Path, keys: list[str]) -> None:

@@ -172,7 +172,8 @@ def plan_registration(current: Provider | None, labels: Mapping[str, str], offer
 #: A new benchmark figure within this factor of the one on chain keeps the one on chain (no transaction for noise:
 #: on a busy machine the same benchmark varies by more than 2x from one run to the next).
 BENCH_TOLERANCE = 3.0
-#: Free disk that grew by less than this fraction keeps the (lower) figure on chain; never one above the measurement.
+#: Free disk that grew by less than this fraction keeps the (lower) figure on chain; one above the measurement only
+#: within the figure's one-GB resolution (free disk moves with other work: 41.01 GB then 40.99 GB is no change).
 DISK_TOLERANCE = 0.10
 
 
@@ -186,7 +187,7 @@ def keep_close_measurements(offer: Offer, on_chain: Mapping[str, str]) -> Offer:
             continue
         o, n = int(old), int(new)
         noise = o / BENCH_TOLERANCE <= n <= o * BENCH_TOLERANCE
-        grew_a_little = n * (1 - DISK_TOLERANCE) <= o <= n
+        grew_a_little = n * (1 - DISK_TOLERANCE) <= o <= n + 1
         if (key.startswith("bench.") and noise) or (key.startswith("storage.") and grew_a_little):
             labels[key] = old
     return Offer(offer.hardware, offer.prices, labels)

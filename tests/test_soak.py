@@ -34,6 +34,10 @@ def test_short_soak_finds_no_violation() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_short_soak_with_block_reverts_finds_no_violation() -> None:
-    """Reverts drawn among fewer kinds, so that every run has some (with every kind, a 30 s run may draw none)."""
-    out = short_soak(("revert blocks", "kill worker", "kill scheduler"))
-    assert "revert blocks" in out, out
+    """Reverts drawn among fewer kinds, so that most runs have some; a run that drew none (about 1 in 11: six
+    faults drawn among three kinds) is not this test's case and runs again with another seed, up to 3 times."""
+    for _ in range(3):
+        out = short_soak(("revert blocks", "kill worker", "kill scheduler"))
+        if "revert blocks" in out:
+            return
+    raise AssertionError(f"three soaks drew no block revert: {out}")

@@ -290,6 +290,12 @@ def poll_until(stop: threading.Event, poll: Callable[[], object], *, interval: f
             backoff = min(5.0, backoff * 2)
 
 
+def block_is(chain: Chain, number: int, block_hash: str) -> bool:
+    """Whether the node's block ``number`` still has ``block_hash`` (False once a reorg replaced or removed it)."""
+    block = chain.call_rpc("eth_getBlockByNumber", [hex(number), False])
+    return block is not None and str(block["hash"]).lower() == block_hash.lower()
+
+
 class _FnHandler:
     def __init__(self, fn: Callable[[ChainEvent], None]) -> None:
         self.fn = fn

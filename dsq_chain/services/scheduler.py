@@ -37,7 +37,7 @@ from dsq_chain.sdk.chain import CHAIN_DOWN, Chain, Wallet
 from dsq_chain.sdk.client import SchedulerClient, skipped_entries
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.sdk.events import ChainEvent, ClaimTimeoutChanged, JobReleased, JobSubmitted, JobToppedUp
-from dsq_chain.services.follower import EventFollower
+from dsq_chain.services.follower import EventFollower, block_is
 from dsq_chain.services.gridstate import GridState, JobRecord
 from dsq_chain.services.heads import HeadWatcher
 from dsq_chain.services.metrics import SchedulerMetrics
@@ -231,8 +231,7 @@ class MetaScheduler:
             else:
                 by_block.setdefault(where, []).append(job_id)
         for (number, block_hash), ids in by_block.items():
-            block = self.chain.call_rpc("eth_getBlockByNumber", [hex(number), False])
-            if block is not None and str(block["hash"]).lower() == block_hash:
+            if block_is(self.chain, number, block_hash):
                 if cp is not None and cp.block >= number:
                     for job_id in ids:  # delivered and still pending: released since, _track re-added it
                         del self._inflight[job_id]

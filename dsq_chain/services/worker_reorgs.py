@@ -24,8 +24,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from dsq_chain.sdk.chain import Chain
-from dsq_chain.services.follower import RECENT_BLOCKS
+from dsq_chain.services.follower import RECENT_BLOCKS, block_is
 from dsq_chain.services.journal import Entry, Phase
 from dsq_chain.types import Job
 
@@ -124,9 +123,3 @@ class ReorgGuard:
                 if fresh is not None:
                     out.append(fresh)
         return out
-
-
-def block_is(chain: Chain, number: int, block_hash: str) -> bool:
-    """Whether the node's block ``number`` still has ``block_hash`` (False once a reorg replaced or removed it)."""
-    block = chain.call_rpc("eth_getBlockByNumber", [hex(number), False])
-    return block is not None and str(block["hash"]).lower() == block_hash.lower()

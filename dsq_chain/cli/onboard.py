@@ -18,6 +18,7 @@ from dsq_chain.money import Credits
 from dsq_chain.sdk.client import ProviderClient
 from dsq_chain.services.doctor import diagnose
 from dsq_chain.services.onboarding import (
+    chain_labels,
     create_keystore,
     import_keystore,
     plan_offer,
@@ -26,7 +27,7 @@ from dsq_chain.services.onboarding import (
     sync_registration,
     write_service_files,
 )
-from dsq_chain.types import Prices, Resources
+from dsq_chain.types import Prices, ProviderStatus, Resources
 from dsq_chain.workloads.labels import parse_labels
 
 LABEL = Annotated[list[str] | None, typer.Option("--label", help="extra label key=value (repeatable)")]
@@ -119,6 +120,9 @@ def init(
     job_user: Annotated[str | None, typer.Option("--job-user", help="local executor: run jobs as this user")] = None,
     non_interactive: Annotated[bool, typer.Option("--non-interactive", help="never prompt: everything from flags")] = (
         False),
+    remeasure: Annotated[bool, typer.Option(
+        "--remeasure", help="publish this run's benchmark and free-disk figures even when they moved only by noise"),
+    ] = False,
 ) -> None:
     """Onboards this machine as a provider: key, engine, self-check, prices, config, registration, systemd unit.
 
@@ -170,7 +174,7 @@ def init(
         hw = Resources(cpus if cpus is not None else cap.cpus, gpus if gpus is not None else cap.gpus,
                        mem_mb if mem_mb is not None else cap.mem_mb)
         offer = settle_offer(client, plan_offer(report, prices, region=region, extra_labels=parse_labels(label or []),
-                                                hardware=hw))
+                                                hardware=hw), remeasure=remeasure)
         # 5. the config, the environment file and the unit
         worker_args = ["--executor", name, "--state-dir", str(sdir), "--metrics-port", str(metrics_port)]
         env = {"DSQ_KEYSTORE_PASSWORD": password}
@@ -194,13 +198,18 @@ def init(
                                     state_dir=sdir, user=service_user)
         print(f"5. config {files.config}, environment file {files.env_file} (0600), unit {files.unit}")
         # 6. registration
-        sent = sync_registration(client, offer)
+        before = chain_labels(client, list(offer.labels)) if client.info().status is not ProviderStatus.NONE else {}
+        sent = sync_registration(client, offer, remeasure=remeasure)
         info = client.info()
         what = "already up to date"
         if sent:
             what = "registered" if sent == ["register"] else f"updated {', '.join(sent)}"
         hint = f" (the admin approves with `dsq admin approve {address}`)" if info.status.name == "PENDING" else ""
         print(f"6. on chain: {what}; status {info.status.name}{hint}")
+        if "labels" in sent:
+            for key in sorted(set(before) | set(offer.labels)):
+                if before.get(key) != offer.labels.get(key):
+                    print(f"   label {key}: {before.get(key, '(none)')} -> {offer.labels.get(key, '(removed)')}")
         print(f"next: sudo cp {files.unit} /etc/systemd/system/ && sudo systemctl enable --now dsq-worker; "
                   f"then `dsq --config {files.config} provider doctor`")
 

@@ -389,10 +389,11 @@ def test_documented_statuses(tmp_path: Path, step: dict[str, Any], code: int, lo
 
 @pytest.mark.skipif(BASH is None, reason="bash is not installed")
 def test_launched_group_is_stopped_when_its_scope_ends(tmp_path: Path) -> None:
+    nap = f"sleep 5.{os.getpid():07d}"  # a command line no other process on the machine has
     wf = _one(
         {
             "steps": [
-                {"launch": {"steps": [{"run": {"command": "sleep 5; echo never >> log"}}]}},
+                {"launch": {"steps": [{"run": {"command": f"{nap}; echo never >> log"}}]}},
                 {"run": {"command": "true"}},
             ]
         }
@@ -400,7 +401,7 @@ def test_launched_group_is_stopped_when_its_scope_ends(tmp_path: Path) -> None:
     assert _bash(render_script(wf, 1), tmp_path).returncode == 0
     subprocess.run(["sleep", "0.3"], check=True)
     assert not (tmp_path / "log").exists()
-    assert "sleep 5" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert nap not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
 
 
 def test_container_and_storage_steps_call_the_provider_tools() -> None:

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from eth_account import Account
 
+from dsq_chain import artifacts
 from dsq_chain.sdk.anvil import AnvilNode, dev_keys, start_anvil
-from dsq_chain.sdk.chain import Chain, Wallet, calldata
+from dsq_chain.sdk.chain import Chain, Wallet, calldata, fee_fields
 from dsq_chain.sdk.client import AdminClient
 from dsq_chain.sdk.deployment import Deployment, deploy
 from dsq_chain.types import ReportAction
@@ -115,3 +117,30 @@ def test_calldata_is_what_web3_encodes(grid: Grid) -> None:
     as_hex = m.registerProvider(hw, (1000, 0, 100), ["zone"], ["0x" + "65" * 32])  # bytes32 as hex text
     assert calldata(as_hex) == as_hex._encode_transaction_data() == calldata(
         m.registerProvider((64, 2, 262144, 500, 0), (1000, 0, 100), ["zone"], [b"e" * 32]))
+
+
+def test_a_chain_without_eip_1559_gets_legacy_gas_price_transactions() -> None:
+    """Blocks without a base fee (an Anvil on the Berlin rules): the wallet signs a legacy ``gasPrice``
+    transaction at the node's ``eth_gasPrice``, the node mines it, and a replacement raises that price."""
+    with start_anvil(extra_args=["--hardfork", "berlin"]) as berlin:
+        chain = Chain(berlin.rpc_url)
+        assert chain.call_rpc("eth_getBlockByNumber", ["latest", False]).get("baseFeePerGas") is None
+        wallet = chain.wallet(dev_keys(1)[0])
+        fees = wallet.fees()
+        assert fees == {"gasPrice": int(chain.call_rpc("eth_gasPrice", []), 16)} and fees["gasPrice"] > 0
+        assert wallet.bumped_fees(fees)["gasPrice"] > fees["gasPrice"]
+        # The contracts need the Cancun rules; a call to an address without code runs the whole signing path.
+        target = chain.w3.eth.contract(address=dev_keys_address(2), abi=artifacts.abi("CreditToken"))  # type: ignore[call-overload]
+        receipt = wallet.transact(target.functions.mint(dev_keys_address(3), 5))
+        tx = chain.w3.eth.get_transaction(receipt["transactionHash"])
+        assert receipt["status"] == 1 and tx["type"] == 0 and tx["gasPrice"] == fees["gasPrice"]
+
+
+def dev_keys_address(n: int) -> str:
+    """The address of the ``n``-th dev account (1-based)."""
+    return str(Account.from_key(dev_keys(n)[n - 1]).address)
+
+
+def test_fee_fields_are_eip_1559_or_legacy() -> None:
+    assert fee_fields(None, 7) == {"gasPrice": 7}
+    assert fee_fields(100, 3) == {"maxFeePerGas": 203, "maxPriorityFeePerGas": 3}

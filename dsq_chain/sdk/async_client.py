@@ -27,7 +27,7 @@ from web3.types import TxReceipt
 from dsq_chain import artifacts, lifecycle
 from dsq_chain.errors import ChainUnavailable, InputError, TransactionFailed
 from dsq_chain.money import Credits
-from dsq_chain.sdk.chain import GAS_ADDEND, GAS_MARGIN
+from dsq_chain.sdk.chain import GAS_ADDEND, GAS_MARGIN, fee_fields
 from dsq_chain.sdk.chain import _decode as _decoded
 from dsq_chain.sdk.client import (
     PERMIT_TTL,
@@ -272,8 +272,9 @@ class AsyncGridClient:
         async with self._lock:
             nonce = await self.w3.eth.get_transaction_count(cast(Any, self.address), "pending")
             block = await self.w3.eth.get_block("latest")
-            tip = await self.w3.eth.max_priority_fee
-            fees = {"maxFeePerGas": 2 * int(block.get("baseFeePerGas") or 0) + tip, "maxPriorityFeePerGas": tip}
+            base_fee = block.get("baseFeePerGas")
+            price = await (self.w3.eth.gas_price if base_fee is None else self.w3.eth.max_priority_fee)
+            fees = fee_fields(None if base_fee is None else int(base_fee), price)
             signed = self.signer.sign_transaction({
                 "to": fn.address, "data": data, "value": 0, "nonce": nonce, "chainId": await self.w3.eth.chain_id,
                 "gas": int(gas * GAS_MARGIN) + GAS_ADDEND, **fees,

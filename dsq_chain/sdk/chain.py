@@ -179,6 +179,16 @@ class Chain:
             raise TransactionFailed(f"evm_revert({snapshot_id}) refused")
 
 
+def fee_fields(base_fee: int | None, price: int) -> dict[str, int]:
+    """A transaction's fee fields. On an EIP-1559 chain (``base_fee`` is the latest block's base fee),
+    ``price`` is the node's suggested tip and the cap leaves room for the base fee to double; on a chain
+    without EIP-1559 (``base_fee`` None, blocks have no base fee) it is the node's ``eth_gasPrice``, sent as
+    a legacy ``gasPrice``."""
+    if base_fee is None:
+        return {"gasPrice": price}
+    return {"maxFeePerGas": 2 * base_fee + price, "maxPriorityFeePerGas": price}
+
+
 class Wallet:
     """A signer on a :class:`Chain`, with its own nonce counter (thread-safe).
 
@@ -274,10 +284,9 @@ class Wallet:
         (on Anvil, accounts ran out of ether after a few dozen transactions).
         """
         block = self.chain.call_rpc("eth_getBlockByNumber", ["latest", False])
-        if block.get("baseFeePerGas") is None:  # a chain without EIP-1559
-            return {"gasPrice": int(self.chain.call_rpc("eth_gasPrice", []), 16)}
-        tip = int(self.chain.call_rpc("eth_maxPriorityFeePerGas", []), 16)
-        return {"maxFeePerGas": 2 * int(block["baseFeePerGas"], 16) + tip, "maxPriorityFeePerGas": tip}
+        base_fee = None if block.get("baseFeePerGas") is None else int(block["baseFeePerGas"], 16)
+        method = "eth_gasPrice" if base_fee is None else "eth_maxPriorityFeePerGas"
+        return fee_fields(base_fee, int(self.chain.call_rpc(method, []), 16))
 
     def bumped_fees(self, fees: dict[str, int]) -> dict[str, int]:
         """Fees for a replacement: at least FEE_BUMP times the last ones, and what the chain asks now."""

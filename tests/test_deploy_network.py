@@ -441,6 +441,37 @@ def test_refusals_are_one_clear_line_and_send_nothing(node: AnvilNode, deployer:
     assert "already exists" in d.fails(EXIT_INPUT, "--yes")
 
 
+def test_admin_can_be_another_account_and_the_deployer_keeps_no_role(
+        node: AnvilNode, deployer: Callable[..., Deployer]) -> None:
+    """``--admin`` (a multisig, say): every admin role and the minter role go to it, none to the deployer."""
+    d = deployer()
+    admin_key = dev_keys(6)[5]
+    admin = Account.from_key(admin_key).address
+    typo = admin[:2] + "".join(c.swapcase() if c.isalpha() else c for c in admin[2:])  # every letter's case flipped
+    bad = [("0x1234", "is not an address"), ("0x" + "g" * 40, "is not an address"),
+           (typo, "has a wrong checksum"), ("0x" + "0" * 40, "the zero address")]
+    for text, why in bad:
+        assert why in d.fails(EXIT_INPUT, "--yes", "--admin", text)
+    out = d.ok("--admin", admin.lower(), "--admin-delay", "0", "--yes")  # lower case: any valid spelling
+    assert f"admin (every admin role, and the minter of credits): {admin}; the deploying account gets no role" in out
+    dep = Deployment.load(d.deployment)
+    assert dep.admin == admin and d.progress().admin == admin
+    chain = Chain(node.rpc_url)
+    token = chain.w3.eth.contract(address=dep.token, abi=artifacts.abi("CreditToken"))  # type: ignore[call-overload]
+    market = chain.w3.eth.contract(address=dep.market, abi=artifacts.abi("ProviderRegistry"))  # type: ignore[call-overload]
+    admin_role, minter = bytes(32), token.functions.MINTER_ROLE().call()
+    for contract, role in ((token, admin_role), (token, minter), (market, admin_role)):
+        assert contract.functions.hasRole(role, admin).call()
+        assert not contract.functions.hasRole(role, d.account.address).call()
+    submit_a_job(node.rpc_url, dep, admin_key)  # the admin mints; a user's job lands
+    with pytest.raises(Exception, match="AccessControlUnauthorizedAccount"):
+        AdminClient(chain.wallet(d.account.key.to_0x_hex()), dep).mint(admin, Credits(1))
+    # Resuming names the admin it started with.
+    d.deployment.unlink()
+    line = d.fails(EXIT_INPUT, "--yes", "--admin", d.account.address)
+    assert f"was started with admin {admin}, not {d.account.address}" in line
+
+
 def test_the_deployment_file_records_only_a_local_rpc_url() -> None:
     """The file is shared; a provider's URL may carry an API key."""
     assert shareable_rpc_url("http://127.0.0.1:8545") == "http://127.0.0.1:8545"

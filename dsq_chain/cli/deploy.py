@@ -24,13 +24,16 @@ def deploy(
     rpc_url: Annotated[str | None, typer.Option(
         "--rpc-url", help="JSON-RPC URL of the network (or dsq --rpc-url, env DSQ_RPC_URL)")] = None,
     keystore: Annotated[Path | None, typer.Option(
-        "--keystore", help="the deploying account's encrypted eth-account keystore (it becomes the admin)")] = None,
+        "--keystore", help="the deploying account's encrypted eth-account keystore (the admin unless --admin)")] = None,
     password_file: Annotated[Path | None, typer.Option(
         "--password-file", help="file whose first line is the keystore password (else env DSQ_KEYSTORE_PASSWORD, "
                                 "else a prompt)")] = None,
     deployment: Annotated[Path | None, typer.Option(
         "--deployment", help="deployment file to write (default .dsq/deployment.json); its progress is kept "
                              "beside it in NAME.progress.json")] = None,
+    admin: Annotated[str | None, typer.Option(
+        "--admin", help="address that receives every admin role and mints credits, e.g. a multisig (default: the "
+                        "deploying account)")] = None,
     confirmations: Annotated[int, typer.Option(help="blocks each transaction must be deep")] = 1,
     claim_timeout: Annotated[int | None, typer.Option(
         "--claim-timeout", help="seconds a provider has to claim an assignment (default 300)")] = None,
@@ -48,7 +51,7 @@ def deploy(
         s.deployment = deployment or s.deployment
         s.password_file = password_file
         chain = Chain(s.rpc())
-        deployer = NetworkDeployer(s.wallet(chain), s.deployment_path(), claim_timeout=claim_timeout,
+        deployer = NetworkDeployer(s.wallet(chain), s.deployment_path(), admin=admin, claim_timeout=claim_timeout,
                                    admin_delay=admin_delay, confirmations=confirmations, timeout=timeout,
                                    report=print)
         plan = deployer.prepare()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import string
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -179,6 +180,8 @@ class Plan:
 
     deployer: str
     chain_id: int
+    #: The account that receives every admin role (the deployer unless ``--admin`` named another).
+    admin: str
     done: list[Step]
     #: (contract, gas limit) of every step still to send (or to wait for, when ``pending`` holds it).
     todo: list[tuple[str, int]]
@@ -221,6 +224,9 @@ class Plan:
     def lines(self) -> list[str]:
         """The plan in words, one line each (no secrets)."""
         out = [f"deploying to chain {self.chain_id} from {self.deployer}"]
+        if self.admin != self.deployer:
+            out.append(f"admin (every admin role, and the minter of credits): {self.admin}; the deploying account "
+                       "gets no role")
         out += [f"  {s.contract}: deployed at {s.address} (block {s.block}), kept" for s in self.done]
         for name, gas in self.todo:
             out.append(f"  {name}: {'sent earlier, waiting for it' if name in self.pending else 'to deploy'}, "
@@ -244,11 +250,27 @@ class Plan:
                 f"{eth(self.max_cost - self.balance)} ETH more")
 
 
+def admin_address(text: str) -> str:
+    """``text`` as a checksummed address to make admin; raises :class:`InputError` for anything else (a
+    malformed or mis-checksummed address, or the zero address, which would leave the grid without admin)."""
+    digits = text[2:] if isinstance(text, str) and text.startswith("0x") else ""
+    if len(digits) != 40 or not all(c in string.hexdigits for c in digits):
+        raise InputError(f"--admin {text!r} is not an address (0x and 40 hex digits)")
+    address = to_checksum_address(text)
+    if digits not in (digits.lower(), digits.upper()) and address != text:
+        raise InputError(f"--admin {text!r} has a wrong checksum (mixed case must be {address}): a typo?")
+    if int(address, 16) == 0:
+        raise InputError("--admin is the zero address: nobody could ever approve a provider or mint credits")
+    return address
+
+
 # ------------------------------------------------------------------------------------------ the deployer
 class NetworkDeployer:
-    """Deploys :data:`~dsq_chain.sdk.deployment.CONTRACTS` with ``wallet`` (the admin) to the deployment
-    file ``deployment_path``, resumably. ``claim_timeout``/``admin_delay`` of None take the values a
-    resumed deployment recorded, else :data:`~dsq_chain.sdk.deployment.DEFAULT_CLAIM_TIMEOUT` and
+    """Deploys :data:`~dsq_chain.sdk.deployment.CONTRACTS` with ``wallet`` to the deployment file
+    ``deployment_path``, resumably. ``admin`` receives every admin role and the minter role (a multisig or
+    a hardware wallet's address, say; the deploying account keeps none); None: ``wallet``'s account.
+    ``admin``/``claim_timeout``/``admin_delay`` of None take the values a resumed deployment recorded,
+    else the deployer, :data:`~dsq_chain.sdk.deployment.DEFAULT_CLAIM_TIMEOUT` and
     :data:`NETWORK_ADMIN_DELAY`.
 
     ``report`` receives one line per event (sent, mined, confirmed, checked)."""
@@ -258,6 +280,7 @@ class NetworkDeployer:
         wallet: Wallet,
         deployment_path: Path,
         *,
+        admin: str | None = None,
         claim_timeout: int | None = None,
         admin_delay: int | None = None,
         confirmations: int = 1,
@@ -270,6 +293,7 @@ class NetworkDeployer:
         self.chain = wallet.chain
         self.deployment_path = Path(deployment_path)
         self.progress_path = progress_path(self.deployment_path)
+        self.admin = None if admin is None else admin_address(admin)
         self.claim_timeout = claim_timeout
         self.admin_delay = admin_delay
         self.confirmations = confirmations
@@ -291,9 +315,9 @@ class NetworkDeployer:
             claim = DEFAULT_CLAIM_TIMEOUT if self.claim_timeout is None else self.claim_timeout
             delay = NETWORK_ADMIN_DELAY if self.admin_delay is None else self.admin_delay
             check_parameters(claim, delay)
-            progress = Progress(chain_id=chain_id, deployer=self.wallet.address, admin=self.wallet.address,
-                                claim_timeout=claim, admin_delay=delay, artifacts=artifact_digests(),
-                                steps=[Step(name) for name in CONTRACTS])
+            progress = Progress(chain_id=chain_id, deployer=self.wallet.address,
+                                admin=self.admin or self.wallet.address, claim_timeout=claim, admin_delay=delay,
+                                artifacts=artifact_digests(), steps=[Step(name) for name in CONTRACTS])
         self.progress = progress
         self._check_done_steps(progress)
         return self._price(progress)
@@ -313,6 +337,9 @@ class NetworkDeployer:
             raise InputError(f"the contracts changed since the deployment in {where} started ({', '.join(changed)} "
                              "differ from the artifacts it recorded): finish it with the dsq that started it, or "
                              "choose another --deployment to deploy anew")
+        if self.admin is not None and self.admin != progress.admin:
+            raise InputError(f"{where} was started with admin {progress.admin}, not {self.admin}: resume with the "
+                             "same --admin (or none), or choose another --deployment")
         for name, given, recorded in (("claim timeout", self.claim_timeout, progress.claim_timeout),
                                       ("admin delay", self.admin_delay, progress.admin_delay)):
             if given is not None and given != recorded:
@@ -352,7 +379,7 @@ class NetworkDeployer:
                 addresses[step.contract] = create_address(progress.deployer, nonce + fresh)
                 fresh += 1
             todo.append((step.contract, self._estimate(step.contract, addresses, progress)))
-        return Plan(deployer=progress.deployer, chain_id=progress.chain_id,
+        return Plan(deployer=progress.deployer, chain_id=progress.chain_id, admin=progress.admin,
                     done=[s for s in progress.steps if s.done], todo=todo, pending=pending,
                     fees=self.wallet.fees(), balance=self._balance())
 
@@ -554,4 +581,5 @@ class NetworkDeployer:
         return int(self.chain.call_rpc("eth_getBalance", [self.wallet.address, "latest"]), 16)
 
 
-__all__ = ["InsufficientFunds", "NetworkDeployer", "NotTheArtifacts", "Plan", "Progress", "Step", "progress_path"]
+__all__ = ["InsufficientFunds", "NetworkDeployer", "NotTheArtifacts", "Plan", "Progress", "Step", "admin_address",
+           "progress_path"]

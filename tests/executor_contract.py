@@ -184,6 +184,20 @@ class ExecutorContract:
         executor.cancel(exec_id)  # ended: no error, no change
         assert executor.status(exec_id) == st
 
+    def test_the_end_time_is_the_engines_not_when_it_was_looked_at(self, executor: Executor, tmp_path: Path) -> None:
+        """``ended_at`` is when the engine saw the job end (Slurm's ``EndTime``, the supervisor's exit time),
+        the same however late and however (one status, a batch) the worker asks."""
+        mark = tmp_path / "ending"
+        exec_id = executor.submit(spec(f"date +%s > {mark}\nexit 0\n"))
+        st = wait_final(executor, exec_id, self.timing.quick_s)
+        seen = time.time()
+        time.sleep(2.5)
+        later = executor.status(exec_id)
+        batch = executor.status_many([exec_id, exec_id + "0"]).get(exec_id) or later
+        assert st.ended_at is not None, st
+        assert int(mark.read_text()) - 1 <= st.ended_at <= seen, (st.ended_at, mark.read_text(), seen)
+        assert later.ended_at == batch.ended_at == st.ended_at, (later, batch, st)
+
     def test_failure_exit_code(self, executor: Executor) -> None:
         exec_id = executor.submit(spec("echo before\nexit 3\n"))
         st = wait_final(executor, exec_id, self.timing.quick_s)

@@ -7,6 +7,8 @@ tests run, so this module takes about as long as the timeout itself (60-95 s).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from dsq_chain.executors import (
@@ -17,7 +19,7 @@ from dsq_chain.executors import (
     parse_exit_code,
     parse_slurm_state,
 )
-from dsq_chain.executors.slurm import _gres_gpus, slurm_minutes
+from dsq_chain.executors.slurm import _gres_gpus, slurm_minutes, slurm_time
 from tests.executor_contract import ExecutorContract, NewExecutor, Timing, spec, wait_final
 from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (the fixture)
 
@@ -54,7 +56,8 @@ class TestSlurmExecutor(ExecutorContract):
         st = wait_final(executor, exec_id, 30)
         acct = executor._from_accounting(exec_id)
         assert acct is not None
-        assert (acct.state, acct.exit_code, acct.started) == (st.state, st.exit_code, st.started)
+        assert (acct.state, acct.exit_code, acct.started, acct.ended_at) == (st.state, st.exit_code, st.started,
+                                                                              st.ended_at)
         assert (acct.state, acct.exit_code) == (ExecState.FAILED, 5)
 
     def test_command_errors_are_clear(self, executor: SlurmExecutor, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -144,3 +147,9 @@ def test_sbatch_args(tmp_path_factory: pytest.TempPathFactory) -> None:
     gpu = ex.sbatch_args(spec("true", gpus=2, mem_per_cpu_mb=512), d)
     assert "--gpus=2" in gpu and "--mem-per-cpu=512" in gpu
     assert "--no-requeue" in gpu and f"--output={d / 'stdout'}" in gpu
+
+
+def test_slurm_time() -> None:
+    assert slurm_time("2026-12-02T12:30:01") == datetime(2026, 12, 2, 12, 30, 1).timestamp()
+    for text in ("Unknown", "None", "", "2026-12-02 12:30:01"):
+        assert slurm_time(text) is None

@@ -35,6 +35,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 
 from dsq_chain.executors.base import (
@@ -367,7 +368,7 @@ class SlurmExecutor(Executor):
 
     @staticmethod
     def _from_scontrol(text: str) -> ExecStatus:
-        f = _fields(text, "JobState", "Reason", "ExitCode", "NodeList")
+        f = _fields(text, "JobState", "Reason", "ExitCode", "NodeList", "EndTime")
         raw = f.get("JobState", "")
         state = parse_slurm_state(raw)
         reason = f"slurm {raw}"
@@ -376,10 +377,11 @@ class SlurmExecutor(Executor):
         ran = f.get("NodeList", "") not in ("", "(null)")
         started = state is ExecState.RUNNING or (state.is_final and ran)
         code = parse_exit_code(f.get("ExitCode", "")) if state.is_final else None
-        return ExecStatus(state, code, started, reason)
+        ended = slurm_time(f.get("EndTime", "")) if state.is_final else None
+        return ExecStatus(state, code, started, reason, ended_at=ended)
 
     def _from_accounting(self, exec_id: str) -> ExecStatus | None:
-        fmt = ("-P", "-n", "-j", exec_id, "-o", "JobID,State,ExitCode,NodeList")
+        fmt = ("-P", "-n", "-j", exec_id, "-o", "JobID,State,ExitCode,NodeList,End")
         for cmd in (("sacct", "-c", *fmt), ("sacct", "-X", *fmt)):
             try:
                 proc = self.run(*cmd, check=False)
@@ -393,7 +395,8 @@ class SlurmExecutor(Executor):
                     state = parse_slurm_state(parts[1])
                     started = state is ExecState.RUNNING or (state.is_final and parts[3] not in ("", "(null)", "None"))
                     code = parse_exit_code(parts[2]) if state.is_final else None
-                    return ExecStatus(state, code, started, f"slurm {parts[1]} (accounting)")
+                    ended = slurm_time(parts[4]) if state.is_final and len(parts) > 4 else None
+                    return ExecStatus(state, code, started, f"slurm {parts[1]} (accounting)", ended_at=ended)
         return None
 
     def _nodes(self) -> list[tuple[str, int, int, int, int]]:
@@ -411,6 +414,15 @@ class SlurmExecutor(Executor):
                 continue
             seen[name] = (name, _int(cpus), _int(mem), _gres_gpus(gres), _int(tmp_disk))
         return list(seen.values())
+
+
+def slurm_time(text: str) -> float | None:
+    """Seconds since the epoch of a Slurm timestamp (``2026-12-02T12:30:01``, the controller's local
+    time, which a provider's worker shares), or None for ``Unknown``/``None``/empty or anything else."""
+    try:
+        return datetime.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:
+        return None
 
 
 def _int(text: str) -> int:

@@ -1,8 +1,9 @@
 """The job lifecycle, once: statuses, the transitions between them, who may make each, and its event.
 
-Every layer asks this table instead of re-encoding it: the follower's grid state and the job history
-(which status an event means), the worker's journal (which phase changes are legal), the CLI and the
-demo (what is final), and the contract tests (``tests/test_contract_matrix.py`` derives every
+Every layer asks this table instead of re-encoding it: the follower's grid state, the index and the
+job history (which status an event leaves a job in: :func:`status_after`, the one event-to-status
+step, ``tests/test_event_status.py``), the worker's journal (which phase changes are legal), the CLI
+and the demo (what is final), and the contract tests (``tests/test_contract_matrix.py`` derives every
 expectation of the status x action x caller matrix from :data:`TRANSITIONS`, and
 ``tests/test_lifecycle.py`` checks the names here against the compiled contract).
 
@@ -103,13 +104,41 @@ TRANSITIONS: tuple[Transition, ...] = (
 
 BY_NAME: dict[str, Transition] = {t.name: t for t in TRANSITIONS}
 
-#: The status an event itself implies, for events that do not carry one (``JobStatusChanged`` and
-#: ``JobSettled`` carry the new status).
+#: The market's job events, in lifecycle order: each transition's event, once.
+EVENTS: tuple[str, ...] = tuple(dict.fromkeys(t.event for t in TRANSITIONS))
+
+
+def _targets(event: str) -> set[JobStatus]:
+    return {dst for t in TRANSITIONS if t.event == event for dst in t.moves.values()}
+
+
+#: Job events that leave the job's status as it was: every move of theirs stays (a top-up).
+KEEPS_STATUS: frozenset[str] = frozenset(
+    e for e in EVENTS if all(src is dst for t in TRANSITIONS if t.event == e for src, dst in t.moves.items()))
+
+#: The status an event itself implies, for job events with one outcome (``JobAssigned``: META_SCHEDULED).
 EVENT_STATUS: dict[str, JobStatus] = {
-    t.event: next(iter(set(t.moves.values())))
-    for t in TRANSITIONS
-    if t.event not in ("JobStatusChanged", "JobSettled", "JobToppedUp") and len(set(t.moves.values())) == 1
+    e: next(iter(_targets(e))) for e in EVENTS if e not in KEEPS_STATUS and len(_targets(e)) == 1
 }
+
+#: Job events with several outcomes: they carry the job's new status in their ``status`` field
+#: (``JobStatusChanged``, ``JobSettled``; ``tests/test_event_status.py`` checks it against the ABI).
+CARRIES_STATUS: frozenset[str] = frozenset(EVENTS) - KEEPS_STATUS - EVENT_STATUS.keys()
+
+
+def status_after(event: str, carried: JobStatus | None = None) -> JobStatus | None:
+    """The status a job has after the market event named ``event``: the one event-to-status step.
+
+    ``carried`` is the event's own ``status`` field, read for the events of :data:`CARRIES_STATUS`
+    only. None for an event that keeps the status (a top-up) or is about no job's status (a provider's,
+    an account's). Every consumer of events (the scheduler's grid state, the index, a job's history)
+    takes this step through :func:`dsq_chain.sdk.events.job_status_after`.
+    """
+    if event in CARRIES_STATUS:
+        if carried is None:
+            raise ValueError(f"{event} carries the job's new status in its status field; none was given")
+        return carried
+    return EVENT_STATUS.get(event)
 
 
 def is_final(status: JobStatus) -> bool:

@@ -26,7 +26,7 @@ from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
 from web3.types import LogReceipt
 
-from dsq_chain import artifacts
+from dsq_chain import artifacts, lifecycle
 from dsq_chain.types import JobStatus, LabelOp, Prices, ProviderStatus, ReleaseReason, Resources
 
 #: The contracts whose events the services follow, by artifact name.
@@ -292,6 +292,27 @@ ENUM_TYPES: dict[str, type[IntEnum]] = {
     "ReleaseReason": ReleaseReason,
     "LabelOp": LabelOp,
 }
+
+
+def job_status_after(ev: ChainEvent) -> JobStatus | None:
+    """The status ``ev`` leaves its job (every job of a submitted array) in; None when it changes none.
+
+    The one event-to-status step of every consumer (:class:`~dsq_chain.services.gridstate.GridState`,
+    the index's ``Applier``, :func:`~dsq_chain.sdk.history.job_history`): the lifecycle table says
+    what each event means (:func:`dsq_chain.lifecycle.status_after`); this reads the ``status`` field of
+    the events that carry it. A provider's ``ProviderStatusChanged`` changes no job's status.
+    """
+    carried = getattr(ev, "status", None) if ev.name in lifecycle.CARRIES_STATUS else None
+    return lifecycle.status_after(ev.name, carried)
+
+
+def job_status_set_by(ev: ChainEvent) -> JobStatus:
+    """:func:`job_status_after` for an event that sets a job's status; ValueError for one that does not."""
+    status = job_status_after(ev)
+    if status is None:
+        raise ValueError(f"{ev.name} sets no job status")
+    return status
+
 
 def snake(name: str) -> str:
     """An ABI name in Python's spelling: ``firstJobId`` → ``first_job_id``, ``memMB`` → ``mem_mb``."""

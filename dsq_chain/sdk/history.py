@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsq_chain.lifecycle import EVENT_STATUS
 from dsq_chain.money import Credits
 from dsq_chain.sdk.client import _Client
 from dsq_chain.sdk.events import (
@@ -17,6 +16,7 @@ from dsq_chain.sdk.events import (
     JobSubmitted,
     JobToppedUp,
     Undecodable,
+    job_status_after,
 )
 from dsq_chain.sdk.job_events import job_events
 from dsq_chain.types import JobStatus, ReleaseReason
@@ -73,20 +73,25 @@ def job_history(client: _Client, job_id: int) -> JobHistory:
 
 
 def _describe(ev: ChainEvent) -> tuple[JobStatus | None, str]:
+    """The status ``ev`` leaves its job in (the one step, :func:`job_status_after`) and a line about it."""
+    return job_status_after(ev), _detail(ev)
+
+
+def _detail(ev: ChainEvent) -> str:
     match ev:
         case JobSubmitted():
-            return EVENT_STATUS[ev.name], f"by {ev.owner}, escrow {Credits(units=ev.request.credits)} credits"
+            return f"by {ev.owner}, escrow {Credits(units=ev.request.credits)} credits"
         case JobAssigned():
-            return EVENT_STATUS[ev.name], f"to {ev.provider} at {Credits(units=ev.rate)} credits/min"
+            return f"to {ev.provider} at {Credits(units=ev.rate)} credits/min"
         case JobStatusChanged():
-            return ev.status, f"by {ev.provider}"
+            return f"by {ev.provider}"
         case JobReleased():
             reason = "refused" if ev.reason is ReleaseReason.REFUSED else "claim timed out"
-            return EVENT_STATUS[ev.name], f"{reason} by {ev.provider}"
+            return f"{reason} by {ev.provider}"
         case JobSettled():
-            return ev.status, f"exit {ev.exit_code}, billed {ev.billed}, refunded {ev.refunded}"
+            return f"exit {ev.exit_code}, billed {ev.billed}, refunded {ev.refunded}"
         case JobToppedUp():
-            return None, f"+{ev.amount} units by {ev.payer} (escrow {ev.escrow})"
+            return f"+{ev.amount} units by {ev.payer} (escrow {ev.escrow})"
         case Undecodable():
-            return None, f"undecodable log ({ev.reason})"
-    return None, ""
+            return f"undecodable log ({ev.reason})"
+    return ""

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from dsq_chain import lifecycle
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.sdk.events import ChainEvent, EventDecoder, JobSettled, normalise_log, sort_events
 
-#: The market's events that name a job.
-JOB_EVENTS = ("JobSubmitted", "JobAssigned", "JobStatusChanged", "JobReleased", "JobSettled", "JobToppedUp")
+#: The market's events of a job's lifecycle (the lifecycle table's, in its order).
+JOB_EVENTS = lifecycle.EVENTS
 
 
 def _topic(n: int) -> str:

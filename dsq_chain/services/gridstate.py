@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dsq_chain.lifecycle import EVENT_STATUS
 from dsq_chain.matching import FairShare, PendingJob, ProviderState, ProviderStats
 from dsq_chain.sdk.client import placement_labels, placement_of
 from dsq_chain.sdk.events import (
@@ -31,6 +30,7 @@ from dsq_chain.sdk.events import (
     ProviderRegistered,
     ProviderStatusChanged,
     Undecodable,
+    job_status_set_by,
 )
 from dsq_chain.types import JobStatus, LabelConstraint, LabelOp, ProviderStatus, ReleaseReason, Resources
 from dsq_chain.workloads.labels import decode_value, is_label_key, on_chain
@@ -183,31 +183,30 @@ class GridState:
         allowed, excluded = placement_of([(c.key, int(c.op), c.value) for c in chain_labels])
         labels, problem = _workflow_labels(ev.workflow, chain_labels, resources)
         for job_id in ev.job_ids:
-            status = EVENT_STATUS[ev.name]
-            rec = JobRecord(job_id, ev.owner, status, resources, req.max_rate,
+            rec = JobRecord(job_id, ev.owner, JobStatus.NONE, resources, req.max_rate,
                             labels, chain_labels, ev.block_number, problem=problem, excluded=set(excluded),
                             allowed=allowed)
-            rec.history.append((ev.block_number, status))
+            self._set(rec, ev)
             self.jobs[job_id] = rec
             self.pending[job_id] = rec
 
     def _on_JobAssigned(self, ev: JobAssigned) -> None:
         job = self.jobs[ev.job_id]
-        self._set(job, EVENT_STATUS[ev.name], ev)
+        self._set(job, ev)
         job.provider, job.rate = ev.provider, ev.rate
         self.pending.pop(job.id, None)
         p = self._providers[ev.provider].state  # an unknown provider raises only after the job's own state
         p.free = p.free - job.resources
 
     def _on_JobStatusChanged(self, ev: JobStatusChanged) -> None:
-        self._set(self.jobs[ev.job_id], ev.status, ev)
+        self._set(self.jobs[ev.job_id], ev)
 
     def _on_JobReleased(self, ev: JobReleased) -> None:
         job = self.jobs[ev.job_id]
         # The job's own state first: a provider this state does not know must not strand the job.
         job.excluded.add(ev.provider)
         job.provider, job.rate = None, 0
-        self._set(job, EVENT_STATUS[ev.name], ev)
+        self._set(job, ev)
         self.pending[job.id] = job
         self._release(job, ev.provider)
         stats = self._providers[ev.provider].state.stats
@@ -218,10 +217,9 @@ class GridState:
 
     def _on_JobSettled(self, ev: JobSettled) -> None:
         job = self.jobs[ev.job_id]
-        status = ev.status
         held = job.status.holds_capacity and ev.provider != ZERO
         # The job's own state first: a provider this state does not know must not leave the job open.
-        self._set(job, status, ev)
+        status = self._set(job, ev)
         self.pending.pop(job.id, None)
         if ev.billed and self.fairshare is not None and self.clock is not None:
             self.fairshare.record(job.owner, float(ev.billed), self.clock(ev))
@@ -240,9 +238,12 @@ class GridState:
         p.free = p.free + job.resources
 
     @staticmethod
-    def _set(job: JobRecord, status: JobStatus, ev: ChainEvent) -> None:
+    def _set(job: JobRecord, ev: ChainEvent) -> JobStatus:
+        """Moves ``job`` to the status ``ev`` sets (the one step, :func:`job_status_set_by`)."""
+        status = job_status_set_by(ev)
         job.status = status
         job.history.append((ev.block_number, status))
+        return status
 
 
 def _workflow_labels(

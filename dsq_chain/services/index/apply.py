@@ -19,7 +19,6 @@ from typing import Any
 
 from sqlalchemy import Table
 
-from dsq_chain.lifecycle import EVENT_STATUS
 from dsq_chain.sdk.events import (
     ChainEvent,
     JobAssigned,
@@ -35,6 +34,7 @@ from dsq_chain.sdk.events import (
     ProviderRegistered,
     ProviderStatusChanged,
     Undecodable,
+    job_status_set_by,
 )
 from dsq_chain.sdk.history import _describe as describe_event
 from dsq_chain.services.gridstate import _workflow_labels as workflow_labels
@@ -84,9 +84,9 @@ class Applier:
         """Updates one row, saving its old values for a reorg first."""
         self.store.update(table, old, block, version=self.version, **values)
 
-    def _change(self, ev: ChainEvent, t: int, job_ids: list[int], status: JobStatus | None,
-                provider: str | None) -> None:
-        _, detail = describe_event(ev)
+    def _change(self, ev: ChainEvent, t: int, job_ids: list[int], provider: str | None) -> None:
+        """Records what ``ev`` did to ``job_ids``: the status it leaves them in (None: unchanged)."""
+        status, detail = describe_event(ev)  # the status from the one step (job_status_after)
         self.store.extend(s.status_changes, [
             {"job_id": j, "block": ev.block_number, "log_index": ev.log_index, "time": t, "event": ev.name,
              "status": None if status is None else int(status), "provider": provider, "detail": detail}
@@ -175,7 +175,7 @@ class Applier:
             raise ValueError(f"JobSubmitted count {count} out of range")
         lease = parse_lease_ref(bytes(req.external_ref))  # (akash1 owner, dseq), or None without a lease
         row = {
-            "head_id": first, "owner": ev.owner, "name": name[:200], "status": int(EVENT_STATUS[ev.name]),
+            "head_id": first, "owner": ev.owner, "name": name[:200], "status": int(job_status_set_by(ev)),
             "provider": None, "cpus": res.cpus, "gpus": res.gpus, "mem_mb": res.mem_mb,
             "max_rate": req.max_rate, "rate": 0, "rate_cpu": 0, "rate_gpu": 0, "rate_mem": 0,
             "credits": req.credits, "escrow": req.credits, "topped_up": 0,
@@ -192,7 +192,7 @@ class Applier:
         for j in ids:
             self.store.insert(s.jobs, {**row, "id": j, "assigned_time": None, "started_time": None,
                                        "ended_time": None, "billed": None, "refunded": None, "exit_code": None})
-        self._change(ev, t, ids, EVENT_STATUS[ev.name], None)
+        self._change(ev, t, ids, None)
 
     def _on_JobAssigned(self, ev: JobAssigned, t: int) -> None:
         job = self._job(ev.job_id)
@@ -203,34 +203,33 @@ class Applier:
         mem = job["mem_mb"] * p["per_gb_minute"] // 1024
         if cpu + gpu + mem != ev.rate:  # prices unknown to the index: the whole rate counts as cpu
             cpu, gpu, mem = ev.rate, 0, 0
-        status = EVENT_STATUS[ev.name]
-        self._update(s.jobs, job, ev.block_number, status=int(status), provider=ev.provider,
+        self._update(s.jobs, job, ev.block_number, status=int(job_status_set_by(ev)), provider=ev.provider,
                      rate=ev.rate, rate_cpu=cpu, rate_gpu=gpu, rate_mem=mem, assigned_time=t)
         self._use(ev.provider, job, ev.block_number, 1)
         self.store.append(s.assignments, {"job_id": job["id"], "block": ev.block_number, "log_index": ev.log_index,
                                           "time": t, "provider": ev.provider, "rate": ev.rate})
-        self._change(ev, t, [job["id"]], status, ev.provider)
+        self._change(ev, t, [job["id"]], ev.provider)
 
     def _on_JobStatusChanged(self, ev: JobStatusChanged, t: int) -> None:
         job = self._job(ev.job_id)
-        values: dict[str, Any] = {"status": int(ev.status)}
-        if ev.status is JobStatus.RUNNING:
+        status = job_status_set_by(ev)
+        values: dict[str, Any] = {"status": int(status)}
+        if status is JobStatus.RUNNING:
             values["started_time"] = t
         self._update(s.jobs, job, ev.block_number, **values)
         if ev.provider != ZERO and job["provider"] == ev.provider:
             self._use(ev.provider, job, ev.block_number, 0, t)
-        self._change(ev, t, [job["id"]], ev.status, ev.provider)
+        self._change(ev, t, [job["id"]], ev.provider)
 
     def _on_JobReleased(self, ev: JobReleased, t: int) -> None:
         job = self._job(ev.job_id)
         excluded = sorted({*json.loads(job["excluded"]), ev.provider})
-        status = EVENT_STATUS[ev.name]
         # The job's own state first: a provider this index does not know must not strand the job.
-        self._update(s.jobs, job, ev.block_number, status=int(status), provider=None, rate=0,
+        self._update(s.jobs, job, ev.block_number, status=int(job_status_set_by(ev)), provider=None, rate=0,
                      rate_cpu=0, rate_gpu=0, rate_mem=0, excluded=json.dumps(excluded))
         self.store.append(s.releases, {"job_id": job["id"], "block": ev.block_number, "time": t,
                                        "provider": ev.provider, "reason": ev.reason.name.lower()})
-        self._change(ev, t, [job["id"]], status, ev.provider)
+        self._change(ev, t, [job["id"]], ev.provider)
         if ev.reason is ReleaseReason.REFUSED:
             self._use(ev.provider, job, ev.block_number, -1, t, refused=1)
         else:
@@ -238,7 +237,7 @@ class Applier:
 
     def _on_JobSettled(self, ev: JobSettled, t: int) -> None:
         job = self._job(ev.job_id)
-        status = ev.status
+        status = job_status_set_by(ev)
         provider = ev.provider if ev.provider != ZERO else None
         held = JobStatus(job["status"]).holds_capacity and provider is not None
         self._update(s.jobs, job, ev.block_number, status=int(status), billed=ev.billed, refunded=ev.refunded,
@@ -250,7 +249,7 @@ class Applier:
             "job_id": job["id"], "block": ev.block_number, "time": t, "owner": job["owner"], "provider": provider,
             "status": int(status), "exit_code": ev.exit_code, "billed": ev.billed, "refunded": ev.refunded,
             "cpu": cpu, "gpu": gpu, "mem": ev.billed - cpu - gpu})
-        self._change(ev, t, [job["id"]], status, provider)
+        self._change(ev, t, [job["id"]], provider)
         if held and provider is not None:
             stat = {JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed", JobStatus.PANICKED: "panicked",
                     JobStatus.CANCELED: "canceled"}.get(status)
@@ -264,7 +263,7 @@ class Applier:
                      topped_up=job["topped_up"] + ev.amount)
         self.store.append(s.topups, {"job_id": job["id"], "block": ev.block_number, "log_index": ev.log_index,
                                      "time": t, "payer": ev.payer, "amount": ev.amount, "escrow": ev.escrow})
-        self._change(ev, t, [job["id"]], None, None)
+        self._change(ev, t, [job["id"]], None)
 
 
 def _hardware(hw: Resources) -> dict[str, int]:

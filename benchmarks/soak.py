@@ -65,7 +65,7 @@ from dsq_chain.sdk.anvil import dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
 from dsq_chain.sdk.client import AdminClient, GridClient, ProviderClient
 from dsq_chain.sdk.deployment import Deployment, deploy
-from dsq_chain.sdk.events import EventDecoder, JobSettled, JobStatusChanged, JobSubmitted
+from dsq_chain.sdk.events import EventDecoder, JobSettled, JobStatusChanged, JobSubmitted, job_status_after
 from dsq_chain.services.follower import EventFollower
 from dsq_chain.types import JobStatus, Prices, Resources
 from dsq_chain.workloads import workflow as wfm
@@ -364,7 +364,7 @@ def check(chain: Chain, dep: Deployment, user: GridClient, ids: list[int], roots
     def on(ev: object) -> None:
         if isinstance(ev, JobSettled):
             settled[ev.job_id] += 1
-        elif isinstance(ev, JobStatusChanged) and ev.status is JobStatus.RUNNING:
+        elif isinstance(ev, JobStatusChanged) and job_status_after(ev) is JobStatus.RUNNING:
             started[ev.job_id] += 1
 
     follower.add_handler(on)

@@ -29,22 +29,15 @@ from dsq_chain.errors import ChainUnavailable, InputError, TransactionFailed
 from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import GAS_ADDEND, GAS_MARGIN, fee_fields
 from dsq_chain.sdk.chain import _decode as _decoded
-from dsq_chain.sdk.client import (
-    PERMIT_TTL,
-    UINT64_MAX,
-    Waiter,
-    bill_of,
-    job_from_view,
-    payment_need,
-    permit_typed_data,
-    prepare_submission,
-    provider_from_view,
-)
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.sdk.events import ChainEvent, EventDecoder, JobSettled, JobSubmitted, normalise_log, sort_events
 from dsq_chain.sdk.job_events import JOB_EVENTS
+from dsq_chain.sdk.permits import PERMIT_TTL, payment_need, permit_typed_data
 from dsq_chain.sdk.receipts import Receipt, Submission, Withdrawal, receipt_of, submission_of, withdrawal_of
 from dsq_chain.sdk.signers import Signer, SignerLike, as_signer
+from dsq_chain.sdk.submission import UINT64_MAX, prepare_submission
+from dsq_chain.sdk.views import bill_of, job_from_view, provider_from_view
+from dsq_chain.sdk.waiter import Waiter
 from dsq_chain.types import Job, JobStatus, LabelConstraint, Provider, ProviderStatus, Resources
 
 if TYPE_CHECKING:

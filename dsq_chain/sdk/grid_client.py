@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Any
 from eth_utils.address import to_checksum_address
 
 from dsq_chain import lifecycle
-from dsq_chain.errors import InputError
 from dsq_chain.money import Credits
 from dsq_chain.sdk.client_base import _Client
 from dsq_chain.sdk.permits import PERMIT_TTL, payment_need, permit_typed_data
 from dsq_chain.sdk.receipts import Receipt, Submission, submission_of
-from dsq_chain.sdk.submission import UINT64_MAX, prepare_submission, workflow_of
+from dsq_chain.sdk.submission import prepare_submission, top_up_units, workflow_of
 from dsq_chain.sdk.waiter import Waiter
 from dsq_chain.types import Job, JobStatus, LabelConstraint, Resources
 
@@ -91,9 +90,7 @@ class GridClient(_Client):
 
         Raises InputError, and the contract's ``JobNotFound``, ``InvalidStatus``, ``EscrowOverflow``,
         ``ZeroCredits``, ``ERC20InsufficientBalance``, ``ERC2612InvalidSigner``."""
-        units = Credits.of(amount, "amount")
-        if not 0 < units <= UINT64_MAX:
-            raise InputError(f"top-up amount must be positive and at most {Credits(units=UINT64_MAX)}, got {units}")
+        units = top_up_units(amount)
         self._writable("top_up")
         return self._send(self._with_payment(
             units,

@@ -101,6 +101,14 @@ def workflow_of(workflow: Workflow | bytes | str | os.PathLike[str]) -> Workflow
                      f"{type(workflow).__name__}")
 
 
+def top_up_units(amount: Credits | str) -> Credits:
+    """A top-up's ``amount``, checked: positive and within a job's escrow (uint64). Raises InputError."""
+    units = Credits.of(amount, "amount")
+    if not 0 < units <= UINT64_MAX:
+        raise InputError(f"top-up amount must be positive and at most {Credits(units=UINT64_MAX)}, got {units}")
+    return units
+
+
 def _job_request(
     res: Resources, max_rate: int, credits: int, external_ref: bytes = b""
 ) -> tuple[int, int, int, int, int, int, bytes]:

@@ -12,7 +12,6 @@ from dsq_chain.errors import InputError
 #: An on-chain label constraint, as the contract takes it: (keccak of the key, operator, value word).
 ChainLabel = tuple[bytes, int, bytes]
 
-
 #: The label key reserved for a job's placement: ``@provider == ADDR`` allows, ``@provider != ADDR`` excludes.
 PLACEMENT_KEY = "@provider"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from dsq_chain.lifecycle import EVENT_STATUS
 from dsq_chain.money import Credits
-from dsq_chain.sdk.client import _Client
+from dsq_chain.sdk.client_base import _Client
 from dsq_chain.sdk.events import (
     ChainEvent,
     JobAssigned,

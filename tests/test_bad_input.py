@@ -9,6 +9,7 @@ balances and token balances are unchanged.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from dsq_chain import errors
+from dsq_chain import AsyncGridClient, errors
 from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import Call
 from dsq_chain.sdk.client import GridClient
@@ -209,6 +210,21 @@ def test_bad_top_up_amount_is_caught_by_the_sdk(grid: Grid, amount: int) -> None
     job_id = grid.submit()
     with untouched(grid), pytest.raises(errors.InputError, match="top-up amount"):
         grid.user.top_up(job_id, Credits(units=amount))
+
+
+@pytest.mark.parametrize("amount", [0, 2**64], ids=["zero", "above_uint64"])
+def test_bad_top_up_amount_is_caught_by_the_async_client_too(grid: Grid, amount: int) -> None:
+    job_id = grid.submit()
+
+    async def top_up() -> None:
+        client = await AsyncGridClient.connect(grid.chain.rpc_url, grid.deployment, grid.user.wallet.account.key)
+        try:
+            await client.top_up(job_id, Credits(units=amount))
+        finally:
+            await client.w3.provider.disconnect()
+
+    with untouched(grid), pytest.raises(errors.InputError, match="top-up amount"):
+        asyncio.run(top_up())
 
 
 def test_zero_top_up_is_refused_by_the_contract(grid: Grid) -> None:

@@ -133,8 +133,26 @@ def test_an_execution_stopped_for_out_of_credits_whose_report_vanished_is_report
     cancelled = ExecStatus(ExecState.CANCELLED, None, True)
     f = facts(JobStatus.RUNNING, cancelled, phase=Phase.RUNNING)
     assert reports(decide(f)) == [(ReportAction.PANIC, 0)]  # cancelled by someone else: a provider fault
-    plan = decide(dataclasses.replace(f, stopped_out_of_credits=True))  # by this worker, for the escrow
+    stopped = dataclasses.replace(f, stopped_out_of_credits=True)  # by this worker, for the escrow
+    assert reports(decide(stopped)) == []  # chain time does not say the escrow is used up: wait
+    plan = decide(dataclasses.replace(stopped, escrow_used_up=True))
     assert reports(plan) == [(ReportAction.OUT_OF_CREDITS, 0)] and "reorg" in plan.reports[0].reason
+
+
+def test_an_out_of_credits_job_whose_start_vanished_too_starts_again_then_ends_out_of_credits() -> None:
+    """The reorg took the START as well: the job is SCHEDULED on chain, its execution ended (stopped for its
+    escrow). START again, then (RUNNING) OUT_OF_CREDITS once chain time uses the escrow up: not PANIC, which
+    would refund the owner in full for work that ran."""
+    cancelled = ExecStatus(ExecState.CANCELLED, None, True)
+    f = facts(JobStatus.SCHEDULED, cancelled, phase=Phase.RUNNING)
+    assert reports(decide(f)) == [(ReportAction.START, 0), (ReportAction.PANIC, 0)]  # not ours: a provider fault
+    assert reports(decide(dataclasses.replace(f, stopped_out_of_credits=True))) == [(ReportAction.START, 0)]
+    timeout = ExecStatus(ExecState.TIMEOUT, None, True)  # stopped by the engine at its limit: the same
+    g = facts(JobStatus.SCHEDULED, timeout, phase=Phase.RUNNING, stopped_out_of_credits=True)
+    assert reports(decide(g)) == [(ReportAction.START, 0)]
+    running = dataclasses.replace(g, job=dataclasses.replace(g.job, status=JobStatus.RUNNING), ooc_waited_s=60.0)
+    assert reports(decide(running)) == []  # no FINISH after the grace: it ends OUT_OF_CREDITS
+    assert reports(decide(dataclasses.replace(running, escrow_used_up=True))) == [(ReportAction.OUT_OF_CREDITS, 0)]
 
 
 @pytest.mark.parametrize(("ex", "expected"), [

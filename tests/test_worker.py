@@ -745,7 +745,37 @@ def test_an_out_of_credits_report_whose_block_vanished_is_sent_again_not_turned_
     grid.reset_nonces()
     assert grid.user.job(job).status is JobStatus.RUNNING
     rig.until(job, JobStatus.OUT_OF_CREDITS, timeout=20)
-    # (sent until chain time agrees again: Anvil's clock restarts from the snapshot's after a revert)
-    assert rig.reported(job, ReportAction.PANIC) == 0 and rig.reported(job, ReportAction.OUT_OF_CREDITS) >= 2
+    # (sent once chain time agrees again: Anvil's clock restarts from the snapshot's after a revert)
+    assert rig.reported(job, ReportAction.PANIC) == 0 and rig.reported(job, ReportAction.OUT_OF_CREDITS) == 2
+    assert settlement(grid.user, job)["billed"] == credits
+    assert phase_of(rig.worker, job) is Phase.DONE
+
+
+def test_an_out_of_credits_job_whose_start_vanished_too_is_started_again_and_paid(grid: Grid, rig: Rig) -> None:
+    """As above, but the reorg also takes the claim and the START: the job is back to META_SCHEDULED with its
+    execution stopped. The worker claims and STARTs it again, waits for chain time to use the escrow up again,
+    and reports OUT_OF_CREDITS: the provider is paid the escrow the job used, no PANIC refunds the owner (before:
+    PANIC, the owner refunded in full for work that ran)."""
+    rig.worker.follower.confirmations = 1
+    wf = workflow("sleep 60")
+    rate = CPU_PRICES.rate_for(wf.resources)
+    credits = credits_for(2, rate)
+    [job] = submit(grid.user, wf, credits)
+    assign(grid, job)
+    grid.chain.mine()
+    snap = grid.chain.snapshot()  # before the claim and the START
+    rig.until(job, JobStatus.RUNNING)
+    [exec_id] = rig.executor.find(job)
+    rig.executor.extend(exec_id, 600)
+    time.sleep(5.0)
+    rig.tick()
+    assert grid.user.job(job).status is JobStatus.OUT_OF_CREDITS
+    assert rig.executor.status(exec_id).state is ExecState.CANCELLED
+    grid.chain.revert(snap)
+    grid.reset_nonces()
+    assert grid.user.job(job).status is JobStatus.META_SCHEDULED
+    rig.until(job, JobStatus.OUT_OF_CREDITS, timeout=30)
+    assert rig.reported(job, ReportAction.PANIC) == 0 and rig.reported(job, ReportAction.START) == 2
+    assert rig.executor.find(job) == [exec_id]  # never run again
     assert settlement(grid.user, job)["billed"] == credits
     assert phase_of(rig.worker, job) is Phase.DONE

@@ -29,22 +29,15 @@ from dsq_chain.errors import ChainUnavailable, InputError, TransactionFailed
 from dsq_chain.money import Credits
 from dsq_chain.sdk.chain import GAS_ADDEND, GAS_MARGIN, fee_fields
 from dsq_chain.sdk.chain import _decode as _decoded
-from dsq_chain.sdk.client import (
-    PERMIT_TTL,
-    UINT64_MAX,
-    Waiter,
-    bill_of,
-    job_from_view,
-    payment_need,
-    permit_typed_data,
-    prepare_submission,
-    provider_from_view,
-)
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.sdk.events import ChainEvent, EventDecoder, JobSettled, JobSubmitted, normalise_log, sort_events
 from dsq_chain.sdk.job_events import JOB_EVENTS
+from dsq_chain.sdk.permits import PERMIT_TTL, payment_need, permit_typed_data
 from dsq_chain.sdk.receipts import Receipt, Submission, Withdrawal, receipt_of, submission_of, withdrawal_of
 from dsq_chain.sdk.signers import Signer, SignerLike, as_signer
+from dsq_chain.sdk.submission import prepare_submission, top_up_units
+from dsq_chain.sdk.views import bill_of, job_from_view, provider_from_view
+from dsq_chain.sdk.waiter import Waiter
 from dsq_chain.types import Job, JobStatus, LabelConstraint, Provider, ProviderStatus, Resources
 
 if TYPE_CHECKING:
@@ -192,9 +185,7 @@ class AsyncGridClient:
     async def top_up(self, job_id: int, amount: Credits | str) -> Receipt:
         """``GridClient.top_up``, awaited. Raises InputError, the contract's ``JobNotFound``,
         ``InvalidStatus``, ``EscrowOverflow``."""
-        units = Credits.of(amount, "amount")
-        if not 0 < units <= UINT64_MAX:
-            raise InputError(f"top-up amount must be positive and at most {Credits(units=UINT64_MAX)}, got {units}")
+        units = top_up_units(amount)
         permit = await self._permit_for(units)
         fn = (self.market.functions.topUp(job_id, int(units)) if permit is None
               else self.market.functions.topUpWithPermit(job_id, int(units), permit))

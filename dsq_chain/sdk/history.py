@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsq_chain.money import Credits
-from dsq_chain.sdk.client import _Client
+from dsq_chain.sdk.client_base import _Client
 from dsq_chain.sdk.events import (
     ChainEvent,
     JobAssigned,

@@ -5,7 +5,7 @@
 its ABI entry and the answer decoded with eth_abi, or word by word when ``JobView`` holds static fields
 only — microseconds a job, which matters when a worker re-reads hundreds of jobs a tick. Either way the
 ``JobView`` tuple becomes a :class:`~dsq_chain.types.Job` through
-:func:`~dsq_chain.sdk.client.job_from_view` (``tests/test_job_reader.py`` checks both decodings
+:func:`~dsq_chain.sdk.views.job_from_view` (``tests/test_job_reader.py`` checks both decodings
 field by field against the compiled ABI).
 """
 
@@ -20,7 +20,7 @@ from eth_utils.abi import collapse_if_tuple, function_abi_to_4byte_selector
 from dsq_chain import artifacts
 from dsq_chain.errors import TransactionFailed, decode_revert
 from dsq_chain.sdk.chain import Chain, node_errors
-from dsq_chain.sdk.client import job_from_view
+from dsq_chain.sdk.views import job_from_view
 from dsq_chain.types import Job
 
 

@@ -5,7 +5,8 @@ against every shipped contract: the market's as the typed records of :mod:`dsq_c
 (``receipt.event("JobSettled").billed``), the token's as :class:`LogEvent`
 (``receipt.event("Transfer").args["value"]``). :class:`Submission` adds the job ids
 of a submission and reads like that list (``ids = grid.submit(...)``; ``[job] = grid.submit(...)``);
-:class:`Withdrawal` adds the amount withdrawn.
+:class:`Withdrawal` adds the amount withdrawn. :func:`skipped_entries` names the entries of a batched
+transaction the chain skipped, each with the error its single call would have raised.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Any, cast, overload
 from hexbytes import HexBytes
 from web3 import Web3
 from web3._utils.events import get_event_data
+from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from dsq_chain import artifacts
+from dsq_chain.errors import ContractError, decode_revert
 from dsq_chain.money import Credits
 from dsq_chain.sdk.events import ChainEvent, EventDecoder, JobSubmitted, Undecodable, Withdrawn
 
@@ -174,6 +177,17 @@ def withdrawal_of(raw: TxReceipt) -> Withdrawal:
     return Withdrawal(**fields, amount=Credits(units=amount))
 
 
+def skipped_entries(market: Any, receipt: Receipt | TxReceipt) -> dict[int, ContractError]:
+    """The entries of an ``assignBatch`` or ``report`` transaction the chain skipped: job id -> the
+    error the single call would have raised (from the ``EntrySkipped`` events of ``receipt``)."""
+    raw = receipt.raw if isinstance(receipt, Receipt) else receipt
+    out: dict[int, ContractError] = {}
+    for ev in market.events.EntrySkipped().process_receipt(cast(TxReceipt, raw), errors=DISCARD):
+        out[int(ev["args"]["jobId"])] = decode_revert(bytes(ev["args"]["reason"]))
+    return out
+
+
 __all__ = [
-    "LogEvent", "Receipt", "Submission", "Withdrawal", "decode_logs", "receipt_of", "submission_of", "withdrawal_of",
+    "LogEvent", "Receipt", "Submission", "Withdrawal", "decode_logs", "receipt_of", "skipped_entries", "submission_of",
+    "withdrawal_of",
 ]

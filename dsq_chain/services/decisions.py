@@ -25,10 +25,12 @@ META_SCHEDULED     validate, then CLAIM, or REFUSE with a lasting problem; a pas
                    does not answer, or shows no usable capacity while its controller restarts)
                    holds the job and validates it again next tick
 SCHEDULED          journal CLAIMED; look the execution up once; none → run it; else :func:`start`
+                   (START again when a reorg removed the START and OUT_OF_CREDITS of an execution
+                   the worker stopped for its escrow)
 RUNNING            journal RUNNING; none after a look-up → PANIC (lost); running → extend after
                    a top-up, OUT_OF_CREDITS once chain time used the escrow up; ended →
                    :func:`outcome` (OUT_OF_CREDITS again if the worker stopped it for that and a
-                   reorg removed the report)
+                   reorg removed the report, once chain time says the escrow is used up)
 =================  ==========================================================================
 """
 
@@ -48,6 +50,8 @@ from dsq_chain.types import Job, JobStatus, ReportAction
 REORG_HOLD_S = 60.0
 #: After this many seconds of EscrowNotExhausted following an executor timeout, finish instead.
 OUT_OF_CREDITS_GRACE_S = 30.0
+#: The journal reason of a row whose mined OUT_OF_CREDITS a reorg removed (see :attr:`Facts.stopped_out_of_credits`).
+REPORTED_OUT_OF_CREDITS = "reported OUT_OF_CREDITS; a reorg removed it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +95,9 @@ class Facts:
     escrow_used_up: bool = False
     #: Seconds since OUT_OF_CREDITS was first tried for the job; None if never.
     ooc_waited_s: float | None = None
-    #: The worker stopped the execution itself after reporting OUT_OF_CREDITS, and a reorg then removed that
-    #: report's block (the execution's end is then the worker's doing, not a fault).
+    #: The worker's OUT_OF_CREDITS was mined (the worker or the engine stopped the execution for its escrow),
+    #: and a reorg then removed that report's block: the execution's end is no fault, and the job ends
+    #: OUT_OF_CREDITS again once chain time agrees (after a START sent again if the reorg took that too).
     stopped_out_of_credits: bool = False
 
 
@@ -147,7 +152,7 @@ def decide(f: Facts) -> Plan:
             return Plan(need="lookup")
         if ex is None:
             return Plan(enter=enter, run=True)
-        plan = start(job, ex, f.ooc_waited_s)
+        plan = start(job, ex, f.ooc_waited_s, stopped_out_of_credits=f.stopped_out_of_credits)
         return Plan(reports=plan.reports, enter=enter, exit_code=plan.exit_code, ooc_started=plan.ooc_started)
     # RUNNING on chain
     if ex is None:
@@ -161,15 +166,24 @@ def decide(f: Facts) -> Plan:
                 Action(job.id, ReportAction.OUT_OF_CREDITS, reason="escrow used up (chain time)"),))
         return Plan(enter=enter, extend=True)
     if f.stopped_out_of_credits:
+        if not f.escrow_used_up:  # its START was sent again: chain time must use the escrow up again first
+            return Plan(enter=enter)
         return Plan(enter=enter, reports=(
             Action(job.id, ReportAction.OUT_OF_CREDITS, reason="escrow used up (sent again: a reorg removed it)"),))
     act, code, ooc = outcome(job.id, ex, f.ooc_waited_s)
     return Plan(reports=(act,), enter=enter, exit_code=code, ooc_started=ooc)
 
 
-def start(job: Job, ex: ExecStatus, ooc_waited_s: float | None = None) -> Plan:
+def start(job: Job, ex: ExecStatus, ooc_waited_s: float | None = None, *, stopped_out_of_credits: bool = False
+          ) -> Plan:
     """Reports of a SCHEDULED job the executor has: START once the work began (with its outcome in the same
-    transaction if it already ended); PANIC if it ended without ever starting."""
+    transaction if it already ended); PANIC if it ended without ever starting.
+
+    ``stopped_out_of_credits`` (see :class:`Facts`): a reorg removed the START and the OUT_OF_CREDITS of an
+    execution stopped for its escrow: START alone, and OUT_OF_CREDITS once chain time agrees (see :func:`decide`).
+    """
+    if ex.started and ex.state.is_final and stopped_out_of_credits:
+        return Plan(reports=(Action(job.id, ReportAction.START),))
     if not ex.started:
         if ex.state.is_final:
             return Plan(reports=(Action(job.id, ReportAction.PANIC,
@@ -215,5 +229,5 @@ def journal_after(action: Action) -> tuple[Phase, str]:
     return Phase.DONE, "REFUSED" if action.action is ReportAction.REFUSE else after.name
 
 
-__all__ = ["OUT_OF_CREDITS_GRACE_S", "REORG_HOLD_S", "Action", "ExecState", "Facts", "Plan", "decide",
-           "journal_after", "outcome", "start"]
+__all__ = ["OUT_OF_CREDITS_GRACE_S", "REORG_HOLD_S", "REPORTED_OUT_OF_CREDITS", "Action", "ExecState", "Facts",
+           "Plan", "decide", "journal_after", "outcome", "start"]

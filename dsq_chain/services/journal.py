@@ -180,10 +180,11 @@ class Journal:
         chain has it."""
         self._rewound |= {e.job_id for e in self.active()} if job_ids is None else set(job_ids)
 
-    def revive(self, job_id: int, phase: Phase) -> None:
-        """The block of the report that ended the job is gone: the row is active again, at ``phase``, and may
-        go back once more (to where the surviving chain has the job)."""
-        self._write(job_id, phase=phase.value, landed_block=None, landed_hash=None)
+    def revive(self, job_id: int, phase: Phase, reason: str | None = None) -> None:
+        """The block of the report that ended the job is gone: the row is active again, at ``phase`` (with
+        ``reason``, when given), and may go back once more (to where the surviving chain has the job)."""
+        fields: dict[str, object] = {} if reason is None else {"reason": reason}
+        self._write(job_id, phase=phase.value, landed_block=None, landed_hash=None, **fields)
         self._rewound.add(job_id)
 
     def update(self, job_id: int, **fields: object) -> None:

@@ -48,6 +48,7 @@ from dsq_chain.services.chain_clock import ENFORCE_GRACE_S, ChainClock
 from dsq_chain.services.decisions import (
     OUT_OF_CREDITS_GRACE_S,
     REORG_HOLD_S,
+    REPORTED_OUT_OF_CREDITS,
     Action,
     Facts,
     Plan,
@@ -282,7 +283,7 @@ class ProviderWorker:
             held_s=None if held is None else now - held,
             escrow_used_up=running and job is not None and self.clock.escrow_used_up(job),
             ooc_waited_s=None if ooc is None else now - ooc,
-            stopped_out_of_credits=entry.chain_status == JobStatus.OUT_OF_CREDITS.name,  # a revived row only
+            stopped_out_of_credits=_out_of_credits_vanished(entry),
         )
 
     def _carry_out(self, entry: Entry, job: Job | None, facts: Facts, plan: Plan,
@@ -322,7 +323,8 @@ class ProviderWorker:
         ooc = self._ooc_since.get(job.id)
         if status.state.is_final:
             self.clock.end_time(job.id, status)
-        plan = start_reports(job, status, None if ooc is None else time.monotonic() - ooc)
+        plan = start_reports(job, status, None if ooc is None else time.monotonic() - ooc,
+                             stopped_out_of_credits=_out_of_credits_vanished(self.journal.get(job.id)))
         self._note_outcome(job.id, plan)
         return list(plan.reports)
 
@@ -415,6 +417,11 @@ class ProviderWorker:
 def _topic(address: str) -> str:
     """An address as an indexed event topic."""
     return "0x" + "0" * 24 + address[2:].lower()
+
+
+def _out_of_credits_vanished(entry: Entry | None) -> bool:
+    """A reorg removed the job's mined OUT_OF_CREDITS (the row was revived: see :mod:`worker_reorgs`)."""
+    return entry is not None and entry.reason == REPORTED_OUT_OF_CREDITS
 
 
 __all__ = ["ENFORCE_GRACE_S", "OUT_OF_CREDITS_GRACE_S", "REORG_HOLD_S", "Action", "ExecState", "JobReader",

@@ -24,9 +24,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from dsq_chain.services.decisions import REPORTED_OUT_OF_CREDITS
 from dsq_chain.services.follower import RECENT_BLOCKS, block_is
 from dsq_chain.services.journal import Entry, Phase
-from dsq_chain.types import Job
+from dsq_chain.types import Job, JobStatus
 
 if TYPE_CHECKING:
     from dsq_chain.services.worker import ProviderWorker
@@ -79,7 +80,11 @@ class ReorgGuard:
         log.warning("job %d: the block %d of its last report is gone (a reorg the follower did not see): deciding "
                     "it again from the surviving chain", job_id, number)
         if entry.phase is Phase.DONE:
-            w.journal.revive(job_id, Phase.RUNNING if entry.exec_id else Phase.NEW)
+            # An OUT_OF_CREDITS that vanished is remembered in the row's reason: the START sent again (when the
+            # reorg took it too) records RUNNING as the row's chain status, and the job must end OUT_OF_CREDITS.
+            ooc = entry.chain_status == JobStatus.OUT_OF_CREDITS.name
+            w.journal.revive(job_id, Phase.RUNNING if entry.exec_id else Phase.NEW,
+                             REPORTED_OUT_OF_CREDITS if ooc else None)
         else:
             w.journal.rewound([job_id])
             w.journal.update(job_id, landed_block=None, landed_hash=None)

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from dsq_chain import artifacts, lifecycle
 from dsq_chain.lifecycle import TRANSITIONS, Transition
+from dsq_chain.matching.model import SETTLED_STAT, ProviderStats
 from dsq_chain.sdk.events import (
     EVENT_TYPES,
     ChainEvent,
@@ -172,3 +173,17 @@ def test_every_consumer_takes_the_one_step(case: Step, applier: Applier) -> None
     applier.store.flush()
     row = applier.store.conn.execute(select(s.jobs.c.status).where(s.jobs.c.id == JOB)).scalar_one()
     assert row == status
+
+
+def test_provider_statistics_count_by_one_table() -> None:
+    """A settlement counts in the provider's record by its final status (the owner's OUT_OF_CREDITS and
+    CANCELED do not), a release by its reason: the scheduler's state, the index and the simulator all count
+    with :data:`SETTLED_STAT` and :func:`released_stat`."""
+    stats = ProviderStats()
+    for status in JobStatus:
+        stats.count_settled(status)
+    assert (stats.finished, stats.failed, stats.panicked, stats.refused, stats.timed_out) == (1, 1, 1, 0, 0)
+    for reason in ReleaseReason:
+        stats.count_released(reason)
+    assert (stats.refused, stats.timed_out) == (1, 2)
+    assert set(SETTLED_STAT) <= lifecycle.FINAL and JobStatus.OUT_OF_CREDITS not in SETTLED_STAT

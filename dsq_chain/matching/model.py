@@ -7,9 +7,23 @@ capacities.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
-from dsq_chain.types import LabelConstraint, Prices, Resources
+from dsq_chain.types import JobStatus, LabelConstraint, Prices, ReleaseReason, Resources
+
+#: The :class:`ProviderStats` field a job settled on its provider counts in, by its final status. The other
+#: final statuses (OUT_OF_CREDITS, CANCELED) are the owner's doing, not the provider's record. Every layer
+#: that keeps provider statistics (the scheduler's state, the index, the simulator) counts with this table.
+SETTLED_STAT: Mapping[JobStatus, str] = MappingProxyType(
+    {JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed", JobStatus.PANICKED: "panicked"})
+
+
+def released_stat(reason: ReleaseReason) -> str:
+    """The :class:`ProviderStats` field a job its provider let go counts in: ``refused``, else ``timed_out``
+    (a claim timeout, or the provider's ban)."""
+    return "refused" if reason is ReleaseReason.REFUSED else "timed_out"
 
 
 @dataclass(slots=True)
@@ -26,6 +40,17 @@ class ProviderStats:
     refused: int = 0
     timed_out: int = 0
     panicked: int = 0
+
+    def count_settled(self, status: JobStatus) -> None:
+        """Counts a job that settled on this provider with ``status`` (see :data:`SETTLED_STAT`)."""
+        name = SETTLED_STAT.get(status)
+        if name is not None:
+            setattr(self, name, getattr(self, name) + 1)
+
+    def count_released(self, reason: ReleaseReason) -> None:
+        """Counts a job this provider let go for ``reason`` (see :func:`released_stat`)."""
+        name = released_stat(reason)
+        setattr(self, name, getattr(self, name) + 1)
 
     @property
     def completed(self) -> int:

@@ -32,7 +32,7 @@ from dsq_chain.sdk.events import (
     Undecodable,
     job_status_set_by,
 )
-from dsq_chain.types import JobStatus, LabelConstraint, LabelOp, ProviderStatus, ReleaseReason, Resources
+from dsq_chain.types import JobStatus, LabelConstraint, LabelOp, ProviderStatus, Resources
 from dsq_chain.workloads.labels import decode_value, is_label_key, on_chain
 from dsq_chain.workloads.workflow import WorkflowError, from_canonical
 
@@ -209,11 +209,7 @@ class GridState:
         self._set(job, ev)
         self.pending[job.id] = job
         self._release(job, ev.provider)
-        stats = self._providers[ev.provider].state.stats
-        if ev.reason is ReleaseReason.REFUSED:
-            stats.refused += 1
-        else:
-            stats.timed_out += 1
+        self._providers[ev.provider].state.stats.count_released(ev.reason)
 
     def _on_JobSettled(self, ev: JobSettled) -> None:
         job = self.jobs[ev.job_id]
@@ -225,13 +221,7 @@ class GridState:
             self.fairshare.record(job.owner, float(ev.billed), self.clock(ev))
         if held:
             self._release(job, ev.provider)
-            stats = self._providers[ev.provider].state.stats
-            if status is JobStatus.FINISHED:
-                stats.finished += 1
-            elif status is JobStatus.FAILED:
-                stats.failed += 1
-            elif status is JobStatus.PANICKED:
-                stats.panicked += 1
+            self._providers[ev.provider].state.stats.count_settled(status)
 
     def _release(self, job: JobRecord, provider: str) -> None:
         p = self._providers[provider].state

@@ -28,6 +28,7 @@ from typing import Any
 
 from dsq_chain import billing
 from dsq_chain.matching import FairShare, Matcher, PendingJob, ProviderState, Weights
+from dsq_chain.matching.model import SETTLED_STAT
 from dsq_chain.simulation.distributions import chance, sample_int
 from dsq_chain.simulation.pricing import adjusted_factor, base_prices, initial_factor, scaled
 from dsq_chain.simulation.workload import JobSpec, generate
@@ -470,7 +471,7 @@ class Simulation:
         if result.billed:
             self.fairshare.record(job.pending.owner, float(result.billed), float(self.now))
         if held:
-            stat = {S.FINISHED: "finished", S.FAILED: "failed", S.PANICKED: "panicked"}.get(result.status)
+            stat = SETTLED_STAT.get(result.status)
             prov = self._release(job, stat)
             prov.revenue += result.billed - fee
         name = {S.FINISHED: "finished", S.FAILED: "failed", S.OUT_OF_CREDITS: "out_of_credits",

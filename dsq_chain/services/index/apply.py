@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Table
 
+from dsq_chain.matching.model import SETTLED_STAT, released_stat
 from dsq_chain.sdk.events import (
     ChainEvent,
     JobAssigned,
@@ -40,7 +41,7 @@ from dsq_chain.sdk.history import _describe as describe_event
 from dsq_chain.services.gridstate import _workflow_labels as workflow_labels
 from dsq_chain.services.index import schema as s
 from dsq_chain.services.index.store import Store
-from dsq_chain.types import JobStatus, Prices, ProviderStatus, ReleaseReason, Resources
+from dsq_chain.types import JobStatus, Prices, ProviderStatus, Resources
 from dsq_chain.workloads.labels import decode_value, is_label_key
 from dsq_chain.workloads.lease import parse_lease_ref
 from dsq_chain.workloads.workflow import from_canonical
@@ -230,10 +231,8 @@ class Applier:
         self.store.append(s.releases, {"job_id": job["id"], "block": ev.block_number, "time": t,
                                        "provider": ev.provider, "reason": ev.reason.name.lower()})
         self._change(ev, t, [job["id"]], ev.provider)
-        if ev.reason is ReleaseReason.REFUSED:
-            self._use(ev.provider, job, ev.block_number, -1, t, refused=1)
-        else:
-            self._use(ev.provider, job, ev.block_number, -1, timed_out=1)
+        stat = released_stat(ev.reason)
+        self._use(ev.provider, job, ev.block_number, -1, t if stat == "refused" else None, **{stat: 1})
 
     def _on_JobSettled(self, ev: JobSettled, t: int) -> None:
         job = self._job(ev.job_id)
@@ -251,9 +250,8 @@ class Applier:
             "cpu": cpu, "gpu": gpu, "mem": ev.billed - cpu - gpu})
         self._change(ev, t, [job["id"]], provider)
         if held and provider is not None:
-            stat = {JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed", JobStatus.PANICKED: "panicked",
-                    JobStatus.CANCELED: "canceled"}.get(status)
-            reported = status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.PANICKED)
+            reported = status in SETTLED_STAT  # the provider reported it (FINISH or PANIC)
+            stat = "canceled" if status is JobStatus.CANCELED else SETTLED_STAT.get(status)  # the index counts both
             self._use(provider, job, ev.block_number, -1, t if reported else None, earnings=ev.billed,
                       **({stat: 1} if stat else {}))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -254,6 +255,8 @@ class _Batch:
         self._failed_cap: dict[_DemandKey, int] = {}
         # Entries skipped per demand with label constraints in its shape's shared frontier (see _search).
         self._skips: dict[_DemandKey, int] = {}
+        # Per shape (cpus, gpus, memory, fair-share weight): the frontiers made so far, with their allowed labels.
+        self._shapes: defaultdict[tuple[int, int, int, float], list[tuple[int, Frontier]]] = defaultdict(list)
 
     def place(self, job: PendingJob) -> Assignment | None:
         """Find ``job``'s best provider and reserve its resources there; None if it fits nowhere or errs."""
@@ -288,18 +291,24 @@ class _Batch:
     ) -> tuple[int, int] | None:
         """Search the frontier of ``job``'s shape, narrowed to its labels, or a frontier of its own.
 
-        Jobs with label constraints start in the shape's shared frontier,
-        skipping the entries of other providers; once a demand has skipped as
-        many entries as it would cost to copy the shared frontier's entries it
-        can use (or as its labels allow providers), it gets a frontier of its
-        own, starting from that copy: the classic rent-or-buy rule, never more
-        than twice the better choice.
+        Jobs with label constraints start in a frontier shared with broader
+        labels: the smallest of their shape's frontiers whose labels allow every
+        provider theirs do (at worst the one for any labels), skipping the
+        entries of other providers; once a demand has skipped as many entries
+        as it would cost to copy that frontier's entries it can use (or as its
+        labels allow providers), it gets a frontier of its own, starting from
+        that copy: the classic rent-or-buy rule, never more than twice the
+        better choice. A narrower frontier skips less: a job needing an H100 in
+        one zone searches the H100 jobs' frontier, not the one of every GPU.
         """
         cap, disk = job.max_rate, job.resources.disk_gb
         if labels.everything or key in self._frontiers:
             return self._frontier(job, key, labels, fair).best(cap, excluded, disk)[0]
         res = job.resources
         shared = self._frontier(job, (res.cpus, res.gpus, res.mem_mb, self._all.flags, fair), self._all, fair)
+        for mask, other in self._shapes[res.cpus, res.gpus, res.mem_mb, fair]:
+            if not labels.mask & ~mask and len(other) < len(shared):
+                shared = other
         skipped = self._skips.get(key, 0)
         budget = min(labels.count, _BUY_BASE + len(shared) // _BUY_DIVISOR) - skipped
         if budget > 0:
@@ -308,6 +317,7 @@ class _Batch:
             if complete:
                 return found
         frontier = self._frontiers[key] = shared.narrowed(self._demand(job, key, labels, fair))
+        self._shapes[res.cpus, res.gpus, res.mem_mb, fair].append((labels.mask, frontier))
         return frontier.best(cap, excluded, disk)[0]
 
     def _among(
@@ -331,6 +341,7 @@ class _Batch:
         frontier = self._frontiers.get(key)
         if frontier is None:
             frontier = self._frontiers[key] = Frontier(self._index, self._demand(job, key, labels, fair))
+            self._shapes[key[:3] + key[4:]].append((labels.mask, frontier))
         return frontier
 
     def _demand(self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float) -> Demand:

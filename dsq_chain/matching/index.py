@@ -6,7 +6,11 @@ free of each resource, the lowest price of each resource, the least used
 fraction of each resource, the range of reliability, the label signatures
 present, and two joint minima (price + load + unreliability) that stay tight
 when cheap providers are the busy ones. From these, a lower bound of the
-score of any provider in the node follows for a given demand.
+score of any provider in the node follows for a given demand. The layout
+and the per-provider and leaf bounds are computed with numpy, every node of a
+tree level at once; the search itself reads plain Python lists (faster for
+one value at a time), filled from arrays computed with the same float64
+operations as the Python expressions, so that they agree bit for bit.
 
 Jobs with the same demand (resources, label signatures, fair-share level)
 share a :class:`Frontier`: a best-first search over the tree that is kept
@@ -39,8 +43,10 @@ from dataclasses import dataclass
 from heapq import heapify, heappop, heappush, heapreplace
 from typing import TypeVar, cast
 
+import numpy as np
+
 from dsq_chain.matching.model import ProviderState
-from dsq_chain.matching.scoring import MarketReference, Weights, inverse
+from dsq_chain.matching.scoring import MarketReference, Weights
 
 #: Slack for floating-point rounding between a node's bound and the exact scores below it.
 _EPS = 1e-9
@@ -101,6 +107,7 @@ def rate_edges(reference_rate: float) -> tuple[int, ...]:
 
 
 _Row = TypeVar("_Row", _Static, _Dynamic)
+_T = TypeVar("_T")
 
 
 def _minima(rows: list[_Row]) -> _Row:
@@ -126,43 +133,64 @@ class ProviderIndex:
         # Joint terms: k_cpu * per-cpu price (and k_gpu * per-gpu price) + load weight * used + unreliability.
         self.k_cpu = weights.price / market.per_cpu_minute if market.per_cpu_minute > 0 else 0.0
         self.k_gpu = weights.price / market.per_gpu_minute if market.per_gpu_minute > 0 else 0.0
-        order = _build_order(providers, weights, leaf_size)
-        ps = [providers[k] for k in order]
+        n = len(providers)
+        totals = [p.total for p in providers]
+        frees = [p.free for p in providers]
+        units = [p.prices.units for p in providers]  # plain ints: Credits arithmetic is slower
+        tc, tg, tm = [t.cpus for t in totals], [t.gpus for t in totals], [t.mem_mb for t in totals]
+        fc, fg, fm = [f.cpus for f in frees], [f.gpus for f in frees], [f.mem_mb for f in frees]
+        pc, pg, pm = [u[0] for u in units], [u[1] for u in units], [u[2] for u in units]
+        rel = [p.stats.reliability for p in providers]
+        ints = np.array([tc, tg, tm, fc, fg, fm, pc, pg, pm], dtype=np.int64).reshape(9, n)
+        order = _build_order([p.address for p in providers], _axes(ints, np.array(rel, dtype=np.float64), weights),
+                             leaf_size)  # fmt: skip
+        pick = order.tolist()
+
+        def permuted(values: list[_T]) -> list[_T]:
+            return list(map(values.__getitem__, pick))
+
+        ps = list(map(providers.__getitem__, pick))
         self.address = [p.address for p in ps]
-        self.position = {p.address.lower(): i for i, p in enumerate(ps)}
-        self.sig = [signatures[k] for k in order]
-        self.version = [0] * len(ps)
+        self.position = {a.lower(): i for i, a in enumerate(self.address)}
+        self.sig = list(map(signatures.__getitem__, pick))
+        self.version = [0] * n
         #: Bound refreshes so far: a node entry pushed at the current count still has its exact bound.
         self.refreshes = 0
         self._dirty: list[int] = []  # providers placed on since the last refresh
-        self._refresh_every = max(REFRESH_EVERY, len(providers))
-        self.fc = [p.free.cpus for p in ps]
-        self.fg = [p.free.gpus for p in ps]
-        self.fm = [p.free.mem_mb for p in ps]
-        self.tc = [p.total.cpus for p in ps]
-        self.tg = [p.total.gpus for p in ps]
-        self.tm = [p.total.mem_mb for p in ps]
+        self._refresh_every = max(REFRESH_EVERY, n)
+        self.fc, self.fg, self.fm = permuted(fc), permuted(fg), permuted(fm)
+        self.tc, self.tg, self.tm = permuted(tc), permuted(tg), permuted(tm)
         #: Free scratch disk at the batch's start (not decremented: the chain skips an entry that no longer fits).
-        self.disk = [p.free.disk_gb for p in ps]
-        self.ic = [inverse(t) for t in self.tc]
-        self.ig = [inverse(t) for t in self.tg]
-        self.im = [inverse(t) for t in self.tm]
-        units = [p.prices.units for p in ps]  # plain ints: Credits arithmetic is slower
-        self.pc = [u[0] for u in units]
-        self.pg = [u[1] for u in units]
-        self.pm = [u[2] for u in units]
-        self.rel = [p.stats.reliability for p in ps]
+        self.disk = [f.disk_gb for f in map(frees.__getitem__, pick)]
+        self.pc, self.pg, self.pm = permuted(pc), permuted(pg), permuted(pm)
+        self.rel = permuted(rel)
+        # In tree order, as arrays: the same float64 operations as the Python expressions (see _derive), so the
+        # values agree bit for bit.
+        cols = ints[:, order]
+        a_tc, a_tg, a_tm, a_fc, a_fg, a_fm, a_pc, a_pg = cols[:8]
+        a_ic, a_ig, a_im = _inverses(a_tc), _inverses(a_tg), _inverses(a_tm)
+        a_rel = np.array(self.rel, dtype=np.float64)
+        a_unrel = weights.reliability * (1.0 - a_rel)
+        self.ic, self.ig, self.im = a_ic.tolist(), a_ig.tolist(), a_im.tolist()
         # The score's reliability term without the fair-share part, exactly as scoring.score computes it.
-        self.unrel = [weights.reliability * (1.0 - r) for r in self.rel]
+        self.unrel = a_unrel.tolist()
         #: Per provider, what scoring reads that a batch does not change: totals, their inverses, prices,
         #: unreliability term, reliability, label signature, address.
         self.fixed = list(
             zip(self.tc, self.tg, self.tm, self.ic, self.ig, self.im, self.pc, self.pg, self.pm, self.unrel, self.rel,
                 self.sig, self.address, strict=True)
         )  # fmt: skip
+        uc, ug, um = (a_tc - a_fc) * a_ic, (a_tg - a_fg) * a_ig, (a_tm - a_fm) * a_im
+        umax = np.maximum(np.maximum(uc, ug), um)
+        base = weights.load * umax + a_unrel
+        jc = self.k_cpu * a_pc + base
+        jg = np.where(a_tg > 0, self.k_gpu * a_pg + base, _FAR)
+        dynamic_ints, dynamic_floats = -cols[3:6], np.stack((uc, ug, um, umax, jc, jg))
         #: Per provider, its part of the dynamic node bounds (see :data:`_Dynamic`).
-        self.row: list[_Dynamic] = [self._derive(i) for i in range(len(ps))]
-        self._build_nodes()
+        self.row: list[_Dynamic] = list(zip(*dynamic_ints.tolist(), *dynamic_floats.tolist(), strict=True))
+        static_ints = cols[6:9]
+        static_floats = np.stack((a_rel, -a_rel, a_ic, a_ig, a_im, a_unrel))
+        self._build_nodes(static_ints, static_floats, dynamic_ints, dynamic_floats)
 
     def __len__(self) -> int:
         return len(self.address)
@@ -180,26 +208,37 @@ class ProviderIndex:
 
     # ------------------------------------------------------------------ tree construction
 
-    def _build_nodes(self) -> None:
+    def _build_nodes(self, *columns: np.ndarray) -> None:
+        """The tree over the providers in tree order; ``columns``: the static (ints, floats) and dynamic (ints,
+        floats) per-provider bound columns, reduced to each leaf's minima at once."""
         self.lo: list[int] = []
         self.hi: list[int] = []
         self.left: list[int] = []
         self.right: list[int] = []
         self.parent: list[int] = []
-        self.static: list[_Static] = []
-        self._static_rows: list[_Static] = [
-            (self.pc[i], self.pg[i], self.pm[i], self.rel[i], -self.rel[i], self.ic[i], self.ig[i], self.im[i],
-             self.unrel[i])
-            for i in range(len(self.address))
-        ]  # fmt: skip
         self.mask: list[int] = []  # label signatures present, as bits
-        self.dynamic: list[_Dynamic] = []
         self.leaf_of = [0] * len(self.address)
+        leaves: list[int] = []
         if self.address:
-            self._make_node(0, len(self.address), _NO_CHILD)
+            self._make_node(0, len(self.address), _NO_CHILD, leaves)
+        starts = np.array([self.lo[leaf] for leaf in leaves], dtype=np.intp)
+        s_int, s_float, d_int, d_float = (np.minimum.reduceat(c, starts, axis=1).tolist() if len(starts) else []
+                                          for c in columns)  # fmt: skip
+        self.static: list[_Static] = [_NO_STATIC] * len(self.lo)
+        self.dynamic: list[_Dynamic] = [_NO_DYNAMIC] * len(self.lo)
+        for k, leaf in enumerate(leaves):
+            self.static[leaf] = cast(_Static, (*(c[k] for c in s_int), *(c[k] for c in s_float)))
+            self.dynamic[leaf] = cast(_Dynamic, (*(c[k] for c in d_int), *(c[k] for c in d_float)))
+        left, right, static, dynamic, mask = self.left, self.right, self.static, self.dynamic, self.mask
+        for node in reversed(range(len(self.lo))):  # children are numbered after their parent
+            a, b = left[node], right[node]
+            if a != _NO_CHILD:
+                mask[node] = mask[a] | mask[b]
+                static[node] = cast(_Static, tuple(map(min, static[a], static[b])))
+                dynamic[node] = cast(_Dynamic, tuple(map(min, dynamic[a], dynamic[b])))
 
-    def _make_node(self, lo: int, hi: int, parent: int) -> int:
-        """Node ``lo .. hi - 1`` and its subtree; an inner node's bounds combine its children's."""
+    def _make_node(self, lo: int, hi: int, parent: int, leaves: list[int]) -> int:
+        """Node ``lo .. hi - 1`` and its subtree (its bounds are set by :meth:`_build_nodes`)."""
         node = len(self.lo)
         self.lo.append(lo)
         self.hi.append(hi)
@@ -207,8 +246,6 @@ class ProviderIndex:
         self.left.append(_NO_CHILD)
         self.right.append(_NO_CHILD)
         self.mask.append(0)
-        self.static.append(_NO_STATIC)
-        self.dynamic.append(_NO_DYNAMIC)
         if hi - lo <= self._leaf_size:
             mask = 0
             for s in set(self.sig[lo:hi]):
@@ -216,15 +253,11 @@ class ProviderIndex:
             for i in range(lo, hi):
                 self.leaf_of[i] = node
             self.mask[node] = mask
-            self.static[node] = _minima(self._static_rows[lo:hi])
-            self.dynamic[node] = _minima(self.row[lo:hi])
+            leaves.append(node)
         else:
             mid = (lo + hi) // 2
-            left = self.left[node] = self._make_node(lo, mid, node)
-            right = self.right[node] = self._make_node(mid, hi, node)
-            self.mask[node] = self.mask[left] | self.mask[right]
-            self.static[node] = cast(_Static, tuple(map(min, self.static[left], self.static[right])))
-            self.dynamic[node] = cast(_Dynamic, tuple(map(min, self.dynamic[left], self.dynamic[right])))
+            self.left[node] = self._make_node(lo, mid, node, leaves)
+            self.right[node] = self._make_node(mid, hi, node, leaves)
         return node
 
     # ------------------------------------------------------------------ bounds maintenance
@@ -500,75 +533,65 @@ class Frontier:
 # ---------------------------------------------------------------------- k-d layout
 
 
-def _build_order(providers: Sequence[ProviderState], weights: Weights, leaf_size: int) -> list[int]:
-    """A permutation of ``providers`` such that each tree node covers a contiguous, homogeneous range.
+def _build_order(addresses: list[str], columns: np.ndarray, leaf_size: int) -> np.ndarray:
+    """A permutation of the providers such that each tree node covers a contiguous, homogeneous range.
 
-    Each node is split at the median of the attribute along which the score
-    varies most within it (attributes scaled by their weight in the score), so
-    that node bounds are tight where it matters. Providers start in address
-    order, which makes the layout (and so the search) deterministic.
+    Each node is split at the median of the attribute (a row of ``columns``)
+    along which its providers spread most (attributes scaled by their weight in
+    the score), so that node bounds are tight where it matters. The tree is
+    laid out one level at a time, every node of a level at once. Providers
+    start in address order, which makes the layout (and so the search)
+    deterministic.
     """
-    columns = _axes(providers, weights)
-    start = sorted(range(len(providers)), key=[p.address for p in providers].__getitem__)
-    out: list[int] = []
-    stack = [start]
-    while stack:
-        part = stack.pop()
-        if len(part) <= leaf_size:
-            out.extend(part)
-            continue
-        part.sort(key=_widest(part, columns).__getitem__)
-        mid = len(part) // 2
-        stack.append(part[mid:])  # popped after the left half: keeps left-to-right order
-        stack.append(part[:mid])
-    return out
+    n = len(addresses)
+    order = np.array(sorted(range(n), key=addresses.__getitem__), dtype=np.intp)
+    bounds = [0, n]  # node boundaries of the current level
+    while True:
+        starts = np.array(bounds[:-1], dtype=np.intp)
+        sizes: np.ndarray = np.diff(np.array(bounds, dtype=np.intp))
+        split = sizes > leaf_size
+        if not split.any():
+            return order
+        values = columns[:, order]
+        spread = np.maximum.reduceat(values, starts, axis=1) - np.minimum.reduceat(values, starts, axis=1)
+        axis = np.argmax(spread, axis=0)  # the first widest attribute of each node
+        node = np.repeat(np.arange(len(starts)), sizes)
+        key = np.where(np.repeat(split, sizes), values[np.repeat(axis, sizes), np.arange(n)], 0.0)
+        order = order[np.lexsort((key, node))]  # stable: leaves keep their order
+        mids = (starts + sizes // 2)[split].tolist()
+        bounds = sorted(bounds + mids)
 
 
-def _axes(providers: Sequence[ProviderState], w: Weights) -> list[list[float]]:
+def _axes(ints: np.ndarray, reliability: np.ndarray, w: Weights) -> np.ndarray:
     """Per attribute, each provider's coordinate, scaled by how much it moves a typical job's score.
 
-    Attributes: cpu, memory and gpu prices relative to the median, reliability,
-    load (the tightest resource's used fraction) and GPU presence.
+    ``ints`` holds the totals, free capacities and prices (rows as in :class:`ProviderIndex`). Attributes:
+    cpu, memory and gpu prices relative to the median, reliability, load (the tightest resource's used
+    fraction) and GPU presence.
     """
-    cpu = w.price * 0.8 / _median_of(p.prices.per_cpu_minute for p in providers)
-    gpu = w.price * 0.9 / _median_of(p.prices.per_gpu_minute for p in providers if p.total.gpus > 0)
-    mem = w.price * 0.2 / _median_of(p.prices.per_gb_minute for p in providers)
-    totals = [p.total for p in providers]
-    frees = [p.free for p in providers]
-    used = [
-        max(
-            (t.cpus - f.cpus) * inverse(t.cpus),
-            (t.mem_mb - f.mem_mb) * inverse(t.mem_mb),
-            (t.gpus - f.gpus) * inverse(t.gpus),
-        )
-        for t, f in zip(totals, frees, strict=True)
-    ]
-    return [
-        [cpu * p.prices.per_cpu_minute for p in providers],
-        [mem * p.prices.per_gb_minute for p in providers],
-        [gpu * p.prices.per_gpu_minute if t.gpus > 0 else 0.0 for p, t in zip(providers, totals, strict=True)],
-        [w.reliability * p.stats.reliability for p in providers],
-        [w.load * u for u in used],
-        [4.0 if t.gpus > 0 else 0.0 for t in totals],
-    ]
+    tc, tg, tm, fc, fg, fm, pc, pg, pm = ints
+    has_gpus = tg > 0
+    cpu = w.price * 0.8 / _median_of(pc)
+    gpu = w.price * 0.9 / _median_of(pg[has_gpus])
+    mem = w.price * 0.2 / _median_of(pm)
+    used = np.maximum(np.maximum((tc - fc) * _inverses(tc), (tm - fm) * _inverses(tm)), (tg - fg) * _inverses(tg))
+    return np.stack((
+        cpu * pc,
+        mem * pm,
+        np.where(has_gpus, gpu * pg, 0.0),
+        w.reliability * reliability,
+        w.load * used,
+        np.where(has_gpus, 4.0, 0.0),
+    )).reshape(6, len(tc))  # fmt: skip
 
 
-def _median_of(values: Iterable[int]) -> float:
-    ordered = sorted(values)
-    return max(float(ordered[len(ordered) // 2]), 1.0) if ordered else 1.0
+def _median_of(values: np.ndarray) -> float:
+    ordered = np.sort(values)
+    return max(float(ordered[len(ordered) // 2]), 1.0) if len(ordered) else 1.0
 
 
-#: Providers sampled per node to find the attribute along which a node's providers spread most.
-_SPREAD_SAMPLE = 48
-
-
-def _widest(part: list[int], columns: list[list[float]]) -> list[float]:
-    """The column along which the providers in ``part`` spread most (judged on an even sample of them)."""
-    sample = part[:: max(1, len(part) // _SPREAD_SAMPLE)]
-    best, best_spread = columns[0], -1.0
-    for column in columns:
-        values = list(map(column.__getitem__, sample))
-        spread = max(values) - min(values)
-        if spread > best_spread:
-            best, best_spread = column, spread
-    return best
+def _inverses(totals: np.ndarray) -> np.ndarray:
+    """:func:`~dsq_chain.matching.scoring.inverse` of each of ``totals``: ``1 / total``, or 0.0 where it is 0."""
+    out = np.zeros(len(totals), dtype=np.float64)
+    np.divide(1.0, totals, out=out, where=totals > 0)
+    return out

@@ -503,3 +503,22 @@ def test_match_pauses_the_garbage_collector_only_while_it_runs() -> None:
         assert not gc.isenabled()  # a caller's choice is left as it was
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("huge", [2**63, 10**30])
+def test_counts_and_prices_beyond_64_bits_are_matched_exactly_as_explained(huge: int) -> None:
+    """The index is built with int64 arrays; a capacity or price that does not fit falls back to Python ints,
+    with the same placements and scores as the plain scoring."""
+    providers = grid(
+        provider(1, cpus=huge),
+        provider(2, prices=Prices.from_units(huge, 0, 100)),
+        *(provider(n, cpus=16 * n, prices=Prices.from_units(900 + n, 0, 100)) for n in range(3, 9)),
+    )
+    jobs = [job(k, cpus=2, mem_mb=4_096, cap=10**40) for k in range(1, 13)]
+    matcher = Matcher(leaf_size=2)
+    assignments = matcher.match(jobs, providers, NOW)
+    assert [a.job_id for a in assignments] == [j.id for j in jobs]
+    state = copy.deepcopy(providers)
+    for a, j in zip(assignments, jobs, strict=True):
+        assert a.provider == matcher.explain(j, state, NOW).best.address  # type: ignore[union-attr]
+        state[a.provider].free = state[a.provider].free - j.resources

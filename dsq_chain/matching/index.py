@@ -46,7 +46,7 @@ from typing import TypeVar, cast
 import numpy as np
 
 from dsq_chain.matching.model import ProviderState
-from dsq_chain.matching.scoring import MarketReference, Weights
+from dsq_chain.matching.scoring import MarketReference, Weights, inverse
 
 #: Slack for floating-point rounding between a node's bound and the exact scores below it.
 _EPS = 1e-9
@@ -136,12 +136,13 @@ class ProviderIndex:
         n = len(providers)
         totals = [p.total for p in providers]
         frees = [p.free for p in providers]
-        units = [p.prices.units for p in providers]  # plain ints: Credits arithmetic is slower
-        tc, tg, tm = [t.cpus for t in totals], [t.gpus for t in totals], [t.mem_mb for t in totals]
-        fc, fg, fm = [f.cpus for f in frees], [f.gpus for f in frees], [f.mem_mb for f in frees]
-        pc, pg, pm = [u[0] for u in units], [u[1] for u in units], [u[2] for u in units]
+        prices = [p.prices for p in providers]
         rel = [p.stats.reliability for p in providers]
-        ints = np.array([tc, tg, tm, fc, fg, fm, pc, pg, pm], dtype=np.int64).reshape(9, n)
+        ints = _int_array(
+            [[t.cpus for t in totals], [t.gpus for t in totals], [t.mem_mb for t in totals],
+             [f.cpus for f in frees], [f.gpus for f in frees], [f.mem_mb for f in frees],
+             [q.per_cpu_minute for q in prices], [q.per_gpu_minute for q in prices], [q.per_gb_minute for q in prices]]
+        ).reshape(9, n)  # fmt: skip
         order = _build_order([p.address for p in providers], _axes(ints, np.array(rel, dtype=np.float64), weights),
                              leaf_size)  # fmt: skip
         pick = order.tolist()
@@ -158,15 +159,13 @@ class ProviderIndex:
         self.refreshes = 0
         self._dirty: list[int] = []  # providers placed on since the last refresh
         self._refresh_every = max(REFRESH_EVERY, n)
-        self.fc, self.fg, self.fm = permuted(fc), permuted(fg), permuted(fm)
-        self.tc, self.tg, self.tm = permuted(tc), permuted(tg), permuted(tm)
+        # In tree order, as arrays: the same float64 operations as the Python expressions (see _derive), so the
+        # values agree bit for bit. Prices become plain ints: Credits arithmetic is slower.
+        cols = ints[:, order]
+        self.tc, self.tg, self.tm, self.fc, self.fg, self.fm, self.pc, self.pg, self.pm = cols.tolist()
         #: Free scratch disk at the batch's start (not decremented: the chain skips an entry that no longer fits).
         self.disk = [f.disk_gb for f in map(frees.__getitem__, pick)]
-        self.pc, self.pg, self.pm = permuted(pc), permuted(pg), permuted(pm)
         self.rel = permuted(rel)
-        # In tree order, as arrays: the same float64 operations as the Python expressions (see _derive), so the
-        # values agree bit for bit.
-        cols = ints[:, order]
         a_tc, a_tg, a_tm, a_fc, a_fg, a_fm, a_pc, a_pg = cols[:8]
         a_ic, a_ig, a_im = _inverses(a_tc), _inverses(a_tg), _inverses(a_tm)
         a_rel = np.array(self.rel, dtype=np.float64)
@@ -582,7 +581,7 @@ def _axes(ints: np.ndarray, reliability: np.ndarray, w: Weights) -> np.ndarray:
         w.reliability * reliability,
         w.load * used,
         np.where(has_gpus, 4.0, 0.0),
-    )).reshape(6, len(tc))  # fmt: skip
+    )).reshape(6, len(tc)).astype(np.float64)  # fmt: skip
 
 
 def _median_of(values: np.ndarray) -> float:
@@ -592,6 +591,16 @@ def _median_of(values: np.ndarray) -> float:
 
 def _inverses(totals: np.ndarray) -> np.ndarray:
     """:func:`~dsq_chain.matching.scoring.inverse` of each of ``totals``: ``1 / total``, or 0.0 where it is 0."""
+    if totals.dtype == object:
+        return np.array([inverse(t) for t in totals.tolist()], dtype=np.float64)
     out = np.zeros(len(totals), dtype=np.float64)
     np.divide(1.0, totals, out=out, where=totals > 0)
     return out
+
+
+def _int_array(rows: list[list[int]]) -> np.ndarray:
+    """``rows`` as int64, or as Python ints (an object array: slower, same arithmetic) where a value does not fit."""
+    try:
+        return np.array(rows, dtype=np.int64)
+    except OverflowError:
+        return np.array([[int(v) for v in row] for row in rows], dtype=object)  # int(): Credits arithmetic differs

@@ -38,7 +38,7 @@ bound is still a lower bound: see :meth:`ProviderIndex.place`).
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush, heapreplace
 from typing import TypeVar, cast
@@ -361,29 +361,39 @@ class ProviderIndex:
 
         return bound
 
-    def entries(self, d: Demand, positions: Iterable[int]) -> list[_Entry]:
-        """Heap entries with the exact scores of the providers at ``positions`` that can take ``d`` now.
+    def entries(self, d: Demand, lo: int, hi: int) -> list[_Entry]:
+        """Heap entries with the exact scores of the providers at positions ``lo .. hi - 1`` that can take ``d``
+        now.
 
         The arithmetic is :func:`~dsq_chain.matching.scoring.score`'s, term for
-        term, so that scores agree bit for bit with :meth:`Matcher.explain`.
+        term (the load is :func:`~dsq_chain.matching.scoring.load_after`'s
+        ``max`` written out: the first largest term), so that scores agree bit
+        for bit with :meth:`Matcher.explain`.
         """
         c, g, m, allowed, inv_ref, fair = d.cpus, d.gpus, d.mem_mb, d.allowed, d.inv_ref, d.fair
         w = self.weights
         wp, wl = w.price, w.load
-        fc, fg, fm, fixed, version = self.fc, self.fg, self.fm, self.fixed, self.version
         out: list[_Entry] = []
-        for i in positions:
-            f_c, f_g, f_m = fc[i], fg[i], fm[i]
+        for i, f_c, f_g, f_m, fixed, seen in zip(
+            range(lo, hi), self.fc[lo:hi], self.fg[lo:hi], self.fm[lo:hi], self.fixed[lo:hi], self.version[lo:hi],
+            strict=True,
+        ):
             if f_c < c or f_g < g or f_m < m:
                 continue
-            tc, tg, tm, ic, ig, im, pc, pg, pm, unrel, rel, sig, address = fixed[i]
+            tc, tg, tm, ic, ig, im, pc, pg, pm, unrel, rel, sig, address = fixed
             if not allowed[sig]:
                 continue
             rate = c * pc + g * pg + (m * pm) // 1024
-            load = max((tc - f_c + c) * ic, (tm - f_m + m) * im, (tg - f_g + g) * ig)
+            load = (tc - f_c + c) * ic
+            other = (tm - f_m + m) * im
+            if other > load:
+                load = other
+            other = (tg - f_g + g) * ig
+            if other > load:
+                load = other
             price = wp * (rate * inv_ref)
             reliability = unrel + fair * rel
-            out.append((price + wl * load + reliability, address, i, version[i], rate, price, reliability))
+            out.append((price + wl * load + reliability, address, i, seen, rate, price, reliability))
         return out
 
 
@@ -454,9 +464,11 @@ class Frontier:
         c, g, m, wl = d.cpus, d.gpus, d.mem_mb, index.weights.load
         # Buckets past the one holding cap have rates above it; those before it, rates below it.
         buckets = self._heaps[: bisect_right(self._edges, cap) + 1]
-        aside: list[tuple[list[_Entry], _Entry]] = []
         best: _Entry | None = None
+        skips = 0
         for heap in filter(None, buckets):
+            # Set aside from this bucket; put back once done with it: a search only pushes to later buckets.
+            aside: list[_Entry] = []
             while heap:
                 top = heap[0]
                 if best is not None and top >= best:
@@ -464,9 +476,9 @@ class Frontier:
                 key, address, ref, seen, rate, price, reliability = top
                 if ref < 0:
                     if rate > cap or (allowed is not None and not node_mask[-1 - ref] & allowed_mask):
-                        aside.append((heap, heappop(heap)))
-                        if len(aside) == budget:
-                            self._restore(aside)
+                        aside.append(heappop(heap))
+                        if skips + len(aside) == budget:
+                            _restore(heap, aside)
                             return None, budget, False
                     else:
                         heappop(heap)
@@ -476,11 +488,13 @@ class Frontier:
                     if c_free < c or g_free < g or m_free < m:
                         heappop(heap)  # no longer fits: capacity only shrinks during a batch
                         continue
-                    load = max(
-                        (tc[ref] - c_free + c) * ic[ref],
-                        (tm[ref] - m_free + m) * im[ref],
-                        (tg[ref] - g_free + g) * ig[ref],
-                    )
+                    load = (tc[ref] - c_free + c) * ic[ref]  # as in ProviderIndex.entries
+                    other = (tm[ref] - m_free + m) * im[ref]
+                    if other > load:
+                        load = other
+                    other = (tg[ref] - g_free + g) * ig[ref]
+                    if other > load:
+                        load = other
                     heapreplace(
                         heap, (price + wl * load + reliability, address, ref, version[ref], rate, price, reliability)
                     )
@@ -490,20 +504,17 @@ class Frontier:
                     or free_disk[ref] < disk
                     or (allowed is not None and not allowed[sig[ref]])
                 ):
-                    aside.append((heap, heappop(heap)))
-                    if len(aside) == budget:
-                        self._restore(aside)
+                    aside.append(heappop(heap))
+                    if skips + len(aside) == budget:
+                        _restore(heap, aside)
                         return None, budget, False
                 else:
                     best = top
                     break
-        self._restore(aside)
-        return (None if best is None else (best[2], best[4])), len(aside), True
-
-    @staticmethod
-    def _restore(aside: list[tuple[list[_Entry], _Entry]]) -> None:
-        for heap, entry in aside:
-            heappush(heap, entry)
+            if aside:
+                skips += len(aside)
+                _restore(heap, aside)
+        return (None if best is None else (best[2], best[4])), skips, True
 
     def _expand(self, node: int, key: float, seen: int) -> None:
         """Replace a popped node (pushed after ``seen`` bound refreshes) by its children (or, for a leaf, its
@@ -520,13 +531,18 @@ class Frontier:
         left = index.left[node]
         if left == _NO_CHILD:
             heaps, edges = self._heaps, self._edges
-            for entry in index.entries(self.demand, range(index.lo[node], index.hi[node])):
+            for entry in index.entries(self.demand, index.lo[node], index.hi[node]):
                 heappush(heaps[bisect_right(edges, entry[4])], entry)
             return
         for child in (left, index.right[node]):
             lb = self._bound(child)
             if lb is not None:
                 self._push((lb[0], "", -1 - child, refreshes, lb[1], 0.0, 0.0))
+
+
+def _restore(heap: list[_Entry], aside: list[_Entry]) -> None:
+    for entry in aside:
+        heappush(heap, entry)
 
 
 # ---------------------------------------------------------------------- k-d layout

@@ -326,11 +326,12 @@ class _Batch:
         """The best of the few providers a directly placed job allows: scored one by one, no search."""
         position = self._index.position
         allowed = sorted({position[a] for a in allowed_addresses(job) if a in position} - excluded)
-        disk = self._index.disk
+        disk, demand = self._index.disk, self._demand(job, key, labels, fair)
         usable = [
             e
-            for e in self._index.entries(self._demand(job, key, labels, fair), allowed)
-            if e[4] <= job.max_rate and disk[e[2]] >= job.resources.disk_gb
+            for i in allowed
+            for e in self._index.entries(demand, i, i + 1)
+            if e[4] <= job.max_rate and disk[i] >= job.resources.disk_gb
         ]
         if not usable:
             return None

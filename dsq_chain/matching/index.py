@@ -311,10 +311,9 @@ class ProviderIndex:
         prices, label signatures present): a job that fits nowhere costs no search."""
         if not self.address:
             return False
-        nfc, nfg, nfm = self.dynamic[0][:3]
-        pc, pg, pm = self.static[0][:3]
-        return (-nfc >= cpus and -nfg >= gpus and -nfm >= mem_mb and bool(self.mask[0] & allowed_mask)
-                and cpus * pc + gpus * pg + (mem_mb * pm) // 1024 <= cap)
+        most, cheapest = self.dynamic[0], self.static[0]  # most free (negated), lowest prices
+        return (-most[0] >= cpus and -most[1] >= gpus and -most[2] >= mem_mb and bool(self.mask[0] & allowed_mask)
+                and cpus * cheapest[0] + gpus * cheapest[1] + (mem_mb * cheapest[2]) // 1024 <= cap)
 
     # ------------------------------------------------------------------ scoring
 
@@ -466,9 +465,9 @@ class Frontier:
         buckets = self._heaps[: bisect_right(self._edges, cap) + 1]
         best: _Entry | None = None
         skips = 0
+        # Set aside from the bucket searched; put back once done with it: a search only pushes to later buckets.
+        aside: list[_Entry] = []
         for heap in filter(None, buckets):
-            # Set aside from this bucket; put back once done with it: a search only pushes to later buckets.
-            aside: list[_Entry] = []
             while heap:
                 top = heap[0]
                 if best is not None and top >= best:
@@ -514,6 +513,7 @@ class Frontier:
             if aside:
                 skips += len(aside)
                 _restore(heap, aside)
+                aside = []
         return (None if best is None else (best[2], best[4])), skips, True
 
     def _expand(self, node: int, key: float, seen: int) -> None:

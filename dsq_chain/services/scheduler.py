@@ -42,7 +42,7 @@ from dsq_chain.services.gridstate import GridState, JobRecord
 from dsq_chain.services.heads import HeadWatcher
 from dsq_chain.services.metrics import SchedulerMetrics
 from dsq_chain.services.shares import DEFAULT_TAKEOVER_S, Shares
-from dsq_chain.types import JobStatus
+from dsq_chain.types import JobStatus, ProviderStatus
 
 log = logging.getLogger("dsq.scheduler")
 
@@ -111,6 +111,8 @@ class MetaScheduler:
         self.never: dict[int, str] = {}
         self._dirty = True
         self._last_sweep = 0.0
+        #: Jobs seen assigned to a banned provider: monotonic time first seen (see :meth:`sweep_banned`).
+        self._banned_seen: dict[int, float] = {}
         #: Jobs whose last on-chain attempt failed alone: job id -> reason (shown by explain).
         self.failures: dict[int, str] = {}
         #: Assignments mined but not yet seen as events: job id -> (block, block hash) of the receipt.
@@ -400,6 +402,36 @@ class MetaScheduler:
             self._dirty = True
         return released
 
+    def sweep_banned(self) -> list[int]:
+        """Sends back to PENDING every META_SCHEDULED or SCHEDULED job whose provider is banned.
+
+        A banned provider may no longer claim or start, so without this a job it had claimed would wait
+        SCHEDULED for good (the claim timeout covers META_SCHEDULED only). Each job goes back to the matcher
+        (which never picks that provider for it again). Another active scheduler's share waits ``takeover_s``."""
+        now = time.monotonic()
+        due = []
+        for j in self.state.jobs.values():
+            if j.status not in (JobStatus.META_SCHEDULED, JobStatus.SCHEDULED) or j.provider is None:
+                continue
+            known = self.state.provider_status(j.provider)
+            if known is None or known[0] is not ProviderStatus.BANNED:
+                self._banned_seen.pop(j.id, None)
+                continue
+            if now - self._banned_seen.setdefault(j.id, now) >= self.shares.delay(j.id):
+                due.append(j.id)
+        released = []
+        for job_id in due:
+            try:
+                self.client.release_from_banned(job_id)
+                released.append(job_id)
+                self._banned_seen.pop(job_id, None)
+            except ContractError as e:
+                log.info("releaseFromBanned(%d) not applied: %s", job_id, e)
+        if released:
+            log.warning("released %d job(s) of banned providers back to PENDING: %s", len(released), released)
+            self._dirty = True
+        return released
+
     def run(self, stop: threading.Event) -> None:
         """Runs rounds until ``stop`` is set; survives node outages, bad events and a failing round (logged,
         counted, retried with back-off: the state is rebuilt from events, so nothing is lost).
@@ -419,6 +451,7 @@ class MetaScheduler:
                     if time.monotonic() - self._last_sweep > self.timeout_sweep_s:
                         self._last_sweep = time.monotonic()
                         self.sweep_claim_timeouts()
+                        self.sweep_banned()
                     backoff = self.poll_interval
                     if not self._dirty:
                         seen = heads.wait(seen, self.poll_interval)

@@ -362,10 +362,9 @@ class _Batch:
         return demand
 
     def _excluded(self, job: PendingJob) -> frozenset[int]:
-        """Index positions the job may not go to: refused or timed out, or excluded by its placement.
-        (Its allowed providers and scratch disk are checked in the search: see :meth:`Frontier.best`.)"""
-        if not job.excluded:
-            return _NOWHERE
+        """Index positions a job with exclusions may not go to: refused or timed out, or excluded by its
+        placement (:meth:`place` passes :data:`_NOWHERE` for the others without a call). Its allowed providers
+        and scratch disk are checked in the search: see :meth:`Frontier.best`."""
         position = self._index.position
         return frozenset(position[a] for a in excluded_addresses(job) if a in position)
 
@@ -381,11 +380,10 @@ class _Batch:
         return labels
 
     def _fair_weight(self, owner: str) -> float:
-        """``weights.fairshare * share level`` of ``owner`` (see :func:`share_level`)."""
-        fair = self._fair.get(owner)
-        if fair is None:
-            share = self._matcher.fairshare.share(owner, self._now, self._total_usage)
-            fair = self._fair[owner] = self._matcher.weights.fairshare * share_level(share)
+        """``weights.fairshare * share level`` of ``owner`` (see :func:`share_level`), worked out on its first
+        job of the batch and kept in ``_fair``, which :meth:`place` reads first."""
+        share = self._matcher.fairshare.share(owner, self._now, self._total_usage)
+        fair = self._fair[owner] = self._matcher.weights.fairshare * share_level(share)
         return fair
 
 

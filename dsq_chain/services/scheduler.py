@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from hexbytes import HexBytes
@@ -391,13 +391,18 @@ class MetaScheduler:
             return []
         expired = [j.id for j in self.client.jobs(due)
                    if j.status is JobStatus.META_SCHEDULED and now >= j.since + self.claim_timeout]
+        return self._release(expired, self.client.timeout_claim, "timeoutClaim")
+
+    def _release(self, job_ids: list[int], send: Callable[[int], object], name: str) -> list[int]:
+        """Sends ``send`` (the contract call ``name``) for each of ``job_ids``; returns those it applied to.
+        One that reverts (another scheduler was first, the job moved) is logged and skipped."""
         released = []
-        for job_id in expired:
+        for job_id in job_ids:
             try:
-                self.client.timeout_claim(job_id)
+                send(job_id)
                 released.append(job_id)
             except ContractError as e:
-                log.info("timeoutClaim(%d) not applied: %s", job_id, e)
+                log.info("%s(%d) not applied: %s", name, job_id, e)
         if released:
             self._dirty = True
         return released
@@ -411,25 +416,17 @@ class MetaScheduler:
         now = time.monotonic()
         due = []
         for j in self.state.jobs.values():
-            if j.status not in (JobStatus.META_SCHEDULED, JobStatus.SCHEDULED) or j.provider is None:
-                continue
-            known = self.state.provider_status(j.provider)
-            if known is None or known[0] is not ProviderStatus.BANNED:
-                self._banned_seen.pop(j.id, None)
-                continue
-            if now - self._banned_seen.setdefault(j.id, now) >= self.shares.delay(j.id):
-                due.append(j.id)
-        released = []
-        for job_id in due:
-            try:
-                self.client.release_from_banned(job_id)
-                released.append(job_id)
-                self._banned_seen.pop(job_id, None)
-            except ContractError as e:
-                log.info("releaseFromBanned(%d) not applied: %s", job_id, e)
+            if j.status in (JobStatus.META_SCHEDULED, JobStatus.SCHEDULED) and j.provider is not None:
+                known = self.state.provider_status(j.provider)
+                if known is not None and known[0] is ProviderStatus.BANNED:
+                    if now - self._banned_seen.setdefault(j.id, now) >= self.shares.delay(j.id):
+                        due.append(j.id)
+                    continue
+            if self._banned_seen:
+                self._banned_seen.pop(j.id, None)  # released, ended, or its provider's ban lifted
+        released = self._release(due, self.client.release_from_banned, "releaseFromBanned")
         if released:
             log.warning("released %d job(s) of banned providers back to PENDING: %s", len(released), released)
-            self._dirty = True
         return released
 
     def run(self, stop: threading.Event) -> None:

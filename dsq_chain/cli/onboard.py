@@ -18,7 +18,6 @@ from dsq_chain.money import Credits
 from dsq_chain.sdk.client import ProviderClient
 from dsq_chain.services.doctor import diagnose
 from dsq_chain.services.onboarding import (
-    chain_labels,
     create_keystore,
     import_keystore,
     plan_offer,
@@ -27,7 +26,7 @@ from dsq_chain.services.onboarding import (
     sync_registration,
     write_service_files,
 )
-from dsq_chain.types import Prices, ProviderStatus, Resources
+from dsq_chain.types import Prices, Resources
 from dsq_chain.workloads.labels import parse_labels
 
 LABEL = Annotated[list[str] | None, typer.Option("--label", help="extra label key=value (repeatable)")]
@@ -173,8 +172,8 @@ def init(
         cap = report.capacity
         hw = Resources(cpus if cpus is not None else cap.cpus, gpus if gpus is not None else cap.gpus,
                        mem_mb if mem_mb is not None else cap.mem_mb)
-        offer = settle_offer(client, plan_offer(report, prices, region=region, extra_labels=parse_labels(label or []),
-                                                hardware=hw), remeasure=remeasure)
+        planned = plan_offer(report, prices, region=region, extra_labels=parse_labels(label or []), hardware=hw)
+        offer, before = settle_offer(client, planned, remeasure=remeasure)
         # 5. the config, the environment file and the unit
         worker_args = ["--executor", name, "--state-dir", str(sdir), "--metrics-port", str(metrics_port)]
         env = {"DSQ_KEYSTORE_PASSWORD": password}
@@ -198,7 +197,6 @@ def init(
                                     state_dir=sdir, user=service_user)
         print(f"5. config {files.config}, environment file {files.env_file} (0600), unit {files.unit}")
         # 6. registration
-        before = chain_labels(client, list(offer.labels)) if client.info().status is not ProviderStatus.NONE else {}
         sent = sync_registration(client, offer, remeasure=remeasure)
         info = client.info()
         what = "already up to date"

@@ -217,11 +217,13 @@ def chain_labels(client: ProviderClient, extra_keys: Sequence[str] = ()) -> dict
     return found
 
 
-def settle_offer(client: ProviderClient, offer: Offer, *, remeasure: bool = False) -> Offer:
-    """``offer`` as :func:`sync_registration` will send it (measurement noise against the chain's figures removed)."""
+def settle_offer(client: ProviderClient, offer: Offer, *, remeasure: bool = False) -> tuple[Offer, dict[str, str]]:
+    """``offer`` as :func:`sync_registration` will send it (measurement noise against the chain's figures
+    removed), and the labels the chain holds now (none for a provider not registered)."""
     if client.info().status in (ProviderStatus.NONE, ProviderStatus.REMOVED):
-        return offer
-    return keep_close_measurements(offer, chain_labels(client, list(offer.labels)), remeasure=remeasure)
+        return offer, {}
+    on_chain = chain_labels(client, list(offer.labels))
+    return keep_close_measurements(offer, on_chain, remeasure=remeasure), on_chain
 
 
 def sync_registration(client: ProviderClient, offer: Offer, *, remeasure: bool = False) -> list[str]:

@@ -13,7 +13,7 @@ DEMO_ARGS ?=
 
 setup: $(STAMP_PY) $(STAMP_NODE)
 
-$(STAMP_PY): pyproject.toml
+$(STAMP_PY): pyproject.toml setup.py dsq_chain/matching/_search.c  # the install compiles the matcher's search
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -52,4 +52,5 @@ bench: setup
 	$(PY) benchmarks/matcher.py
 
 clean:
-	rm -rf $(VENV) .venv-ape node_modules .solc-bin .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-ape node_modules .solc-bin .pytest_cache .mypy_cache .ruff_cache build
+	rm -f dsq_chain/matching/_search.*.so

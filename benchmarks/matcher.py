@@ -1,8 +1,10 @@
 """Benchmark of the matcher: pending jobs placed per second on a realistic market.
 
 Run ``python benchmarks/matcher.py`` for the headline (100,000 jobs over
-10,000 providers) and two scaling tables; ``--quick`` for a small smoke run.
-Everything is seeded, so runs are comparable.
+10,000 providers) and two scaling tables; ``--quick`` for a small smoke run;
+``--python`` to measure the Python search instead of the compiled one.
+Everything is seeded, so runs are comparable, and every run's placements are
+checked against those recorded.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy  # noqa: F401  # the index build imports it on first use: a one-off per process, not a batch's cost
 
 from dsq_chain.matching import FairShare, Matcher, PendingJob, ProviderState, ProviderStats
+from dsq_chain.matching import compiled as compiled_search
 from dsq_chain.types import LabelConstraint, LabelOp, Prices, Resources
 
 ZONES = ("eu-west", "eu-north", "us-east", "us-west", "ap-south")
@@ -117,6 +120,16 @@ DIGESTS = {
     (100_000, 10_000): "0e4c9c7bd99cc612",
 }
 digest_checks: list[str] = []
+#: The matcher's ``compiled`` setting for the runs: None uses the compiled search when it is built.
+COMPILED: bool | None = None
+
+
+def _search_used() -> str:
+    if COMPILED is False:
+        return "Python (--python)"
+    if compiled_search.AVAILABLE:
+        return "compiled (dsq_chain/matching/_search.c; --python for the Python search)"
+    return "Python (the compiled search is not built here: no C compiler when the package was installed)"
 
 
 def run(n_jobs: int, n_providers: int, seed: int = 1) -> tuple[float, float, int]:
@@ -126,7 +139,7 @@ def run(n_jobs: int, n_providers: int, seed: int = 1) -> tuple[float, float, int
     rng = random.Random(seed)
     providers = make_providers(n_providers, rng)
     jobs = make_jobs(n_jobs, rng, providers)
-    matcher = Matcher(fairshare=make_fairshare(jobs, rng))
+    matcher = Matcher(fairshare=make_fairshare(jobs, rng), compiled=COMPILED)
     wall, cpu = time.perf_counter(), time.process_time()
     assignments = matcher.match(jobs, providers, now=HOUR)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -153,7 +166,11 @@ def _row(n_jobs: int, n_providers: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small smoke run (a few seconds)")
+    parser.add_argument("--python", action="store_true", help="use the matcher's Python search, not the compiled one")
     args = parser.parse_args(argv)
+    global COMPILED
+    COMPILED = False if args.python else None
+    print(f"search: {_search_used()}")
     print("jobs/s is wall-clock; cpu is this process's CPU time (steadier on a busy machine)")
     if args.quick:
         print(HEADER)

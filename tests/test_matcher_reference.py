@@ -118,9 +118,14 @@ def markets(draw: st.DrawFn) -> tuple[dict[str, ProviderState], list[PendingJob]
 def test_property_placements_equal_the_brute_force_reference(
     market: tuple[dict[str, ProviderState], list[PendingJob], FairShare], leaf_size: int, weights: Weights
 ) -> None:
+    """Both searches, the Python one and the compiled one (when built: see test_compiled_search.py)."""
     providers, jobs, fairshare = market
-    matcher = Matcher(weights, fairshare, leaf_size=leaf_size)
-    got = [(a.job_id, a.provider, a.rate) for a in matcher.match(jobs, providers, NOW)]
-    assert got == reference_match(matcher, jobs, providers, NOW)
-    placed = {job_id for job_id, _, _ in got}
-    assert set(matcher.last_unplaced) == {j.id for j in jobs} - placed
+    expected: list[tuple[int, str, int]] | None = None
+    for compiled in (False, None):
+        matcher = Matcher(weights, fairshare, leaf_size=leaf_size, compiled=compiled)
+        got = [(a.job_id, a.provider, a.rate) for a in matcher.match(jobs, providers, NOW)]
+        if expected is None:
+            expected = reference_match(matcher, jobs, providers, NOW)
+        assert got == expected, f"compiled={compiled}"
+        placed = {job_id for job_id, _, _ in got}
+        assert set(matcher.last_unplaced) == {j.id for j in jobs} - placed

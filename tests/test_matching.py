@@ -407,12 +407,13 @@ def markets(draw: st.DrawFn) -> tuple[dict[str, ProviderState], list[PendingJob]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(markets(), st.sampled_from([1, 2, 16]))
+@given(markets(), st.sampled_from([1, 2, 16]), st.sampled_from([False, None]))
 def test_property_every_placement_is_valid_best_and_unplaced_jobs_fit_nowhere(
-    market: tuple[dict[str, ProviderState], list[PendingJob], FairShare], leaf_size: int
+    market: tuple[dict[str, ProviderState], list[PendingJob], FairShare], leaf_size: int, compiled: bool | None
 ) -> None:
+    """With the Python search (compiled=False) and the compiled one (None: used when built)."""
     providers, jobs, fs = market
-    matcher = Matcher(fairshare=fs, leaf_size=leaf_size)
+    matcher = Matcher(fairshare=fs, leaf_size=leaf_size, compiled=compiled)
     assignments = matcher.match(jobs, providers, NOW)
     by_id = {j.id: j for j in jobs}
     state = copy.deepcopy(providers)

@@ -137,7 +137,7 @@ def resources_problem(res: object, what: str) -> str | None:
     """Why ``res`` is not a valid :class:`Resources` of non-negative integers, or None."""
     if not isinstance(res, Resources):
         return f"{what} is not a Resources record"
-    for name in ("cpus", "gpus", "mem_mb"):
+    for name in ("cpus", "gpus", "mem_mb", "disk_gb"):
         value = getattr(res, name)
         if not _is_count(value):
             return f"{what}.{name} must be an integer >= 0, got {value!r}"
@@ -155,9 +155,11 @@ def _plain_price(value: object) -> bool:
 
 
 def _plain_resources(res: object) -> bool:
-    """A fast sufficient test that :func:`resources_problem` finds nothing."""
-    return (type(res) is Resources and _plain_count(res.cpus) and _plain_count(res.gpus)
-            and _plain_count(res.mem_mb))  # fmt: skip
+    """A fast sufficient test that :func:`resources_problem` finds nothing (written out: it runs for every
+    provider and job of every batch)."""
+    return (type(res) is Resources and type(c := res.cpus) is int and type(g := res.gpus) is int
+            and type(m := res.mem_mb) is int and type(d := res.disk_gb) is int
+            and c >= 0 and g >= 0 and m >= 0 and d >= 0)  # fmt: skip
 
 
 def job_problem(job: object) -> str | None:

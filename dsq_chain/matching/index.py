@@ -34,6 +34,13 @@ depend on labels, so the copy is as far along as the original.
 The index owns private copies of the free capacities: :meth:`ProviderIndex.place`
 decrements them; the node bounds follow in a batched refresh now and then (a stale
 bound is still a lower bound: see :meth:`ProviderIndex.place`).
+
+``_search.c`` is this search compiled: the same tree, bounds, frontiers, rate
+buckets and rent-or-buy narrowing on C arrays, with the same score arithmetic,
+so its placements are these (the tests run both). A batch uses it when it is
+built and every count and price is below 2**30
+(:func:`~dsq_chain.matching.compiled.search_index`); this module serves the
+rest, Python ints of any size included.
 """
 
 from __future__ import annotations
@@ -70,6 +77,9 @@ _FAR = 1e12
 #: ``ref < 0`` is node ``-1 - ref``: ``key`` and ``rate`` are lower bounds (computed after ``version``
 #: refreshes of the node bounds) and the address is empty, so that it pops before providers with an equal key.
 _Entry = tuple[float, str, int, int, int, float, float]
+#: A label filter (see :meth:`ProviderIndex.label_filter`): one flag per label signature, and what the index
+#: checks tree nodes with (the same as bits here; one flag per node in the compiled index).
+LabelFilter = tuple[bytes, object]
 _Bound = Callable[[int], "tuple[float, int] | None"]
 #: Dynamic node bounds, all minima: of the negated free cpus, gpus, memory (the most free); of the used
 #: fraction of cpus, gpus, memory, of the tightest resource; of the joint cpu-price and gpu-price terms
@@ -309,14 +319,24 @@ class ProviderIndex:
                     heappush(heap, -up)
         self.refreshes += 1
 
-    def could_take(self, cpus: int, gpus: int, mem_mb: int, cap: int, allowed_mask: int) -> bool:
+    def could_take(self, cpus: int, gpus: int, mem_mb: int, cap: int) -> bool:
         """False when no provider can take the demand, by the root's bounds alone (free capacity, lowest
-        prices, label signatures present): a job that fits nowhere costs no search."""
+        prices): a job that fits nowhere costs no search. (Labels are the caller's: it counts the providers
+        whose labels a job allows.)"""
         if not self.address:
             return False
         most, cheapest = self.dynamic[0], self.static[0]  # most free (negated), lowest prices
-        return (-most[0] >= cpus and -most[1] >= gpus and -most[2] >= mem_mb and bool(self.mask[0] & allowed_mask)
+        return (-most[0] >= cpus and -most[1] >= gpus and -most[2] >= mem_mb
                 and cpus * cheapest[0] + gpus * cheapest[1] + (mem_mb * cheapest[2]) // 1024 <= cap)
+
+    def label_filter(self, allowed: bytes, allowed_mask: int) -> LabelFilter:
+        """What :meth:`Frontier.best` and :meth:`Frontier.narrowed` take to narrow a search to the label
+        signatures flagged in ``allowed`` (``allowed_mask``: the same as bits)."""
+        return (allowed, allowed_mask)
+
+    def frontier(self, demand: Demand) -> Frontier:
+        """A new search for ``demand``, from the root."""
+        return Frontier(self, demand)
 
     # ------------------------------------------------------------------ scoring
 
@@ -359,7 +379,9 @@ class ProviderIndex:
             if g:
                 rest = (1.0 - lam_g) * (wl * mumax + munrel) + fair * rmin
                 joint = max(joint, lam_g * mjg + spare_g * pg + kp * (c * pc + mem_rate) + rest)
-            return max(lb, joint) - _EPS, rate
+            top = max(lb, joint)
+            # the bound adds the score's terms in another order: a few ulps off, so the slack grows with it
+            return top - (_EPS + 1e-12 * (abs(top) + wr + fair)), rate
 
         return bound
 
@@ -428,9 +450,10 @@ class Frontier:
         """Entries held (providers scored and nodes not expanded yet)."""
         return sum(map(len, self._heaps))
 
-    def narrowed(self, demand: Demand) -> Frontier:
-        """A frontier for ``demand``, the same shape and fair share as this one's with narrower labels,
-        starting where this one is: its entries of providers and nodes ``demand`` allows."""
+    def narrowed(self, demand: Demand, labels: LabelFilter) -> Frontier:
+        """A frontier for ``demand``, the same shape and fair share as this one's with narrower labels
+        (``labels``, its filter), starting where this one is: its entries of providers and nodes ``demand``
+        allows."""
         out = Frontier(self._index, demand, root=False)
         sig, mask, allowed, allowed_mask = self._index.sig, self._index.mask, demand.allowed, demand.allowed_mask
         for heap, source in zip(out._heaps, self._heaps, strict=True):
@@ -438,13 +461,17 @@ class Frontier:
             heapify(heap)
         return out
 
+    def score_of(self, i: int) -> tuple[float, int] | None:
+        """Provider ``i``'s score and rate for the demand now, or None when it cannot take it."""
+        entries = self._index.entries(self.demand, i, i + 1)
+        return (entries[0][0], entries[0][4]) if entries else None
+
     def best(
         self,
         cap: int,
         excluded: frozenset[int] = frozenset(),
         disk: int = 0,
-        allowed: bytes | None = None,
-        allowed_mask: int = 0,
+        narrow: LabelFilter | None = None,
         budget: int = -1,
     ) -> tuple[tuple[int, int] | None, int, bool]:
         """The best provider for a job of this frontier's demand with price cap ``cap``.
@@ -452,8 +479,8 @@ class Frontier:
         The job may not go to the provider indices in ``excluded``, needs
         ``disk`` GB of scratch disk free (see :attr:`ProviderIndex.disk`) and,
         when it shares the frontier with jobs of broader label needs, only
-        allows the label signatures flagged in ``allowed`` (``allowed_mask``
-        the same as bits; None: no narrowing).
+        allows the label signatures ``narrow`` allows (see
+        :meth:`ProviderIndex.label_filter`; None: no narrowing).
 
         Returns ``((provider index, rate) or None, skips, complete)``.
         Better-scored entries that the job cannot use are set aside while it
@@ -461,6 +488,7 @@ class Frontier:
         counts them. After ``budget`` skips the search stops incomplete.
         """
         index, d = self._index, self.demand
+        allowed, allowed_mask = (narrow[0], cast(int, narrow[1])) if narrow is not None else (None, 0)
         version, fc, fg, fm, tc, tg, tm = index.version, index.fc, index.fg, index.fm, index.tc, index.tg, index.tm
         ic, ig, im, sig, node_mask, free_disk = index.ic, index.ig, index.im, index.sig, index.mask, index.disk
         c, g, m, wl = d.cpus, d.gpus, d.mem_mb, index.weights.load

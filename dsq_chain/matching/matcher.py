@@ -27,7 +27,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import TypeAlias
 
+from dsq_chain.matching.compiled import CompiledFrontier, CompiledIndex, search_index
 from dsq_chain.matching.constraints import (
     ConstraintError,
     LabelSignatures,
@@ -40,7 +42,7 @@ from dsq_chain.matching.constraints import (
 )
 from dsq_chain.matching.explain import Explanation, ProviderVerdict
 from dsq_chain.matching.fairshare import FairShare
-from dsq_chain.matching.index import DEFAULT_LEAF_SIZE, Demand, Frontier, ProviderIndex, rate_edges
+from dsq_chain.matching.index import DEFAULT_LEAF_SIZE, Demand, Frontier, LabelFilter, ProviderIndex, rate_edges
 from dsq_chain.matching.model import Assignment, PendingJob, ProviderState
 from dsq_chain.matching.scoring import MarketReference, Weights, score, share_level
 from dsq_chain.types import LabelConstraint
@@ -55,6 +57,9 @@ _BUY_DIVISOR = 2
 _NOWHERE: frozenset[int] = frozenset()
 #: Frontiers are kept per demand: (cpus, gpus, memory, allowed label signatures, fair-share weight).
 _DemandKey = tuple[int, int, int, bytes, float]
+#: The two searches (Python and compiled) have the same methods and results.
+_Index: TypeAlias = ProviderIndex | CompiledIndex
+_Frontier: TypeAlias = Frontier | CompiledFrontier
 
 
 @dataclass(slots=True)
@@ -102,6 +107,7 @@ class Matcher:
         *,
         provisional_minutes: float = 60.0,
         leaf_size: int = DEFAULT_LEAF_SIZE,
+        compiled: bool | None = None,
     ) -> None:
         if not provisional_minutes >= 0:
             raise ValueError(f"provisional_minutes must be >= 0, got {provisional_minutes!r}")
@@ -109,6 +115,8 @@ class Matcher:
         self.fairshare = fairshare if fairshare is not None else FairShare(DEFAULT_HALF_LIFE_S)
         self.provisional_minutes = provisional_minutes
         self.leaf_size = leaf_size
+        #: The compiled search when built (None), always (True: an error when not built) or never (False).
+        self.compiled = compiled
         #: Jobs of the last batch that were skipped as unmatchable: job id -> reason.
         self.last_errors: dict[int, str] = {}
         #: Providers left out of the last batch or explanation: address -> reason.
@@ -148,7 +156,8 @@ class Matcher:
         self.last_errors, self.last_unplaced = {}, []
         market = _Market.of(providers.values())
         self.last_provider_errors = market.errors
-        index = ProviderIndex(market.active, market.signature_ids, self.weights, market.reference, self.leaf_size)
+        index = search_index(market.active, market.signature_ids, len(market.signatures), self.weights,
+                             market.reference, self.leaf_size, self.compiled)
         batch = _Batch(self, index, market, now)
         assignments: list[Assignment] = []
         queue = _FairQueue(self._valid_jobs(jobs), self.fairshare, now)
@@ -226,19 +235,20 @@ class _Labels:
 
     ``flags``/``mask``: the allowed signatures; ``everything``: no provider is
     ruled out; ``count``: how many providers it allows (among GPU providers,
-    for GPU jobs).
+    for GPU jobs); ``filter``: the same for the index's searches.
     """
 
     flags: bytes
     mask: int
     everything: bool
     count: int
+    filter: LabelFilter
 
 
 class _Batch:
     """One batch's working state: the index (private free capacities) and a frontier per demand."""
 
-    def __init__(self, matcher: Matcher, index: ProviderIndex, market: _Market, now: float) -> None:
+    def __init__(self, matcher: Matcher, index: _Index, market: _Market, now: float) -> None:
         self._matcher = matcher
         self._index = index
         self._market = market
@@ -252,7 +262,7 @@ class _Batch:
             self._sig_counts[1][sig] += p.total.gpus > 0
         self._labels: dict[tuple[tuple[LabelConstraint, ...], bool], _Labels] = {}
         self._all = self._labels_for((), False)
-        self._frontiers: dict[_DemandKey, Frontier] = {}
+        self._frontiers: dict[_DemandKey, _Frontier] = {}
         self._demands: dict[_DemandKey, Demand] = {}
         # Per demand, the highest cap at which it found nothing for a job without exclusions:
         # capacity only shrinks during a batch, so jobs of that demand with a cap as low fail too.
@@ -260,7 +270,7 @@ class _Batch:
         # Entries skipped per demand with label constraints in its shape's shared frontier (see _search).
         self._skips: dict[_DemandKey, int] = {}
         # Per shape (cpus, gpus, memory, fair-share weight): the frontiers made so far, with their allowed labels.
-        self._shapes: defaultdict[tuple[int, int, int, float], list[tuple[int, Frontier]]] = defaultdict(list)
+        self._shapes: defaultdict[tuple[int, int, int, float], list[tuple[int, _Frontier]]] = defaultdict(list)
 
     def place(self, job: PendingJob) -> Assignment | None:
         """Find ``job``'s best provider and reserve its resources there; None if it fits nowhere or errs."""
@@ -278,7 +288,7 @@ class _Batch:
         cap = job.max_rate
         if cap <= self._failed_cap.get(key, -1):
             return None
-        if not labels.count or not self._index.could_take(res.cpus, res.gpus, res.mem_mb, cap, labels.mask):
+        if not labels.count or not self._index.could_take(res.cpus, res.gpus, res.mem_mb, cap):
             return None
         if job.allowed:
             found = self._among(job, key, labels, fair, excluded)
@@ -318,11 +328,11 @@ class _Batch:
         skipped = self._skips.get(key, 0)
         budget = min(labels.count, _BUY_BASE + len(shared) // _BUY_DIVISOR) - skipped
         if budget > 0:
-            found, skips, complete = shared.best(cap, excluded, disk, labels.flags, labels.mask, budget)
+            found, skips, complete = shared.best(cap, excluded, disk, labels.filter, budget)
             self._skips[key] = skipped + skips
             if complete:
                 return found
-        frontier = self._frontiers[key] = shared.narrowed(self._demand(job, key, labels, fair))
+        frontier = self._frontiers[key] = shared.narrowed(self._demand(job, key, labels, fair), labels.filter)
         self._shapes[res.cpus, res.gpus, res.mem_mb, fair].append((labels.mask, frontier))
         return frontier.best(cap, excluded, disk)[0]
 
@@ -330,24 +340,26 @@ class _Batch:
         self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float, excluded: frozenset[int]
     ) -> tuple[int, int] | None:
         """The best of the few providers a directly placed job allows: scored one by one, no search."""
-        position = self._index.position
+        index = self._index
+        position, address, disk = index.position, index.address, index.disk
         allowed = sorted({position[a] for a in allowed_addresses(job) if a in position} - excluded)
-        disk, demand = self._index.disk, self._demand(job, key, labels, fair)
+        frontier = self._frontier(job, key, labels, fair)
         usable = [
-            e
+            (found[0], address[i], i, found[1])
             for i in allowed
-            for e in self._index.entries(demand, i, i + 1)
-            if e[4] <= job.max_rate and disk[i] >= job.resources.disk_gb
+            if (found := frontier.score_of(i)) is not None
+            and found[1] <= job.max_rate
+            and disk[i] >= job.resources.disk_gb
         ]
         if not usable:
             return None
         best = min(usable)
-        return best[2], best[4]
+        return best[2], best[3]
 
-    def _frontier(self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float) -> Frontier:
+    def _frontier(self, job: PendingJob, key: _DemandKey, labels: _Labels, fair: float) -> _Frontier:
         frontier = self._frontiers.get(key)
         if frontier is None:
-            frontier = self._frontiers[key] = Frontier(self._index, self._demand(job, key, labels, fair))
+            frontier = self._frontiers[key] = self._index.frontier(self._demand(job, key, labels, fair))
             self._shapes[key[:3] + key[4:]].append((labels.mask, frontier))
         return frontier
 
@@ -376,7 +388,9 @@ class _Batch:
             mask = sum(1 << sig for sig, ok in enumerate(flags) if ok)
             counts = self._sig_counts[gpus]
             count = sum(n for n, ok in zip(counts, flags, strict=True) if ok)
-            labels = self._labels[constraints, gpus] = _Labels(flags, mask, all(flags), count)
+            labels = self._labels[constraints, gpus] = _Labels(
+                flags, mask, all(flags), count, self._index.label_filter(flags, mask)
+            )
         return labels
 
     def _fair_weight(self, owner: str) -> float:

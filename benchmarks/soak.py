@@ -407,12 +407,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated kinds among: {', '.join(FAULTS)}")
+    parser.add_argument("--keep", type=Path, help="keep the run's folder (service logs, chain state) here")
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.faults.split(",") if k.strip()]
     if not kinds or any(k not in FAULTS for k in kinds):
         parser.error(f"--faults: expected kinds among {', '.join(FAULTS)}, got {args.faults!r}")
-    with TemporaryDirectory(prefix="dsq-soak-") as tmp:
-        out = soak(args.seconds, args.every, args.workers, args.seed, Path(tmp), kinds)
+    if args.keep is not None:
+        if args.keep.exists() and any(args.keep.iterdir()):
+            parser.error(f"--keep: {args.keep} is not empty (a run counts the executions it finds there)")
+        args.keep.mkdir(parents=True, exist_ok=True)
+        out = soak(args.seconds, args.every, args.workers, args.seed, args.keep, kinds)
+        print(f"run folder (service logs, chain state): {args.keep}")
+    else:
+        with TemporaryDirectory(prefix="dsq-soak-") as tmp:
+            out = soak(args.seconds, args.every, args.workers, args.seed, Path(tmp), kinds)
     outcomes, faults, violations = out.statuses, out.faults, out.violations
     print(f"soak {args.seconds:.0f} s (seed {args.seed}): {outcomes['FINISHED']} jobs completed of "
           f"{sum(outcomes.values())} on the final chain "

@@ -12,7 +12,7 @@ tests run both on the same markets.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dsq_chain.matching.index import (
@@ -122,6 +122,9 @@ class CompiledIndex:
 
     def __init__(self, core: Any, address: list[str], signatures: int, disk: list[int]) -> None:
         self._core = core
+        #: Takes ``cpus``/``gpus``/``mem_mb`` from provider ``i``'s free capacity (node bounds follow): the C
+        #: method itself, called once per placement.
+        self.place: Callable[[int, int, int, int], None] = core.place
         self.address = address
         self.position = {a.lower(): i for i, a in enumerate(address)}
         #: Free scratch disk at the batch's start (as :attr:`ProviderIndex.disk`).
@@ -175,10 +178,6 @@ class CompiledIndex:
 
     def __len__(self) -> int:
         return len(self.address)
-
-    def place(self, i: int, cpus: int, gpus: int, mem_mb: int) -> None:
-        """Take ``cpus``/``gpus``/``mem_mb`` from provider ``i``'s free capacity (node bounds follow)."""
-        self._core.place(i, cpus, gpus, mem_mb)
 
     def could_take(self, cpus: int, gpus: int, mem_mb: int, cap: int) -> bool:
         """See :meth:`ProviderIndex.could_take <dsq_chain.matching.index.ProviderIndex.could_take>`."""

@@ -244,7 +244,7 @@ class LabelSignatures:
     __slots__ = ("_by_constraint", "_by_tuple", "_ids", "_labels")
 
     def __init__(self) -> None:
-        self._ids: dict[tuple[tuple[str, str], ...], int] = {}
+        self._ids: dict[frozenset[tuple[str, str]], int] = {}
         self._labels: list[Mapping[str, str]] = []
         self._by_constraint: dict[LabelConstraint, bytes] = {}
         self._by_tuple: dict[tuple[LabelConstraint, ...], bytes] = {}
@@ -253,12 +253,12 @@ class LabelSignatures:
         return len(self._labels)
 
     def signature(self, labels: Mapping[str, str]) -> int:
-        """The id of ``labels``' set, registering it on first sight."""
-        key = tuple(sorted(labels.items()))
+        """The id of ``labels``' set, registering it on first sight (ids in the order first seen)."""
+        key = frozenset(labels.items())  # a mapping's items are unique by key: equal sets, equal mappings
         sig = self._ids.get(key)
         if sig is None:
             sig = self._ids[key] = len(self._labels)
-            self._labels.append(dict(key))
+            self._labels.append(dict(labels))
         return sig
 
     def allowed(self, constraints: tuple[LabelConstraint, ...]) -> bytes:

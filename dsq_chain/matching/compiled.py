@@ -20,10 +20,11 @@ from dsq_chain.matching.index import (
     Demand,
     LabelFilter,
     ProviderIndex,
-    _axes,
-    _build_order,
     _int_array,
     _inverses,
+    joint_coefficients,
+    provider_columns,
+    tree_order,
 )
 from dsq_chain.matching.model import ProviderState
 from dsq_chain.matching.scoring import MarketReference, Weights
@@ -120,7 +121,7 @@ class CompiledIndex:
     """A :class:`~dsq_chain.matching.index.ProviderIndex` on the compiled search: the providers in the same
     tree order, the same addresses, positions and scratch disk; the free capacities live in C."""
 
-    def __init__(self, core: Any, address: list[str], signatures: int, disk: list[int]) -> None:
+    def __init__(self, core: Any, address: list[str], disk: list[int]) -> None:
         self._core = core
         #: Takes ``cpus``/``gpus``/``mem_mb`` from provider ``i``'s free capacity (node bounds follow): the C
         #: method itself, called once per placement.
@@ -129,7 +130,6 @@ class CompiledIndex:
         self.position = {a.lower(): i for i, a in enumerate(address)}
         #: Free scratch disk at the batch's start (as :attr:`ProviderIndex.disk`).
         self.disk = disk
-        self._no_labels = bytes(signatures)
         self._nodes_of: dict[bytes, bytes] = {}
 
     @classmethod
@@ -146,35 +146,26 @@ class CompiledIndex:
         import numpy as np
 
         n = len(providers)
-        totals = [p.total for p in providers]
-        frees = [p.free for p in providers]
-        prices = [p.prices for p in providers]
-        ints = _int_array(
-            [[t.cpus for t in totals], [t.gpus for t in totals], [t.mem_mb for t in totals],
-             [f.cpus for f in frees], [f.gpus for f in frees], [f.mem_mb for f in frees],
-             [q.per_cpu_minute for q in prices], [q.per_gpu_minute for q in prices], [q.per_gb_minute for q in prices],
-             [f.disk_gb for f in frees]]
-        ).reshape(10, n)  # fmt: skip
+        rows, reliabilities = provider_columns(providers)
+        ints = _int_array(rows).reshape(10, n)
         if ints.dtype == object or (n and int(ints[:9].max()) >= LIMIT):
-            return None
-        rel = np.array([p.stats.reliability for p in providers], dtype=np.float64)
-        address = [p.address for p in providers]
-        order = _build_order(address, _axes(ints[:9], rel, weights), leaf_size)
+            return None  # a disk beyond 64 bits too: the Python search compares it exactly
+        rel = np.array(reliabilities, dtype=np.float64)
+        order = tree_order(providers, ints, rel, weights, leaf_size)
         ints = np.ascontiguousarray(ints[:, order])
         rel = rel[order]
         inverses = [_inverses(ints[k]) for k in range(3)]
         floats = np.ascontiguousarray(np.stack((*inverses, weights.reliability * (1.0 - rel), rel)))
-        address = [address[i] for i in order.tolist()]
+        address = [providers[i].address for i in order.tolist()]
         rank = np.empty(n, dtype=np.int32)
         rank[np.array(sorted(range(n), key=address.__getitem__), dtype=np.intp)] = np.arange(n, dtype=np.int32)
         sig = np.array(signatures, dtype=np.int32)[order]
-        k_cpu = weights.price / market.per_cpu_minute if market.per_cpu_minute > 0 else 0.0
-        k_gpu = weights.price / market.per_gpu_minute if market.per_gpu_minute > 0 else 0.0
+        k_cpu, k_gpu = joint_coefficients(weights, market)
         core = _search.Index(
             ints, floats, np.ascontiguousarray(sig), rank, n_signatures, leaf_size,
             (weights.price, weights.load, weights.reliability), k_cpu, k_gpu,
         )  # fmt: skip
-        return cls(core, address, n_signatures, ints[9].tolist())
+        return cls(core, address, ints[9].tolist())
 
     def __len__(self) -> int:
         return len(self.address)

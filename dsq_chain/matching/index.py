@@ -49,7 +49,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush, heapreplace
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from dsq_chain.matching.model import ProviderState
 from dsq_chain.matching.scoring import MarketReference, Weights, inverse
@@ -143,21 +143,11 @@ class ProviderIndex:
             raise ValueError("leaf_size must be >= 1")
         self.weights = weights
         self._leaf_size = leaf_size
-        # Joint terms: k_cpu * per-cpu price (and k_gpu * per-gpu price) + load weight * used + unreliability.
-        self.k_cpu = weights.price / market.per_cpu_minute if market.per_cpu_minute > 0 else 0.0
-        self.k_gpu = weights.price / market.per_gpu_minute if market.per_gpu_minute > 0 else 0.0
+        self.k_cpu, self.k_gpu = joint_coefficients(weights, market)
         n = len(providers)
-        totals = [p.total for p in providers]
-        frees = [p.free for p in providers]
-        prices = [p.prices for p in providers]
-        rel = [p.stats.reliability for p in providers]
-        ints = _int_array(
-            [[t.cpus for t in totals], [t.gpus for t in totals], [t.mem_mb for t in totals],
-             [f.cpus for f in frees], [f.gpus for f in frees], [f.mem_mb for f in frees],
-             [q.per_cpu_minute for q in prices], [q.per_gpu_minute for q in prices], [q.per_gb_minute for q in prices]]
-        ).reshape(9, n)  # fmt: skip
-        order = _build_order([p.address for p in providers], _axes(ints, np.array(rel, dtype=np.float64), weights),
-                             leaf_size)  # fmt: skip
+        rows, rel = provider_columns(providers)
+        ints = _int_array(rows[:9]).reshape(9, n)
+        order = tree_order(providers, ints, np.array(rel, dtype=np.float64), weights, leaf_size)
         pick = order.tolist()
 
         def permuted(values: list[_T]) -> list[_T]:
@@ -177,7 +167,7 @@ class ProviderIndex:
         cols = ints[:, order]
         self.tc, self.tg, self.tm, self.fc, self.fg, self.fm, self.pc, self.pg, self.pm = cols.tolist()
         #: Free scratch disk at the batch's start (not decremented: the chain skips an entry that no longer fits).
-        self.disk = [f.disk_gb for f in map(frees.__getitem__, pick)]
+        self.disk = permuted(rows[9])
         self.rel = permuted(rel)
         a_tc, a_tg, a_tm, a_fc, a_fg, a_fm, a_pc, a_pg = cols[:8]
         a_ic, a_ig, a_im = _inverses(a_tc), _inverses(a_tg), _inverses(a_tm)
@@ -576,7 +566,38 @@ def _restore(heap: list[_Entry], aside: list[_Entry]) -> None:
         heappush(heap, entry)
 
 
-# ---------------------------------------------------------------------- k-d layout
+# ---------------------------------------------------------------------- columns and k-d layout
+
+
+def provider_columns(providers: Sequence[ProviderState]) -> tuple[list[list[Any]], list[float]]:
+    """Per provider, as rows: total cpus, gpus, memory; free cpus, gpus, memory; cpu, gpu, memory prices;
+    free scratch disk (prices as given: :func:`_int_array` makes them plain ints). And each one's reliability."""
+    totals = [p.total for p in providers]
+    frees = [p.free for p in providers]
+    prices = [p.prices for p in providers]
+    rows: list[list[Any]] = [
+        [t.cpus for t in totals], [t.gpus for t in totals], [t.mem_mb for t in totals],
+        [f.cpus for f in frees], [f.gpus for f in frees], [f.mem_mb for f in frees],
+        [q.per_cpu_minute for q in prices], [q.per_gpu_minute for q in prices], [q.per_gb_minute for q in prices],
+        [f.disk_gb for f in frees],
+    ]  # fmt: skip
+    return rows, [p.stats.reliability for p in providers]
+
+
+def joint_coefficients(weights: Weights, market: MarketReference) -> tuple[float, float]:
+    """``k_cpu``, ``k_gpu`` of the joint bound terms: k_cpu * per-cpu price (k_gpu * per-gpu price) + load
+    weight * used fraction + unreliability, the price weight over the market's median price."""
+    k_cpu = weights.price / market.per_cpu_minute if market.per_cpu_minute > 0 else 0.0
+    k_gpu = weights.price / market.per_gpu_minute if market.per_gpu_minute > 0 else 0.0
+    return k_cpu, k_gpu
+
+
+def tree_order(
+    providers: Sequence[ProviderState], ints: np.ndarray, reliability: np.ndarray, weights: Weights, leaf_size: int
+) -> np.ndarray:
+    """The providers' tree order (see :func:`_build_order`), from the first nine rows of
+    :func:`provider_columns` as an array and the reliabilities."""
+    return _build_order([p.address for p in providers], _axes(ints[:9], reliability, weights), leaf_size)
 
 
 def _build_order(addresses: list[str], columns: np.ndarray, leaf_size: int) -> np.ndarray:
@@ -649,7 +670,7 @@ def _inverses(totals: np.ndarray) -> np.ndarray:
     return out
 
 
-def _int_array(rows: list[list[int]]) -> np.ndarray:
+def _int_array(rows: list[list[Any]]) -> np.ndarray:
     """``rows`` as int64, or as Python ints (an object array: slower, same arithmetic) where a value does not fit."""
     import numpy as np
     try:

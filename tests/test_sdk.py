@@ -366,6 +366,23 @@ def test_async_client_submits_waits_cancels_and_withdraws(grid: Grid) -> None:
     assert grid.user.job(ids[1]).status is JobStatus.PENDING
 
 
+def test_the_async_client_closes_its_http_session(grid: Grid) -> None:
+    """``close()`` (or leaving ``async with``) closes the aiohttp session; a later call opens a new one."""
+
+    async def main() -> tuple[int, int, int, int]:
+        async with await AsyncGridClient.connect(grid.chain.rpc_url, grid.deployment) as client:
+            await client.providers()
+            sessions = client.w3.provider._request_session_manager.session_cache  # type: ignore[attr-defined]
+            [session] = [s for _, s in sessions.items()]
+            open_inside = len(sessions)
+        closed_after = int(session.closed)
+        await client.providers()  # still usable: a new session
+        reopened = len(sessions)
+        await client.close()
+        return open_inside, closed_after, reopened, len(sessions)
+
+    assert asyncio.run(main()) == (1, 1, 1, 0)
+
 
 def test_a_mined_revert_in_a_batch_names_its_own_error(grid: Grid) -> None:
     """The second of two batched cancels of one job reverts when mined (each passed estimation alone):

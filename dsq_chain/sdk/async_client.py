@@ -84,6 +84,20 @@ class AsyncGridClient:
         """The address this client acts for (the zero address for a read-only client)."""
         return self.signer.address
 
+    async def close(self) -> None:
+        """Closes the client's HTTP sessions (aiohttp warns of an unclosed session at exit otherwise). A call
+        after it opens a new one. ``async with await AsyncGridClient.connect(...) as client:`` closes on
+        leaving the block."""
+        disconnect = getattr(self.w3.provider, "disconnect", None)
+        if disconnect is not None:
+            await disconnect()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     # -- reads ------------------------------------------------------------------------------------
     async def _call(self, fn: Any, label: str) -> Any:
         try:

@@ -63,7 +63,7 @@ def job_history(client: _Client, job_id: int) -> JobHistory:
     for ev in job_events(client.chain, client.deployment, job_id, job.head_id):
         if ev.block_number not in times:
             times[ev.block_number] = client.chain.timestamp(ev.block_number)
-        status, detail = _describe(ev)
+        status, detail = describe_event(ev)
         if isinstance(ev, JobSettled):
             hist.billed, hist.refunded, hist.exit_code = ev.billed, ev.refunded, ev.exit_code
         elif isinstance(ev, JobToppedUp):
@@ -72,7 +72,7 @@ def job_history(client: _Client, job_id: int) -> JobHistory:
     return hist
 
 
-def _describe(ev: ChainEvent) -> tuple[JobStatus | None, str]:
+def describe_event(ev: ChainEvent) -> tuple[JobStatus | None, str]:
     """The status ``ev`` leaves its job in (the one step, :func:`job_status_after`) and a line about it."""
     return job_status_after(ev), _detail(ev)
 

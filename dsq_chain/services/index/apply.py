@@ -37,7 +37,7 @@ from dsq_chain.sdk.events import (
     Undecodable,
     job_status_set_by,
 )
-from dsq_chain.sdk.history import _describe as describe_event
+from dsq_chain.sdk.history import describe_event
 from dsq_chain.services.gridstate import _workflow_labels as workflow_labels
 from dsq_chain.services.index import schema as s
 from dsq_chain.services.index.store import Store

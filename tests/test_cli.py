@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from eth_account import Account
 
 from dsq_chain import errors
@@ -325,3 +326,25 @@ def test_submit_refuses_every_error_of_a_deepsquare_file_and_warns_of_retired_fi
                        "steps: [{run: {command: 'true'}}]\n")
     proc = cli.ok("submit", str(retired), "--credits", "1", "--max-rate", "10", key=user_key(cli))
     assert "warning: " in proc.stderr and "gpusPerTask is retired: write gpus: 0" in proc.stderr
+
+
+@pytest.mark.parametrize(("raised", "code", "says"), [
+    (requests.ConnectionError(ConnectionResetError(104, "reset by peer")), EXIT_CHAIN, "RPC node unreachable"),
+    (ConnectionResetError(104, "Connection reset by peer"), EXIT_CHAIN, "RPC node unreachable"),
+    (requests.Timeout("read timed out"), EXIT_CHAIN, "RPC node unreachable"),
+    (FileNotFoundError(2, "No such file or directory", "job.yaml"), EXIT_INPUT, "cannot read job.yaml"),
+])  # fmt: skip
+def test_a_transport_error_that_escaped_the_sdk_is_the_nodes_not_a_files(
+    raised: BaseException, code: int, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """requests' errors and socket resets are OSErrors: the CLI told them apart from files only by luck (a reset
+    in a service's start-up checks said "cannot read a file" and exited 2, which a supervisor takes as a
+    configuration error)."""
+    import typer
+
+    from dsq_chain.cli.common import errors as cli_errors
+
+    with pytest.raises(typer.Exit) as exit_info, cli_errors():
+        raise raised
+    assert exit_info.value.exit_code == code
+    assert says in capsys.readouterr().err

@@ -35,7 +35,7 @@ from dsq_chain.sdk.events import (
     job_status_after,
     job_status_set_by,
 )
-from dsq_chain.sdk.history import _describe
+from dsq_chain.sdk.history import describe_event
 from dsq_chain.sdk.job_events import JOB_EVENTS
 from dsq_chain.services.gridstate import GridState
 from dsq_chain.services.index import schema as s
@@ -166,7 +166,7 @@ def test_every_consumer_takes_the_one_step(case: Step, applier: Applier) -> None
         assert job is not None and job["status"] == status, f"the index after {ev.name}"
         change = applier.store.appended[s.status_changes.name][-1]
         assert change["status"] == step_says, f"the index's change row for {ev.name}"
-        assert _describe(ev)[0] is step_says, f"the job history's line for {ev.name}"
+        assert describe_event(ev)[0] is step_says, f"the job history's line for {ev.name}"
         t = step[0]
         if t.report is not None:  # the worker's journal asks after_report: the status the event then shows
             assert lifecycle.after_report(t.report, 0 if t.name == "finish_exit0" else 1) is status

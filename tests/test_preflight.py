@@ -128,3 +128,14 @@ def test_a_node_lost_in_the_middle_of_the_check_is_said_to_be_unreachable(grid: 
     for check in (preflight.check_scheduler, preflight.check_provider):
         with pytest.raises(ChainUnavailable, match="unreachable"):
             check(grid.scheduler.wallet, grid.deployment)
+
+
+def test_a_node_lost_before_the_code_reads_is_said_to_be_unreachable(grid: Grid,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chain id is known, then the link drops before the market's code is read: ChainUnavailable (the
+    service exits with the chain's code and is restarted), not a transport error the CLI took for a file's
+    ("cannot read a file: Connection reset by peer", exit 2: seen in the soak)."""
+    gone = Chain(f"http://127.0.0.1:{free_port()}", timeout=2)
+    monkeypatch.setattr(gone, "_chain_id", grid.chain.chain_id)
+    with pytest.raises(ChainUnavailable, match="unreachable"):
+        preflight.check_contracts(gone, grid.deployment)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import requests
 import typer
 from eth_account import Account
 from rich.console import Console
@@ -47,6 +48,8 @@ from dsq_chain.services.onboarding import decrypt_keystore, read_keystore
 EXIT_JOB_FAILED = 1
 EXIT_INPUT = 2
 EXIT_CHAIN = 3
+#: Transport errors (requests' and the socket's): OSErrors that are about the node, not a file.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (requests.RequestException, ConnectionError)
 EXIT_CONTRACT = 4
 EXIT_TIMEOUT = 5
 EXIT_ENGINE = 6
@@ -200,6 +203,9 @@ def errors() -> Iterator[None]:
         fail(str(e), EXIT_INPUT)
     except TimeoutError as e:  # (a subclass of OSError: must come first)
         fail(str(e), EXIT_TIMEOUT)
+    except TRANSPORT_ERRORS as e:  # a link error the SDK did not wrap: the node's, not a file's (OSErrors too)
+        fail(f"RPC node unreachable: {e.__class__.__name__} (is the node running? `dsq devnet up` starts a local "
+             "one)", EXIT_CHAIN)
     except OSError as e:  # a workflow or key file that cannot be read
         fail(f"cannot read {getattr(e, 'filename', None) or 'a file'}: {e.strerror or e}", EXIT_INPUT)
     except ValueError as e:  # WorkflowError, LabelExpressionError, ... are ValueErrors with precise messages

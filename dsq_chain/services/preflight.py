@@ -116,7 +116,8 @@ def check_slurm(slurm_conf: Path | None, *, timeout_s: float = 20.0, bin_dir: Pa
 
 
 def _code(chain: Chain, address: str) -> bytes:
-    return bytes(chain.w3.eth.get_code(address))  # type: ignore[arg-type]
+    with node_errors(chain.rpc_url):  # a link reset here is the node's, not a file's (the CLI said "cannot read")
+        return bytes(chain.w3.eth.get_code(address))  # type: ignore[arg-type]
 
 
 def _one_line(text: str) -> str:

@@ -126,10 +126,8 @@ COMPILED: bool | None = None
 
 def _search_used() -> str:
     if COMPILED is False:
-        return "Python (--python)"
-    if compiled_search.AVAILABLE:
-        return "compiled (dsq_chain/matching/_search.c; --python for the Python search)"
-    return "Python (the compiled search is not built here: no C compiler when the package was installed)"
+        return "Python search (--python)"
+    return compiled_search.describe() + ("; --python for the Python search" if compiled_search.AVAILABLE else "")
 
 
 def run(n_jobs: int, n_providers: int, seed: int = 1) -> tuple[float, float, int]:

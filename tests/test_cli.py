@@ -20,6 +20,7 @@ import requests
 from eth_account import Account
 
 from dsq_chain import errors
+from dsq_chain.matching import compiled as compiled_search
 from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import free_port
 from dsq_chain.sdk.client import placement_labels
@@ -282,7 +283,10 @@ def test_services_run_a_job_and_logs_show_it(cli: Cli) -> None:
         for p in procs:
             p.send_signal(signal.SIGTERM)
         codes = [p.wait(20) for p in procs]
-    assert codes == [0, 0], [p.stdout.read() if p.stdout else "" for p in procs]
+    outputs = [p.stdout.read().decode() if p.stdout else "" for p in procs]
+    assert codes == [0, 0], outputs
+    # the operator sees which search the scheduler's matcher runs (compiled where the install built it)
+    assert f"matcher: {compiled_search.describe()}" in outputs[0]
     assert "hello from the cli test" in cli.ok("logs", str(job_id), "--state-dir", str(state)).stdout
     assert "never ran" in cli.fails(EXIT_INPUT, "logs", "999999", "--state-dir", str(state))
 

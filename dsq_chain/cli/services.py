@@ -17,6 +17,7 @@ from dsq_chain.cli.common import DEFAULT_DIR, Settings, errors, out, settings, t
 from dsq_chain.cli.provider import build_executor
 from dsq_chain.errors import InputError
 from dsq_chain.matching import Weights
+from dsq_chain.matching import compiled as compiled_search
 from dsq_chain.money import Credits
 from dsq_chain.sdk.anvil import AnvilError, dev_keys, start_anvil
 from dsq_chain.sdk.chain import Chain
@@ -72,7 +73,8 @@ def scheduler_run(
                               confirmations=confirmations, standby_s=standby, peers=peer or (),
                               takeover_s=takeover, metrics=metrics)
         _serve_and_run(sched, metrics, metrics_port, "dsq.scheduler",
-                       f"scheduler {sched.wallet.address} on {chain.rpc_url} (market {dep.market})")
+                       f"scheduler {sched.wallet.address} on {chain.rpc_url} (market {dep.market}); "
+                       f"matcher: {compiled_search.describe()}")
 
 
 @worker_app.command("run")

@@ -44,6 +44,15 @@ LIMIT = 2**30
 _CLAMP = 2**62
 
 
+def describe() -> str:
+    """Which search a batch uses here, in a few words (the scheduler logs it at start)."""
+    if AVAILABLE:
+        return ("compiled search (dsq_chain/matching/_search.c; the Python one for a batch with a count or price "
+                "from 2**30)")
+    return ("Python search (the compiled one is not built: no C compiler or Python headers when the package "
+            "was installed; same placements, slower)")
+
+
 def search_index(
     providers: Sequence[ProviderState],
     signatures: Sequence[int],

@@ -249,8 +249,11 @@ def test_a_run_killed_halfway_resumes_and_sends_nothing_twice(
     assert "CreditToken: sent 0x" not in out
     done = d.progress()
     assert (done.steps[0].tx, done.steps[0].address) == (token.tx, token.address)
-    if first.steps[1].tx:  # the registry was sent before the kill: waited for, not sent again
+    never_arrived = f"ProviderRegistry: {first.steps[1].tx}, sent by an earlier run, never reached the chain"
+    if first.steps[1].tx and never_arrived not in out:  # sent before the kill: waited for, not sent again
         assert done.steps[1].tx == first.steps[1].tx and "ProviderRegistry: sent 0x" not in out
+    # (A kill between recording the registry's transaction and the node receiving it leaves nothing on chain:
+    # the resume sends it then, once, at the same nonce. Seen in CI.)
     assert d.nonce() == 3, "a transaction was sent twice"
     dep = Deployment.load(d.deployment)
     assert (dep.token, dep.registry, dep.market) == tuple(s.address for s in done.steps)

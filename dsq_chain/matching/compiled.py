@@ -40,7 +40,7 @@ _log = logging.getLogger(__name__)
 AVAILABLE = _search is not None
 #: Counts and prices of a batch the compiled search takes: below this, no rate overflows 64 bits.
 LIMIT = 2**30
-#: Caps and disk sizes beyond 64 bits are passed as this (every rate and disk is far below).
+#: Caps beyond 64 bits are passed to ``could_take`` as this (every rate is far below).
 _CLAMP = 2**62
 
 
@@ -84,31 +84,22 @@ def search_index(
 class CompiledFrontier:
     """A :class:`~dsq_chain.matching.index.Frontier` on the compiled search: same methods, same results."""
 
-    __slots__ = ("_core", "_index", "demand")
+    __slots__ = ("_core", "_index", "best", "demand")
+
+    #: ``best(cap, excluded=frozenset(), disk=0, narrow=None, budget=-1)``: see :meth:`Frontier.best
+    #: <dsq_chain.matching.index.Frontier.best>` (``narrow`` from :meth:`CompiledIndex.label_filter`). The C
+    #: method itself, called once per job: it takes caps and disk sizes beyond 64 bits as no limit.
+    best: Callable[..., tuple[tuple[int, int] | None, int, bool]]
 
     def __init__(self, index: CompiledIndex, demand: Demand, core: Any) -> None:
         self._index = index
         self.demand = demand
         self._core = core
+        self.best = core.best
 
     def __len__(self) -> int:
         """Entries held (providers scored and nodes not expanded yet)."""
         return len(self._core)
-
-    def best(
-        self,
-        cap: int,
-        excluded: frozenset[int] = frozenset(),
-        disk: int = 0,
-        narrow: LabelFilter | None = None,
-        budget: int = -1,
-    ) -> tuple[tuple[int, int] | None, int, bool]:
-        """See :meth:`Frontier.best <dsq_chain.matching.index.Frontier.best>`; ``narrow`` comes from
-        :meth:`CompiledIndex.label_filter`."""
-        result: tuple[tuple[int, int] | None, int, bool] = self._core.best(
-            min(cap, _CLAMP), excluded, min(disk, _CLAMP), narrow, budget
-        )
-        return result
 
     def narrowed(self, demand: Demand, labels: LabelFilter) -> CompiledFrontier:
         """See :meth:`Frontier.narrowed <dsq_chain.matching.index.Frontier.narrowed>` (the C side keeps this
@@ -184,11 +175,6 @@ class CompiledIndex:
         if cpus >= LIMIT or gpus >= LIMIT or mem_mb >= LIMIT:
             return False  # every provider's capacity is below
         return bool(self._core.could_take(cpus, gpus, mem_mb, min(cap, _CLAMP)))
-
-    def free_of(self, i: int) -> tuple[int, int, int]:
-        """Provider ``i``'s free (cpus, gpus, memory) now."""
-        free: tuple[int, int, int] = self._core.free_of(i)
-        return free
 
     def label_filter(self, allowed: bytes, allowed_mask: int) -> LabelFilter:
         """The signatures flagged in ``allowed`` and, per tree node, whether one of them is under it."""

@@ -48,6 +48,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -416,11 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep.exists() and any(args.keep.iterdir()):
             parser.error(f"--keep: {args.keep} is not empty (a run counts the executions it finds there)")
         args.keep.mkdir(parents=True, exist_ok=True)
-        out = soak(args.seconds, args.every, args.workers, args.seed, args.keep, kinds)
+    with nullcontext(str(args.keep)) if args.keep is not None else TemporaryDirectory(prefix="dsq-soak-") as tmp:
+        out = soak(args.seconds, args.every, args.workers, args.seed, Path(tmp), kinds)
+    if args.keep is not None:
         print(f"run folder (service logs, chain state): {args.keep}")
-    else:
-        with TemporaryDirectory(prefix="dsq-soak-") as tmp:
-            out = soak(args.seconds, args.every, args.workers, args.seed, Path(tmp), kinds)
     outcomes, faults, violations = out.statuses, out.faults, out.violations
     print(f"soak {args.seconds:.0f} s (seed {args.seed}): {outcomes['FINISHED']} jobs completed of "
           f"{sum(outcomes.values())} on the final chain "

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-import requests
 import typer
 from eth_account import Account
 from rich.console import Console
@@ -41,15 +40,13 @@ from rich.table import Table
 from dsq_chain.errors import ChainUnavailable, ContractError, DsqError, InputError, TransactionFailed
 from dsq_chain.executors.base import ExecutorError
 from dsq_chain.money import Credits
-from dsq_chain.sdk.chain import Chain, Wallet
+from dsq_chain.sdk.chain import TRANSPORT_ERRORS, Chain, Wallet
 from dsq_chain.sdk.deployment import Deployment
 from dsq_chain.services.onboarding import decrypt_keystore, read_keystore
 
 EXIT_JOB_FAILED = 1
 EXIT_INPUT = 2
 EXIT_CHAIN = 3
-#: Transport errors (requests' and the socket's): OSErrors that are about the node, not a file.
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (requests.RequestException, ConnectionError)
 EXIT_CONTRACT = 4
 EXIT_TIMEOUT = 5
 EXIT_ENGINE = 6

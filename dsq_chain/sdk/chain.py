@@ -42,6 +42,9 @@ log = logging.getLogger("dsq.chain")
 
 #: Errors of the transport meaning "the node cannot be reached right now" (retry later, lose nothing).
 UNREACHABLE: tuple[type[BaseException], ...] = (requests.ConnectionError, requests.Timeout, OSError)
+#: Transport errors that say so by their type (requests' and the socket's), unlike a bare OSError, which may be a
+#: file's: the CLI tells a node it cannot reach from a file it cannot read with these.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (requests.RequestException, ConnectionError)
 #: What a service treats as "the chain is down": the SDK's own error and any transport error that escaped it.
 CHAIN_DOWN: tuple[type[BaseException], ...] = (ChainUnavailable, requests.RequestException, OSError)
 

@@ -36,15 +36,27 @@ class ChainClock:
         #: Chain time a finished job was first seen ended: billed up to it even if the report lands later.
         self.ended_at: dict[int, int] = {}
         self.last: tuple[int, float] | None = None  # last chain time read, and time.monotonic() then
-        self._this_look: float | None = None  # wall time the current tick began
-        self._previous_look: float | None = None  # wall time the previous tick began (None: first tick)
+        self._running_now: set[int] = set()  # jobs this tick read as not ended
+        self._running_before: set[int] = set()  # jobs the previous tick read as not ended
 
     def begin_tick(self) -> None:
-        """Called as each tick begins: a job that ended after the previous tick began is seen at the first
-        chance, so it is billed to the chain time of that tick (no wall-clock arithmetic, exact where the
-        chain's clock does not follow the wall's); one that ended before went unseen (worker down, node
-        unreachable, a restart), so its end is worked back from how long ago the engine saw it end."""
-        self._previous_look, self._this_look = self._this_look, time.time()
+        """Called as each tick begins. A job the previous tick read as still running and this one reads as
+        ended is seen at the first chance: it is billed to the chain time of this tick (no wall-clock
+        arithmetic, so exact where the chain's clock does not follow the wall's). A job read as ended that
+        the previous tick did not read as running went unseen (worker down, a tick that failed before it
+        read the engine, a restart), so its end is worked back from how long ago the engine saw it end.
+
+        What the previous tick *read* decides, not when the engine says the job ended: an engine records
+        the end a little after it happens (the local supervisor writes its state file, Slurm its
+        accounting), so a tick may begin after the end and still read the job running."""
+        self._running_before, self._running_now = self._running_now, set()
+
+    def observe(self, job_id: int, ex: ExecStatus, *, reachable: bool = True) -> None:
+        """Notes one execution state read this tick: a running job, or (worked out at once) a job's end."""
+        if ex.state.is_final:
+            self.end_time(job_id, ex, reachable=reachable)
+        else:
+            self._running_now.add(job_id)
 
     def now(self) -> int | None:
         """Timestamp of the block being built (the one a report would land in); None while the node is down."""
@@ -65,16 +77,15 @@ class ChainClock:
     def end_time(self, job_id: int, ex: ExecStatus | None = None, *, reachable: bool = True) -> int:
         """Chain time the job ended, worked out when first seen ended: chain time now (asked only while the
         node is ``reachable``; else the last chain time read plus the time since), less how long ago the
-        engine saw it end when ``ex`` says so and the end went unseen for a tick (see :meth:`begin_tick`);
+        engine saw it end when ``ex`` says so and the end went unseen by the previous tick (see
+        :meth:`begin_tick`);
         0 if no chain time was ever read (the report's block time)."""
         if job_id not in self.ended_at:
             if reachable:
                 self.tick.get("now", self.now)  # read once a tick (not once a job), counted on from there
             clock = self.last
             now = None if clock is None else clock[0] + int(time.monotonic() - clock[1])
-            if now and ex is not None and ex.ended_at is not None and (
-                self._previous_look is None or ex.ended_at < self._previous_look
-            ):
+            if now and ex is not None and ex.ended_at is not None and job_id not in self._running_before:
                 now -= round(max(0.0, time.time() - ex.ended_at))
             self.ended_at[job_id] = now or 0
         return self.ended_at[job_id]

@@ -253,8 +253,6 @@ class ProviderWorker:
         """Gathers the facts about one job, asks :func:`decide`, carries the plan out; returns its reports.
         Jobs to hand to the executor go to ``to_run``."""
         facts = self._facts(entry, job)
-        if facts.execution is not None and facts.execution.state.is_final:  # the FINISH bills up to its end
-            self.clock.end_time(entry.job_id, facts.execution, reachable=self.chain_up)
         plan = decide(facts)
         while plan.need is not None and job is not None:
             if plan.need == "validate":
@@ -269,6 +267,8 @@ class ProviderWorker:
                 facts = dataclasses.replace(facts, phase=entry.phase, execution=found, looked_up=True,
                                             journaled=entry.exec_id is not None)
             plan = decide(facts)
+        if facts.execution is not None:  # a FINISH bills up to the end seen here
+            self.clock.observe(entry.job_id, facts.execution, reachable=self.chain_up)
         return self._carry_out(entry, job, facts, plan, to_run)
 
     def _facts(self, entry: Entry, job: Job | None) -> Facts:
@@ -321,8 +321,7 @@ class ProviderWorker:
     def _start(self, job: Job, status: ExecStatus) -> list[Action]:
         """The reports of a SCHEDULED job the executor has (see :func:`decisions.start`)."""
         ooc = self._ooc_since.get(job.id)
-        if status.state.is_final:
-            self.clock.end_time(job.id, status)
+        self.clock.observe(job.id, status)
         plan = start_reports(job, status, None if ooc is None else time.monotonic() - ooc,
                              stopped_out_of_credits=_out_of_credits_vanished(self.journal.get(job.id)))
         self._note_outcome(job.id, plan)

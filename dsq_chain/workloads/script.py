@@ -52,12 +52,16 @@ _dsq_load_env() { # the KEY=value lines steps wrote to $DEEPSQUARE_ENV become va
   done <"$DEEPSQUARE_ENV"
 }
 _dsq_if() { ( _dsq_load_env; eval "[[ $1 ]]" ); }
-_dsq_kill_tree() { # signal a background group and everything it started
+_dsq_kill_tree() { # signal a background group and everything it started: each process is stopped before
+  # its children are listed and signalled, so none starts another or runs on when a child dies; the signal
+  # then reaches it while stopped and takes effect as it resumes
   local _c
+  kill -s STOP "$2" 2>/dev/null || return 0
   if command -v pgrep >/dev/null 2>&1; then
     for _c in $(pgrep -P "$2" 2>/dev/null); do _dsq_kill_tree "$1" "$_c"; done
   fi
   kill -s "$1" "$2" 2>/dev/null
+  kill -s CONT "$2" 2>/dev/null
 }
 _dsq_end_scope() { # signal the launched groups still running when their step list ends
   local _e
